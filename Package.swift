@@ -1,0 +1,56 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "nb",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "nb", targets: ["Runner"]),
+        .library(name: "Engine", targets: ["Engine"]),
+        .library(name: "Notebook", targets: ["Notebook"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+    ],
+    targets: [
+        // System libraries, found with pkg-config (Debian: libcmark-gfm-dev,
+        // libcmark-gfm-extensions-dev, libopenblas-dev).
+        .systemLibrary(
+            name: "CCmarkGFM", path: "Sources/CCmarkGFM", pkgConfig: "libcmark-gfm",
+            providers: [.apt(["libcmark-gfm-dev", "libcmark-gfm-extensions-dev"])]),
+        .systemLibrary(
+            name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]),
+
+        // Tensors, data sets, models, training (grows with the engine issues).
+        .target(
+            name: "Engine",
+            dependencies: ["COpenBLAS", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
+
+        // Markdown -> cells -> steps -> state -> HTML report.
+        .target(
+            name: "Notebook",
+            dependencies: [
+                "CCmarkGFM", "Engine",
+                .product(name: "Yams", package: "Yams"),
+            ]),
+
+        // The `nb` executable.
+        .executableTarget(
+            name: "Runner",
+            dependencies: [
+                "Notebook", "Engine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+
+        .executableTarget(
+            name: "Benchmarks", dependencies: ["Notebook", "Engine"], path: "Benchmarks"),
+
+        .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine"]),
+    ]
+)

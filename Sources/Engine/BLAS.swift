@@ -1,0 +1,109 @@
+import COpenBLAS
+import Foundation
+
+/// The BLAS library behind every matrix product, and the kernel it chose for this CPU.
+///
+/// Debian's OpenBLAS is built with `DYNAMIC_ARCH`: it picks its kernels once, when the
+/// library loads, from `OPENBLAS_CORETYPE` or from its own CPU detection, which falls back
+/// to the generic "Prescott" kernels on some CPUs (about 6x slower sgemm). Setting the
+/// variable from inside the running process is too late, so ``BLASEnvironment`` re-executes
+/// the process once with it set.
+public enum BLAS {
+    /// OpenBLAS's build configuration string, e.g. `OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Haswell MAX_THREADS=64`.
+    public static var configuration: String {
+        guard let c = openblas_get_config() else { return "unknown" }
+        return String(cString: c).trimmingCharacters(in: .whitespaces)
+    }
+
+    /// The kernel family OpenBLAS selected at load time, e.g. `Haswell`, `SkylakeX`, `Prescott`.
+    public static var coreName: String {
+        guard let c = openblas_get_corename() else { return "unknown" }
+        return String(cString: c)
+    }
+
+    /// Threads OpenBLAS uses for one call.
+    public static var threads: Int { Int(openblas_get_num_threads()) }
+
+    /// One line for report headers and `nb --version`.
+    public static var summary: String {
+        "\(configuration); kernel \(coreName); \(threads) thread\(threads == 1 ? "" : "s")"
+    }
+
+    /// C = alpha·op(A)·op(B) + beta·C on row-major Float32 matrices.
+    ///
+    /// - A: (M, K), or (K, M) when `transposeA`; B: (K, N), or (N, K) when `transposeB`;
+    ///   C: (M, N). Leading dimensions are the row lengths of the stored matrices.
+    public static func sgemm(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int,
+        alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int,
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        cblas_sgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans,
+            transposeB ? CblasTrans : CblasNoTrans,
+            blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb),
+            beta, c, blasint(ldc))
+    }
+}
+
+/// Makes sure OpenBLAS loads its fast kernels on this CPU.
+public enum BLASEnvironment {
+    /// The environment variable OpenBLAS reads when it loads.
+    public static let coreTypeVariable = "OPENBLAS_CORETYPE"
+    static let guardVariable = "NB_BLAS_REEXEC"
+
+    /// Kernel families that use the CPU's widest vector units, by the flag that needs them.
+    static let avx512Kernels: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
+    static let avx2Kernels: Set<String> = avx512Kernels.union(["haswell", "zen", "skylake"])
+
+    /// Whether OpenBLAS's own choice already uses this CPU's vector units (e.g. `Zen` on an
+    /// AVX2 AMD CPU); a generic choice (`Prescott`, `Nehalem`, `Sandybridge` on an AVX2 CPU) is not.
+    public static func isFast(coreName: String, cpuFlags: Set<String>) -> Bool {
+        let name = coreName.lowercased()
+        if preferredCoreType(cpuFlags: cpuFlags) == "SkylakeX" { return avx512Kernels.contains(name) }
+        if preferredCoreType(cpuFlags: cpuFlags) == "Haswell" { return avx2Kernels.contains(name) }
+        return true
+    }
+
+    /// The OpenBLAS kernel family to request for a CPU with these `/proc/cpuinfo` flags:
+    /// AVX-512 (F, BW, VL, DQ) → `SkylakeX`, AVX2 + FMA → `Haswell`, otherwise none (let
+    /// OpenBLAS detect).
+    public static func preferredCoreType(cpuFlags: Set<String>) -> String? {
+        if ["avx512f", "avx512bw", "avx512vl", "avx512dq"].allSatisfy(cpuFlags.contains) {
+            return "SkylakeX"
+        }
+        if cpuFlags.contains("avx2") && cpuFlags.contains("fma") { return "Haswell" }
+        return nil
+    }
+
+    /// The flags of the first processor in `/proc/cpuinfo` (empty where it is absent).
+    public static func cpuFlags(cpuinfo: String? = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) -> Set<String> {
+        guard let text = cpuinfo else { return [] }
+        for line in text.split(separator: "\n") where line.hasPrefix("flags") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            return Set(line[line.index(after: colon)...].split(separator: " ").map(String.init))
+        }
+        return []
+    }
+
+    /// Re-executes the current process once with `OPENBLAS_CORETYPE` set when the user
+    /// has not set it and this CPU has a better kernel than OpenBLAS's own detection may
+    /// pick. Returns normally when nothing needs doing (or when re-executing fails).
+    public static func ensureFastKernels() {
+        let env = ProcessInfo.processInfo.environment
+        let flags = cpuFlags()
+        guard env[coreTypeVariable] == nil, env[guardVariable] == nil,
+              let wanted = preferredCoreType(cpuFlags: flags),
+              !isFast(coreName: BLAS.coreName, cpuFlags: flags)
+        else { return }
+        setenv(coreTypeVariable, wanted, 1)
+        setenv(guardVariable, "1", 1)
+        let args = CommandLine.arguments
+        var cArgs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+        cArgs.append(nil)
+        execv("/proc/self/exe", &cArgs)
+        // execv only returns on failure: carry on with the kernels we have.
+        for p in cArgs { free(p) }
+    }
+}

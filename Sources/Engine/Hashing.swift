@@ -1,0 +1,22 @@
+import Crypto
+import Foundation
+
+/// SHA-256 digests as lowercase hex, for cell keys, data files and downloaded models.
+public enum SHA256Digest {
+    public static func hex(_ data: Data) -> String {
+        SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+    }
+
+    public static func hex(_ string: String) -> String { hex(Data(string.utf8)) }
+
+    /// Digest of a file, streamed in 4 MiB chunks so large model files need no copy in memory.
+    public static func hex(fileAt url: URL) throws -> String {
+        let handle = try FileHandle(forReadingFrom: url)
+        defer { try? handle.close() }
+        var hasher = SHA256()
+        while let chunk = try handle.read(upToCount: 4 << 20), !chunk.isEmpty {
+            hasher.update(data: chunk)
+        }
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+
+/// A failure inside a step, naming the parameter at fault when there is one.
+public struct StepFailure: Error, Equatable, CustomStringConvertible {
+    public var key: String?
+    public var message: String
+    public init(key: String? = nil, _ message: String) { self.key = key; self.message = message }
+    public var description: String { message }
+}
+
+/// What a running step sees: the session, where its notebook lives, and where its
+/// outputs go.
+public final class StepContext {
+    public let session: Session
+    public let cell: CellSource
+    /// The notebook's path as the user gave it (for messages).
+    public let notebookPath: String
+    /// Relative paths in cells resolve against this directory.
+    public let notebookDirectory: URL
+    public private(set) var outputs: [CellOutput] = []
+    let makeProgress: (String, Int) -> ProgressReporter
+
+    init(session: Session, cell: CellSource, notebookPath: String, notebookDirectory: URL,
+         makeProgress: @escaping (String, Int) -> ProgressReporter) {
+        self.session = session
+        self.cell = cell
+        self.notebookPath = notebookPath
+        self.notebookDirectory = notebookDirectory
+        self.makeProgress = makeProgress
+    }
+
+    public func emit(_ output: CellOutput) { outputs.append(output) }
+
+    /// A progress line for a long step: `total` units of work.
+    public func progress(_ label: String, total: Int) -> ProgressReporter { makeProgress(label, total) }
+
+    /// An absolute path resolves to itself; a relative one against the notebook's directory.
+    public func resolve(_ path: String) -> URL {
+        if path.hasPrefix("/") { return URL(fileURLWithPath: path).standardizedFileURL }
+        if path.hasPrefix("~/") {
+            return URL(fileURLWithPath: NSString(string: path).expandingTildeInPath).standardizedFileURL
+        }
+        return notebookDirectory.appendingPathComponent(path).standardizedFileURL
+    }
+
+    /// A path for messages: relative to the current directory when it is below it.
+    public func display(_ url: URL) -> String { PathDisplay.relative(url) }
+}
+
+enum PathDisplay {
+    static func relative(_ url: URL) -> String {
+        let cwd = FileManager.default.currentDirectoryPath
+        let path = url.standardizedFileURL.path
+        if path.hasPrefix(cwd + "/") { return String(path.dropFirst(cwd.count + 1)) }
+        return path
+    }
+}

@@ -1,0 +1,54 @@
+import Foundation
+
+/// How a cell ended in the latest run, as shown in the report and by `--list`.
+public enum CellStatus: String, Codable, Sendable {
+    case notRun = "not run"
+    case running
+    case ran
+    case reused
+    case failed
+    case skipped
+    case interrupted
+}
+
+/// One cell's line in the run manifest.
+public struct CellRecord: Codable, Equatable, Sendable {
+    public var index: Int
+    public var name: String
+    public var id: String?
+    public var step: String
+    public var line: Int
+    public var key: String?
+    public var status: CellStatus
+    /// Seconds the step ran (this run, or originally for a reused cell).
+    public var duration: Double?
+    public var finishedAt: Date?
+    /// Why it was reused, re-run, or not run.
+    public var note: String?
+    public var error: String?
+}
+
+/// `outputs/.nb/<notebook>/manifest.json`: what the latest run did with every cell.
+public struct RunManifest: Codable, Equatable, Sendable {
+    public var notebook: String
+    public var startedAt: Date
+    public var finishedAt: Date?
+    public var invocation: String
+    public var cells: [CellRecord]
+
+    public static func url(in stateRoot: URL) -> URL { stateRoot.appendingPathComponent("manifest.json") }
+
+    public func save(in stateRoot: URL) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        encoder.dateEncodingStrategy = .iso8601
+        try AtomicFile.write(try encoder.encode(self), to: Self.url(in: stateRoot))
+    }
+
+    public static func load(from stateRoot: URL) -> RunManifest? {
+        guard let data = FileManager.default.contents(atPath: url(in: stateRoot).path) else { return nil }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try? decoder.decode(RunManifest.self, from: data)
+    }
+}

@@ -1,0 +1,72 @@
+import Engine
+import Foundation
+
+/// A data set the session has loaded: a reference to an immutable file and its digest.
+/// The examples themselves are re-read (and the digest re-checked) when a later cell
+/// needs them, so snapshots stay small.
+public struct DatasetReference: Codable, Equatable, Sendable {
+    public var path: String
+    public var displayPath: String
+    public var sha256: String
+    public var format: DatasetFormat
+    public var exampleCount: Int
+}
+
+/// The state carried from cell to cell and snapshotted after each one.
+///
+/// Only small values and references to immutable inputs live here; large derived things
+/// (loaded examples, later models) are rebuilt from the references on demand.
+public struct SessionState: Codable, Equatable, Sendable {
+    /// Notebook parameters after `--param` overrides.
+    public var parameters: [String: String] = [:]
+    /// Data sets by name.
+    public var datasets: [String: DatasetReference] = [:]
+
+    public init() {}
+}
+
+/// The working state of one run: the snapshot-able ``SessionState`` plus caches of large
+/// values rebuilt from it.
+public final class Session {
+    public var state: SessionState
+    private var loadedDatasets: [String: Dataset] = [:]
+
+    public init(state: SessionState = SessionState()) {
+        self.state = state
+    }
+
+    /// Remembers a data set loaded by a step.
+    public func register(_ dataset: Dataset, as name: String, reference: DatasetReference) {
+        state.datasets[name] = reference
+        loadedDatasets[reference.sha256] = dataset
+    }
+
+    /// The examples of a data set loaded earlier, re-read from its file when this process
+    /// has not read it yet (e.g. after a reused cell). The file must still have the digest
+    /// it had when it was loaded.
+    public func dataset(named name: String) throws -> Dataset {
+        guard let reference = state.datasets[name] else {
+            throw SessionError.unknownDataset(name, known: state.datasets.keys.sorted())
+        }
+        if let cached = loadedDatasets[reference.sha256] { return cached }
+        let url = URL(fileURLWithPath: reference.path)
+        let digest = try SHA256Digest.hex(fileAt: url)
+        guard digest == reference.sha256 else { throw SessionError.fileChanged(reference.displayPath) }
+        let dataset = try Dataset.load(from: url, format: reference.format, displayPath: reference.displayPath)
+        loadedDatasets[reference.sha256] = dataset
+        return dataset
+    }
+}
+
+public enum SessionError: Error, Equatable, CustomStringConvertible {
+    case unknownDataset(String, known: [String])
+    case fileChanged(String)
+
+    public var description: String {
+        switch self {
+        case .unknownDataset(let n, let known):
+            return "no data set named '\(n)'; loaded: \(known.isEmpty ? "none (add an `nb load_data` cell first)" : known.joined(separator: ", "))"
+        case .fileChanged(let p): return "\(p) changed since it was loaded; run the notebook again so the cells that read it re-run"
+        }
+    }
+}

@@ -1,0 +1,96 @@
+import Foundation
+
+/// A value that is wrong for its key, found by a step's `validate()`.
+public struct ParameterError: Error, Equatable {
+    public var key: String
+    public var message: String
+
+    public init(_ key: String, _ message: String) {
+        self.key = key
+        self.message = message
+    }
+}
+
+/// The typed parameters of a step, decoded from a cell's YAML body.
+///
+/// Keys are snake_case, as in the notebook. Unknown keys are rejected before decoding, so
+/// `Keys` lists every key the step accepts.
+public protocol StepParameters: Codable, Sendable {
+    associatedtype Keys: CodingKey & CaseIterable
+    /// Cross-field and range checks; throw ``ParameterError`` naming the key at fault.
+    func validate() throws(ParameterError)
+}
+
+extension StepParameters {
+    public func validate() throws(ParameterError) {}
+    static var knownKeys: [String] { Keys.allCases.map(\.stringValue) }
+}
+
+/// One kind of notebook cell: `nb <name>`.
+public protocol Step: SendableMetatype {
+    associatedtype Parameters: StepParameters
+    static var name: String { get }
+    /// One line for `--help` style listings.
+    static var summary: String { get }
+    /// Files the step reads; their contents are hashed into the cell's cache key.
+    static func inputs(_ parameters: Parameters, context: StepContext) -> [URL]
+    /// Runs the step, changing `context.session` and appending to `context.outputs`.
+    static func run(_ parameters: Parameters, context: StepContext) throws
+}
+
+extension Step {
+    public static func inputs(_ parameters: Parameters, context: StepContext) -> [URL] { [] }
+}
+
+/// Parameters that have been decoded and validated, ready to run.
+public struct PreparedStep: @unchecked Sendable {
+    public var name: String
+    /// The parameters re-encoded as canonical JSON (sorted keys): part of the cache key.
+    public var canonicalParameters: String
+    let inputs: (StepContext) -> [URL]
+    let run: (StepContext) throws -> Void
+}
+
+/// The steps a notebook can use, by name.
+public struct StepRegistry: Sendable {
+    struct Entry: Sendable {
+        var summary: String
+        var prepare: @Sendable (_ body: String, _ cell: CellSource, _ file: String) throws(NotebookError) -> PreparedStep
+    }
+
+    private var entries: [String: Entry] = [:]
+
+    public init() {}
+
+    public var names: [String] { entries.keys.sorted() }
+
+    public func summary(of name: String) -> String? { entries[name]?.summary }
+
+    public mutating func register<S: Step>(_ step: S.Type) {
+        entries[S.name] = Entry(summary: S.summary) { body, cell, file throws(NotebookError) in
+            let parameters = try ParameterDecoder.decode(S.Parameters.self, step: S.name, body: body, cell: cell, file: file)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            let canonical = (try? encoder.encode(parameters)).flatMap { String(data: $0, encoding: .utf8) } ?? ""
+            return PreparedStep(
+                name: S.name, canonicalParameters: canonical,
+                inputs: { S.inputs(parameters, context: $0) },
+                run: { try S.run(parameters, context: $0) })
+        }
+    }
+
+    /// Decodes and validates a cell's body for its step.
+    public func prepare(_ cell: CellSource, body: String, file: String) throws(NotebookError) -> PreparedStep {
+        guard let entry = entries[cell.header.step] else {
+            throw .unknownStep(SourceLocation(file: file, line: cell.fenceLine), name: cell.header.step, known: names + [ParametersCell.stepName])
+        }
+        return try entry.prepare(body, cell, file)
+    }
+
+    /// Every step this build of nb knows.
+    public static let standard: StepRegistry = {
+        var r = StepRegistry()
+        r.register(LoadDataStep.self)
+        return r
+    }()
+}

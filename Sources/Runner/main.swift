@@ -1,0 +1,6 @@
+import Engine
+
+// OpenBLAS picks its kernels when it loads: make sure it picked the fast ones for this
+// CPU before anything else runs (re-executes once with OPENBLAS_CORETYPE set).
+BLASEnvironment.ensureFastKernels()
+Nb.main()

@@ -15,7 +15,7 @@ struct Nb: ParsableCommand {
             outputs/NAME.html; cell snapshots to outputs/.nb/NAME/.
             """,
             version: "nb \(NbVersion.string)\nBLAS: \(BLAS.summary)",
-            subcommands: [Run.self, Steps.self],
+            subcommands: [Run.self, Steps.self, Outline.self],
             defaultSubcommand: Run.self)
     }
 }
@@ -101,6 +101,23 @@ extension Nb {
             let registry = StepRegistry.standard
             print("\(ParametersCell.stepName): declare notebook parameters and their defaults (first cell)")
             for name in registry.names { print("\(name): \(registry.summary(of: name) ?? "")") }
+        }
+    }
+
+    struct Outline: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a notebook's blocks and step cells with their source lines (nothing runs).")
+
+        @Argument(help: "The notebook, a Markdown file.")
+        var notebook: String
+
+        func run() throws {
+            do {
+                print(try NotebookSource.load(URL(fileURLWithPath: notebook), displayPath: notebook).outline(), terminator: "")
+            } catch {
+                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                throw ExitCode(2)
+            }
         }
     }
 }

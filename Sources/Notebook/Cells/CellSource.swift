@@ -82,6 +82,9 @@ public struct NotebookSource: Sendable {
     /// The path as the user gave it, used in messages.
     public var displayPath: String
     public var blocks: [NotebookBlock]
+    /// Problems with cell headers (bad options, duplicate ids). The notebook is still
+    /// returned whole so the report can show every cell; a run refuses to start.
+    public var errors: [NotebookError] = []
 
     public var cells: [CellSource] {
         blocks.compactMap { if case .cell(let c) = $0 { return c } else { return nil } }
@@ -95,20 +98,32 @@ public struct NotebookSource: Sendable {
 
     public var name: String { url.deletingPathExtension().lastPathComponent }
 
-    public static func load(_ url: URL, displayPath: String? = nil, allowRawHTML: Bool = false) throws(NotebookError) -> NotebookSource {
+    /// - Parameter strict: throw the first cell-header problem; when false the problems are
+    ///   collected in ``errors`` and every cell is kept.
+    public static func load(_ url: URL, displayPath: String? = nil, allowRawHTML: Bool = false, strict: Bool = true) throws(NotebookError) -> NotebookSource {
         let shown = displayPath ?? url.path
         guard FileManager.default.fileExists(atPath: url.path) else { throw .notebookNotFound(path: shown) }
         let text: String
         do { text = try String(contentsOf: url, encoding: .utf8) } catch {
             throw .notebookUnreadable(path: shown, reason: "not UTF-8 text or not readable")
         }
-        return try parse(text, url: url, displayPath: shown, allowRawHTML: allowRawHTML)
+        let source = parseCollectingErrors(text, url: url, displayPath: shown, allowRawHTML: allowRawHTML)
+        if strict, let first = source.errors.first { throw first }
+        return source
     }
 
     /// Splits Markdown into blocks; fenced blocks whose info string's first word is `nb`
     /// become step cells, every other block is kept for display.
     public static func parse(_ text: String, url: URL, displayPath: String, allowRawHTML: Bool = false) throws(NotebookError) -> NotebookSource {
+        let source = parseCollectingErrors(text, url: url, displayPath: displayPath, allowRawHTML: allowRawHTML)
+        if let first = source.errors.first { throw first }
+        return source
+    }
+
+    /// Like ``parse(_:url:displayPath:allowRawHTML:)``, collecting cell-header problems in ``errors``.
+    public static func parseCollectingErrors(_ text: String, url: URL, displayPath: String, allowRawHTML: Bool = false) -> NotebookSource {
         var blocks: [NotebookBlock] = []
+        var errors: [NotebookError] = []
         var cellIndex = 0
         var idLines: [String: Int] = [:]
         for block in MarkdownDocument.parse(text, allowRawHTML: allowRawHTML) {
@@ -118,17 +133,28 @@ public struct NotebookSource: Sendable {
                 continue
             }
             let location = SourceLocation(file: displayPath, line: block.startLine)
-            let header = try CellHeader.parse(block.info, at: location)
+            var header: CellHeader
+            do {
+                header = try CellHeader.parse(block.info, at: location)
+            } catch {
+                errors.append(error)
+                let words = block.info.split(whereSeparator: \.isWhitespace)
+                header = CellHeader(step: words.count > 1 ? String(words[1]) : "(no step)")
+            }
             if let id = header.id {
-                if let first = idLines[id] { throw .duplicateCellID(location, id: id, firstLine: first) }
-                idLines[id] = block.startLine
+                if let first = idLines[id] {
+                    errors.append(.duplicateCellID(location, id: id, firstLine: first))
+                    header.id = nil
+                } else {
+                    idLines[id] = block.startLine
+                }
             }
             blocks.append(.cell(CellSource(
                 index: cellIndex, header: header, fenceLine: block.startLine,
                 endLine: block.endLine, body: block.literal)))
             cellIndex += 1
         }
-        return NotebookSource(url: url, displayPath: displayPath, blocks: blocks)
+        return NotebookSource(url: url, displayPath: displayPath, blocks: blocks, errors: errors)
     }
 
     /// Finds a cell by id or by 1-based number.
@@ -136,5 +162,27 @@ public struct NotebookSource: Sendable {
         if let c = cells.first(where: { $0.header.id == name }) { return c }
         if let n = Int(name), n >= 1, n <= cells.count { return cells[n - 1] }
         throw .unknownCell(name, known: cells.map(\.name))
+    }
+}
+
+extension NotebookSource {
+    /// One line per block with its kind and source lines: what the golden parse tests compare.
+    public func outline() -> String {
+        blocks.map { block -> String in
+            switch block {
+            case .markdown(let b):
+                var line = "markdown \(b.kind.rawValue) lines \(b.startLine)-\(b.endLine)"
+                if b.kind == .heading { line += " level=\(b.headingLevel) anchor=\(b.anchor) text=\(b.headingText.debugDescription)" }
+                if b.kind == .codeBlock { line += " info=\(b.info.debugDescription)" }
+                return line
+            case .cell(let c):
+                var line = "cell #\(c.index + 1) \(c.header.step)"
+                if let id = c.header.id { line += " id=\(id)" }
+                if c.header.skip { line += " skip" }
+                if !c.header.cache { line += " cache=false" }
+                line += " lines \(c.fenceLine)-\(c.endLine) body=\(c.body.debugDescription)"
+                return line
+            }
+        }.joined(separator: "\n") + "\n"
     }
 }

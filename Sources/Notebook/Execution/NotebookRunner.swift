@@ -79,7 +79,8 @@ public final class NotebookRunner: @unchecked Sendable {
 
     /// Parses and validates the notebook, collecting every problem (not just the first).
     func prepare(_ source: NotebookSource) -> (cells: [PlannedCell], parameters: [String: String], errors: [NotebookError]) {
-        var errors: [NotebookError] = []
+        var errors = source.errors
+        let badHeaders = Set(source.errors.compactMap { $0.location?.line })
         var parameters: [String: String] = [:]
         var rows: [[String]] = []
         let cells = source.cells
@@ -117,7 +118,7 @@ public final class NotebookRunner: @unchecked Sendable {
                 plannedCell.parameterRows = rows
                 let canonical = rows.map { "\($0[0])=\($0[1])" }.joined(separator: "\n")
                 plannedCell.key = SHA256Digest.hex("\(previousKey)\nparameters\n\(canonical)")
-            } else {
+            } else if !badHeaders.contains(cell.fenceLine) {
                 do {
                     let body = try ParametersCell.substitute(cell.body, parameters: parameters, cell: cell, file: file)
                     let prepared = try registry.prepare(cell, body: body, file: file)
@@ -155,7 +156,7 @@ public final class NotebookRunner: @unchecked Sendable {
         installInterruptHandler()
         let source: NotebookSource
         do {
-            source = try NotebookSource.load(notebookURL, displayPath: displayPath, allowRawHTML: options.allowRawHTML)
+            source = try NotebookSource.load(notebookURL, displayPath: displayPath, allowRawHTML: options.allowRawHTML, strict: false)
         } catch {
             return finishInvalid([error], source: nil)
         }

@@ -47,7 +47,8 @@ let package = Package(
             ]),
 
         .executableTarget(
-            name: "Benchmarks", dependencies: ["Notebook", "Engine"], path: "Benchmarks"),
+            name: "Benchmarks", dependencies: ["Notebook", "Engine", "CCmarkGFM"], path: "Benchmarks",
+            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
 
         .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine"],
                     resources: [.copy("Fixtures")]),

@@ -77,9 +77,9 @@ extension Dataset {
 
     /// Parses data-file text; `path` is only used in error messages.
     public static func parse(_ text: String, format: DatasetFormat, path: String) throws(DatasetError) -> Dataset {
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map {
-            $0.hasSuffix("\r") ? String($0.dropLast()) : String($0)
-        }
+        // "\r\n" is a single Character in Swift: normalise line ends before splitting.
+        var lines = text.replacingOccurrences(of: "\r\n", with: "\n")
+            .split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         // One trailing newline (or several) ends the file; it is not an empty example.
         while let last = lines.last, last.allSatisfy(\.isWhitespace) { lines.removeLast() }
         guard !lines.isEmpty else { throw .empty(path: path) }

@@ -35,9 +35,8 @@ private func datasetError(_ body: () throws(DatasetError) -> Dataset) -> Dataset
     }
 
     @Test func crlfLineEndings() {
-        // Known bug: Dataset.swift:80 splits on the Character "\n", but "\r\n" is one
-        // grapheme in Swift, so a CRLF file is a single line. Remove the wrapper once fixed.
-        withKnownIssue("CRLF files are read as one line (Sources/Engine/Dataset.swift:80)") {
+        // "\r\n" is one Character in Swift: splitting on "\n" alone would see one line.
+        #expect(throws: Never.self) {
             let d = try Dataset.parse("Q1\r\nA1\r\nQ2\r\nA2\r\n", format: .qa, path: "f.txt")
             #expect(d.examples == [
                 Example(prompt: "Q1", text: "A1", line: 1),
@@ -80,8 +79,7 @@ private func datasetError(_ body: () throws(DatasetError) -> Dataset) -> Dataset
     }
 
     @Test func crlfLineEndings() {
-        // Known bug, as for question/answer files (Sources/Engine/Dataset.swift:80).
-        withKnownIssue("CRLF files are read as one line (Sources/Engine/Dataset.swift:80)") {
+        #expect(throws: Never.self) {
             let d = try Dataset.parse("{\"text\": \"a\"}\r\n{\"text\": \"b\"}\r\n", format: .jsonl, path: "f.jsonl")
             #expect(d.examples == [Example(text: "a", line: 1), Example(text: "b", line: 2)])
         }

@@ -34,7 +34,7 @@ public enum CellOutput: Codable, Equatable, Sendable {
 public enum Format {
     /// 12,345 with thousands separators.
     public static func integer(_ n: Int) -> String {
-        let digits = String(abs(n))
+        let digits = String(n.magnitude)
         var out = ""
         for (i, c) in digits.enumerated() {
             if i > 0 && (digits.count - i) % 3 == 0 { out += "," }

@@ -194,6 +194,9 @@ public final class NotebookRunner: @unchecked Sendable {
         state.parameters = parameters
         let session = Session(state: state)
         var failure: String?
+        // The verified payload of the last reused snapshot: its state is decoded only if a
+        // later cell has to run on it.
+        var pendingState: (payload: Data, cell: String)?
 
         for (i, cell) in cells.enumerated() {
             let label = "[\(i + 1)/\(cells.count)] \(cell.source.title) (line \(cell.source.fenceLine))"
@@ -205,7 +208,7 @@ public final class NotebookRunner: @unchecked Sendable {
             }
             // After the one cell of `--cell`, show the later cells from their snapshots.
             if let only = onlyIndex, i > only {
-                if case .success(let snap) = store.load(key: cell.key) {
+                if case .success(let (snap, _)) = store.loadSummary(key: cell.key) {
                     update(i, status: .reused, duration: snap.duration, finishedAt: snap.finishedAt,
                            note: "not re-run (--cell \(options.onlyCell!)); outputs from the last run", outputs: snap.outputs)
                 } else {
@@ -215,9 +218,9 @@ public final class NotebookRunner: @unchecked Sendable {
             }
             var note: String?
             if !forced.contains(i) && cell.source.header.cache {
-                switch store.load(key: cell.key) {
-                case .success(let snap):
-                    session.state = snap.state
+                switch store.loadSummary(key: cell.key) {
+                case .success(let (snap, payload)):
+                    pendingState = (payload, cell.source.name)
                     update(i, status: .reused, duration: snap.duration, finishedAt: snap.finishedAt,
                            note: "reused: step, parameters, input files and earlier cells unchanged", outputs: snap.outputs)
                     options.log("  \(label): reused (unchanged since \(HTMLReport.dateString(snap.finishedAt)))\n")
@@ -230,6 +233,16 @@ public final class NotebookRunner: @unchecked Sendable {
             } else if forced.contains(i) {
                 note = options.fresh ? "--fresh" : (onlyIndex == i ? "--cell" : "--from")
                 note = "re-run (\(note!))"
+            }
+            if let pending = pendingState {
+                switch store.decodeState(pending.payload) {
+                case .success(let restored): session.state = restored
+                case .failure(let problem):
+                    failure = "\(source.displayPath):\(cell.source.fenceLine): cannot restore the state saved after cell \(pending.cell) (\(problem)); run with --fresh"
+                    update(i, status: .failed, error: failure)
+                    continue
+                }
+                pendingState = nil
             }
             update(i, status: .running, note: note)
             options.log("  \(label): running\n")

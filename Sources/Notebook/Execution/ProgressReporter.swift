@@ -15,6 +15,7 @@ public final class ProgressReporter {
     let start: Double
     private var lastDraw: Double = -.infinity
     private var finished = false
+    private var lastPrinted = -1
 
     public init(label: String, total: Int, interactive: Bool, interval: Double = 5,
                 write: @escaping (String) -> Void, clock: @escaping () -> Double = ProgressReporter.monotonicSeconds) {
@@ -31,8 +32,10 @@ public final class ProgressReporter {
     public func update(_ done: Int, metrics: String = "") {
         let now = clock()
         let due = interactive ? now - lastDraw >= 0.1 : now - lastDraw >= interval
-        guard due || done >= total, !finished else { return }
+        let complete = total > 0 && done >= total
+        guard due || complete, !finished else { return }
         lastDraw = now
+        lastPrinted = done
         let line = render(done: done, now: now, metrics: metrics)
         write(interactive ? "\r\u{1B}[2K" + line : line + "\n")
     }
@@ -40,9 +43,11 @@ public final class ProgressReporter {
     /// Ends the progress line.
     public func finish(metrics: String = "") {
         guard !finished else { return }
+        finished = true
+        // A plain log already holds the completed line when update(total) printed it.
+        if !interactive && lastPrinted == total && metrics.isEmpty { return }
         let line = render(done: total, now: clock(), metrics: metrics)
         write(interactive ? "\r\u{1B}[2K" + line + "\n" : line + "\n")
-        finished = true
     }
 
     func render(done: Int, now: Double, metrics: String) -> String {

@@ -50,7 +50,7 @@ public enum MarkdownDocument {
         let extensions = cmark_parser_get_syntax_extensions(parser)
 
         var blocks: [MarkdownBlock] = []
-        var usedAnchors: [String: Int] = [:]
+        var usedAnchors = Set<String>()
         var node = cmark_node_first_child(root)
         while let current = node {
             var block = copyBlock(current, options: options, extensions: extensions, anchors: &usedAnchors)
@@ -66,7 +66,7 @@ public enum MarkdownDocument {
 
     private static func copyBlock(
         _ node: OpaquePointer, options: Int32, extensions: UnsafeMutablePointer<cmark_llist>?,
-        anchors: inout [String: Int]
+        anchors: inout Set<String>
     ) -> MarkdownBlock {
         let type = cmark_node_get_type(node)
         let typeName = cmark_node_get_type_string(node).map { String(cString: $0) } ?? ""
@@ -79,10 +79,17 @@ public enum MarkdownDocument {
         case .heading:
             block.headingLevel = Int(cmark_node_get_heading_level(node))
             block.headingText = plainText(of: node)
-            let base = slug(block.headingText)
-            let n = anchors[base, default: 0]
-            anchors[base] = n + 1
-            block.anchor = n == 0 ? base : "\(base)-\(n)"
+            // Cells own the `cell-…` anchors in the report; headings never take one.
+            var base = slug(block.headingText)
+            if base.hasPrefix("cell-") { base = "section-" + base }
+            var candidate = base
+            var n = 0
+            while anchors.contains(candidate) {
+                n += 1
+                candidate = "\(base)-\(n)"
+            }
+            anchors.insert(candidate)
+            block.anchor = candidate
             let tag = "<h\(block.headingLevel)"
             if let r = block.html.range(of: tag) {
                 block.html.replaceSubrange(r, with: "\(tag) id=\"\(block.anchor)\"")

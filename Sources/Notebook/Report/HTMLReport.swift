@@ -11,6 +11,12 @@ public struct ReportHeader: Sendable {
     /// "running", "finished", "failed", "interrupted", "invalid notebook".
     public var state: String
     public var totalSeconds: Double
+
+    public init(title: String, notebookPath: String, startedAt: Date, gitCommit: String?, machine: MachineInfo,
+                invocation: String, state: String, totalSeconds: Double) {
+        (self.title, self.notebookPath, self.startedAt, self.gitCommit) = (title, notebookPath, startedAt, gitCommit)
+        (self.machine, self.invocation, self.state, self.totalSeconds) = (machine, invocation, state, totalSeconds)
+    }
 }
 
 /// A step cell as the report shows it.
@@ -18,6 +24,10 @@ public struct CellView: Sendable {
     public var source: CellSource
     public var record: CellRecord
     public var outputs: [CellOutput]
+
+    public init(source: CellSource, record: CellRecord, outputs: [CellOutput]) {
+        (self.source, self.record, self.outputs) = (source, record, outputs)
+    }
 }
 
 /// Renders the self-contained HTML report: inline CSS and SVG, no scripts, no network.
@@ -91,7 +101,9 @@ public enum HTMLReport {
         return "<nav class=\"toc\">\n<h2>Contents</h2>\n<ul>\n" + items.joined(separator: "\n") + "\n</ul>\n</nav>\n"
     }
 
-    static func anchor(_ c: CellSource) -> String { "cell-" + MarkdownDocument.slug(c.name) }
+    /// `cell-<id>` (ids are letters, digits, `.`, `_`, `-`: valid in ids and fragments as
+    /// they are), or `cell-<number>` for cells without an id.
+    static func anchor(_ c: CellSource) -> String { "cell-" + c.name }
 
     static func badgeClass(_ s: CellStatus) -> String { s.rawValue.replacingOccurrences(of: " ", with: "-") }
 
@@ -141,12 +153,13 @@ public enum HTMLReport {
         }
     }
 
+    /// `2026-11-29 10:02:03 UTC`.
     static func dateString(_ date: Date) -> String {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = "yyyy-MM-dd HH:mm:ss 'UTC'"
-        return f.string(from: date)
+        var t = time_t(date.timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) UTC"
     }
 
     static let css = """

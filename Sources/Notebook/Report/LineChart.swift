@@ -118,7 +118,15 @@ public struct LineChart: Codable, Equatable, Sendable {
         return out
     }
 
-    func f(_ v: Double) -> String { String(format: "%.2f", v) }
+    /// Two decimals, deterministic, without `String(format:)` (slow on Linux, and charts
+    /// print thousands of numbers).
+    func f(_ v: Double) -> String {
+        let scaled = (v * 100).rounded()
+        guard scaled.isFinite, abs(scaled) < 1e15 else { return String(format: "%.2f", v) }
+        let n = Int(scaled)
+        let whole = n.magnitude / 100, cents = n.magnitude % 100
+        return (n < 0 ? "-" : "") + String(whole) + (cents < 10 ? ".0" : ".") + String(cents)
+    }
 }
 
 /// A numeric axis: the range shown, its ticks, and how values map onto it.
@@ -137,8 +145,9 @@ struct Axis: Equatable {
             hi += pad
         }
         let step = niceStep((hi - lo) / 5)
-        let first = (lo / step).rounded(.down) * step
-        let last = (hi / step).rounded(.up) * step
+        // The epsilon keeps 0.3 / 0.1 = 2.9999… from adding a tick below the data.
+        let first = (lo / step + 1e-9).rounded(.down) * step
+        let last = (hi / step - 1e-9).rounded(.up) * step
         var ticks: [Double] = []
         var k = 0
         while true {

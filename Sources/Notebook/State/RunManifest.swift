@@ -26,6 +26,12 @@ public struct CellRecord: Codable, Equatable, Sendable {
     /// Why it was reused, re-run, or not run.
     public var note: String?
     public var error: String?
+
+    public init(index: Int, name: String, id: String?, step: String, line: Int, key: String?, status: CellStatus,
+                duration: Double? = nil, finishedAt: Date? = nil, note: String? = nil, error: String? = nil) {
+        (self.index, self.name, self.id, self.step, self.line, self.key, self.status) = (index, name, id, step, line, key, status)
+        (self.duration, self.finishedAt, self.note, self.error) = (duration, finishedAt, note, error)
+    }
 }
 
 /// `outputs/.nb/<notebook>/manifest.json`: what the latest run did with every cell.

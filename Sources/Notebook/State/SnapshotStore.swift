@@ -12,6 +12,14 @@ public struct CellSnapshot: Codable, Equatable, Sendable {
     public var outputs: [CellOutput]
 }
 
+/// A snapshot without its state.
+public struct CellSnapshotSummary: Decodable, Sendable {
+    public var key: String
+    public var finishedAt: Date
+    public var duration: Double
+    public var outputs: [CellOutput]
+}
+
 /// Why a stored snapshot cannot be used.
 public enum SnapshotProblem: Error, Equatable, CustomStringConvertible {
     case missing
@@ -44,6 +52,8 @@ public struct SnapshotStore: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
+        // Charts may hold NaN or infinite points (a diverged loss): JSON has no such numbers.
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         let payload = try encoder.encode(snapshot)
         var data = Data("\(Self.magic) sha256=\(SHA256Digest.hex(payload)) bytes=\(payload.count)\n".utf8)
         data.append(payload)
@@ -51,6 +61,40 @@ public struct SnapshotStore: Sendable {
     }
 
     public func load(key: String) -> Result<CellSnapshot, SnapshotProblem> {
+        verifiedPayload(key: key).flatMap { payload in
+            guard let snapshot = try? Self.decoder.decode(CellSnapshot.self, from: payload), snapshot.key == key else {
+                return .failure(.corrupt("unreadable payload"))
+            }
+            return .success(snapshot)
+        }
+    }
+
+    /// What the report needs of a reused cell, without decoding its state (which grows with
+    /// the notebook): the state is decoded only when a later cell has to run on it.
+    public func loadSummary(key: String) -> Result<(summary: CellSnapshotSummary, payload: Data), SnapshotProblem> {
+        verifiedPayload(key: key).flatMap { payload in
+            guard let summary = try? Self.decoder.decode(CellSnapshotSummary.self, from: payload), summary.key == key else {
+                return .failure(.corrupt("unreadable payload"))
+            }
+            return .success((summary, payload))
+        }
+    }
+
+    /// The state inside a payload returned by ``loadSummary(key:)``.
+    public func decodeState(_ payload: Data) -> Result<SessionState, SnapshotProblem> {
+        guard let full = try? Self.decoder.decode(CellSnapshot.self, from: payload) else { return .failure(.corrupt("unreadable state")) }
+        return .success(full.state)
+    }
+
+    static var decoder: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return decoder
+    }
+
+    /// The payload bytes after checking the header's length and SHA-256.
+    func verifiedPayload(key: String) -> Result<Data, SnapshotProblem> {
         guard let data = FileManager.default.contents(atPath: file(for: key).path) else { return .failure(.missing) }
         guard let newline = data.firstIndex(of: UInt8(ascii: "\n")),
               let header = String(data: data[..<newline], encoding: .utf8) else {
@@ -65,11 +109,6 @@ public struct SnapshotStore: Sendable {
         let payload = data[(newline + 1)...]
         guard payload.count == bytes else { return .failure(.corrupt("expected \(bytes) bytes, found \(payload.count)")) }
         guard SHA256Digest.hex(Data(payload)) == fields[2].dropFirst(7) else { return .failure(.corrupt("checksum mismatch")) }
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        guard let snapshot = try? decoder.decode(CellSnapshot.self, from: Data(payload)), snapshot.key == key else {
-            return .failure(.corrupt("unreadable payload"))
-        }
-        return .success(snapshot)
+        return .success(Data(payload))
     }
 }

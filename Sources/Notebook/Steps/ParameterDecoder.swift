@@ -107,6 +107,8 @@ enum ParameterDecoder {
         case is Bool.Type: return "true or false"
         default:
             let name = String(describing: type)
+            // Yams reports a list or mapping where a scalar belongs as a `Node.Scalar` mismatch.
+            if name.hasSuffix("Scalar") { return "a single value" }
             if name.hasPrefix("Array") { return "a list" }
             if name.hasPrefix("Dictionary") { return "a mapping" }
             return name

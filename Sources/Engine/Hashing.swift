@@ -3,8 +3,17 @@ import Foundation
 
 /// SHA-256 digests as lowercase hex, for cell keys, data files and downloaded models.
 public enum SHA256Digest {
-    public static func hex(_ data: Data) -> String {
-        SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+    public static func hex(_ data: Data) -> String { hex(digest: SHA256.hash(data: data)) }
+
+    static func hex<D: Sequence>(digest: D) -> String where D.Element == UInt8 {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        for byte in digest {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     public static func hex(_ string: String) -> String { hex(Data(string.utf8)) }
@@ -17,6 +26,6 @@ public enum SHA256Digest {
         while let chunk = try handle.read(upToCount: 4 << 20), !chunk.isEmpty {
             hasher.update(data: chunk)
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hex(digest: hasher.finalize())
     }
 }

@@ -104,9 +104,16 @@ private struct TemporaryDirectory {
         // Header line format.
         let data = try #require(FileManager.default.contents(atPath: store.file(for: snapshot.key).path))
         let header = String(decoding: data.prefix(while: { $0 != UInt8(ascii: "\n") }), as: UTF8.self)
-        #expect(header.hasPrefix("nb-snapshot 1 sha256="))
+        #expect(header.hasPrefix("nb-snapshot 2 sha256="))
         let payload = data.drop(while: { $0 != UInt8(ascii: "\n") }).dropFirst()
-        #expect(header == "nb-snapshot 1 sha256=\(SHA256Digest.hex(Data(payload))) bytes=\(payload.count)")
+        #expect(header == "nb-snapshot 2 sha256=\(SHA256Digest.hex(Data(payload))) bytes=\(payload.count)")
+        // The summary line, then the rendered outputs, then the full JSON.
+        let summaryLine = String(decoding: payload.prefix(while: { $0 != UInt8(ascii: "\n") }), as: UTF8.self)
+        #expect(summaryLine.contains("\"htmlBytes\":\(Data(snapshot.outputsHTML.utf8).count)"))
+        #expect(String(decoding: payload, as: UTF8.self).contains(snapshot.outputsHTML))
+        let summary = try store.loadSummary(key: snapshot.key).get().summary
+        #expect(summary.outputsHTML == snapshot.outputsHTML && summary.duration == snapshot.duration)
+        #expect(try store.decodeState(store.loadSummary(key: snapshot.key).get().payload).get() == snapshot.state)
         // Saving again replaces it.
         var second = snapshot
         second.duration = 9
@@ -165,7 +172,8 @@ private struct TemporaryDirectory {
                 data.replaceSubrange(0..<newline, with: Data(header.utf8))
             }
         }
-        #expect(try loadDamaged(replaceHeader("nb-snapshot 2 sha256=00 bytes=10")) == .failure(.corrupt("bad header")))
+        #expect(try loadDamaged(replaceHeader("nb-snapshot 3 sha256=00 bytes=10")) == .failure(.corrupt("bad header")))
+        #expect(try loadDamaged(replaceHeader("nb-snapshot 1 sha256=00 bytes=10")) == .failure(.corrupt("bad header")))
         #expect(try loadDamaged(replaceHeader("hello")) == .failure(.corrupt("bad header")))
         #expect(try loadDamaged(replaceHeader("nb-snapshot 1 sha256=00")) == .failure(.corrupt("bad header")))
         #expect(try loadDamaged(replaceHeader("nb-snapshot 1 sha256=00 bytes=ten")) == .failure(.corrupt("bad header")))
@@ -174,9 +182,9 @@ private struct TemporaryDirectory {
     @Test func consistentButUnreadablePayloadIsCorrupt() throws {
         let result = try loadDamaged { data in
             let payload = Data("{\"not\": \"a snapshot\"}".utf8)
-            data = Data("nb-snapshot 1 sha256=\(SHA256Digest.hex(payload)) bytes=\(payload.count)\n".utf8) + payload
+            data = Data("nb-snapshot 2 sha256=\(SHA256Digest.hex(payload)) bytes=\(payload.count)\n".utf8) + payload
         }
-        #expect(result == .failure(.corrupt("unreadable payload")))
+        #expect(result == .failure(.corrupt("unreadable summary")))
     }
 
     @Test func snapshotUnderAnotherKeyIsNotUsed() throws {
@@ -186,7 +194,7 @@ private struct TemporaryDirectory {
         try store.save(Self.sampleSnapshot(key: "aaa"))
         try FileManager.default.createDirectory(at: store.directory(for: "bbb"), withIntermediateDirectories: true)
         try FileManager.default.copyItem(at: store.file(for: "aaa"), to: store.file(for: "bbb"))
-        #expect(store.load(key: "bbb") == .failure(.corrupt("unreadable payload")))
+        #expect(store.load(key: "bbb") == .failure(.corrupt("unreadable summary")))
         #expect(try store.load(key: "aaa").get().key == "aaa")
     }
 

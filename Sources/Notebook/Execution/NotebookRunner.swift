@@ -210,7 +210,7 @@ public final class NotebookRunner: @unchecked Sendable {
             if let only = onlyIndex, i > only {
                 if case .success(let (snap, _)) = store.loadSummary(key: cell.key) {
                     update(i, status: .reused, duration: snap.duration, finishedAt: snap.finishedAt,
-                           note: "not re-run (--cell \(options.onlyCell!)); outputs from the last run", outputs: snap.outputs)
+                           note: "not re-run (--cell \(options.onlyCell!)); outputs from the last run", outputsHTML: snap.outputsHTML)
                 } else {
                     update(i, status: .notRun, note: "not run (--cell \(options.onlyCell!)) and no earlier result")
                 }
@@ -222,7 +222,7 @@ public final class NotebookRunner: @unchecked Sendable {
                 case .success(let (snap, payload)):
                     pendingState = (payload, cell.source.name)
                     update(i, status: .reused, duration: snap.duration, finishedAt: snap.finishedAt,
-                           note: "reused: step, parameters, input files and earlier cells unchanged", outputs: snap.outputs)
+                           note: "reused: step, parameters, input files and earlier cells unchanged", outputsHTML: snap.outputsHTML)
                     options.log("  \(label): reused (unchanged since \(HTMLReport.dateString(snap.finishedAt)))\n")
                     continue
                 case .failure(let problem):
@@ -309,7 +309,7 @@ public final class NotebookRunner: @unchecked Sendable {
     /// start and when they end), not for each reused one: a long notebook of reused cells
     /// is written once, at the end.
     func update(_ i: Int, status: CellStatus, duration: Double? = nil, finishedAt: Date? = nil,
-                note: String? = nil, outputs: [CellOutput] = [], error: String? = nil) {
+                note: String? = nil, outputs: [CellOutput] = [], outputsHTML: String? = nil, error: String? = nil) {
         lock.withLock {
             views[i].record.status = status
             views[i].record.duration = duration
@@ -317,6 +317,7 @@ public final class NotebookRunner: @unchecked Sendable {
             views[i].record.note = note
             views[i].record.error = error
             views[i].outputs = outputs
+            views[i].outputsHTML = outputsHTML
         }
         if [.running, .ran, .failed].contains(status) { writeReport() }
     }

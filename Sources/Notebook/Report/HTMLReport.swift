@@ -24,9 +24,11 @@ public struct CellView: Sendable {
     public var source: CellSource
     public var record: CellRecord
     public var outputs: [CellOutput]
+    /// Outputs already rendered (a reused cell's, from its snapshot); used instead of `outputs`.
+    public var outputsHTML: String?
 
-    public init(source: CellSource, record: CellRecord, outputs: [CellOutput]) {
-        (self.source, self.record, self.outputs) = (source, record, outputs)
+    public init(source: CellSource, record: CellRecord, outputs: [CellOutput], outputsHTML: String? = nil) {
+        (self.source, self.record, self.outputs, self.outputsHTML) = (source, record, outputs, outputsHTML)
     }
 }
 
@@ -124,13 +126,15 @@ public enum HTMLReport {
         let info = (["nb", c.header.step] + (c.header.id.map { ["id=\($0)"] } ?? []) + (c.header.skip ? ["skip"] : []) + (c.header.cache ? [] : ["cache=false"])).joined(separator: " ")
         h += "<details class=\"source\"><summary>source</summary><pre><code>```\(HTML.escape(info))\n\(HTML.escape(c.body))```</code></pre></details>\n"
         if let error = r.error { h += "<pre class=\"error\">\(HTML.escape(error))</pre>\n" }
-        if !view.outputs.isEmpty {
-            h += "<div class=\"outputs\">\n"
-            for o in view.outputs { h += render(o) }
-            h += "</div>\n"
-        }
+        h += view.outputsHTML ?? render(view.outputs)
         h += "</section>\n"
         return h
+    }
+
+    /// A cell's outputs as HTML (empty when there are none).
+    public static func render(_ outputs: [CellOutput]) -> String {
+        guard !outputs.isEmpty else { return "" }
+        return "<div class=\"outputs\">\n" + outputs.map(render).joined() + "</div>\n"
     }
 
     static func render(_ output: CellOutput) -> String {

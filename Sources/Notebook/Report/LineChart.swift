@@ -12,9 +12,31 @@ public struct LineChart: Codable, Equatable, Sendable {
         public init(_ x: Double, _ y: Double) { self.x = x; self.y = y }
     }
 
+    /// Stored as parallel `x` and `y` arrays: snapshots decode much faster than an array of
+    /// point objects.
     public struct Series: Codable, Equatable, Sendable {
         public var name: String
         public var points: [Point]
+
+        enum CodingKeys: String, CodingKey { case name, x, y }
+
+        public func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(name, forKey: .name)
+            try c.encode(points.map(\.x), forKey: .x)
+            try c.encode(points.map(\.y), forKey: .y)
+        }
+
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decode(String.self, forKey: .name)
+            let xs = try c.decode([Double].self, forKey: .x), ys = try c.decode([Double].self, forKey: .y)
+            guard xs.count == ys.count else {
+                throw DecodingError.dataCorruptedError(forKey: .y, in: c, debugDescription: "x and y differ in length")
+            }
+            points = zip(xs, ys).map { Point($0, $1) }
+        }
+
         public init(name: String, points: [Point]) { self.name = name; self.points = points }
         public init(name: String, values: [Double], startingAt first: Double = 1) {
             self.init(name: name, points: values.enumerated().map { Point(first + Double($0.offset), $0.element) })

@@ -10,14 +10,43 @@ public struct CellSnapshot: Codable, Equatable, Sendable {
     public var duration: Double
     public var state: SessionState
     public var outputs: [CellOutput]
+    /// The outputs as the report shows them, so a reused cell needs no re-rendering.
+    /// Stored in a section of its own, not in the JSON.
+    public var outputsHTML: String
+
+    enum CodingKeys: String, CodingKey { case key, cellName, step, finishedAt, duration, state, outputs }
+
+    public init(key: String, cellName: String, step: String, finishedAt: Date, duration: Double,
+                state: SessionState, outputs: [CellOutput]) {
+        (self.key, self.cellName, self.step, self.finishedAt, self.duration) = (key, cellName, step, finishedAt, duration)
+        (self.state, self.outputs) = (state, outputs)
+        self.outputsHTML = HTMLReport.render(outputs)
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        key = try c.decode(String.self, forKey: .key)
+        cellName = try c.decode(String.self, forKey: .cellName)
+        step = try c.decode(String.self, forKey: .step)
+        finishedAt = try c.decode(Date.self, forKey: .finishedAt)
+        duration = try c.decode(Double.self, forKey: .duration)
+        state = try c.decode(SessionState.self, forKey: .state)
+        outputs = try c.decode([CellOutput].self, forKey: .outputs)
+        outputsHTML = ""
+    }
 }
 
-/// A snapshot without its state.
-public struct CellSnapshotSummary: Decodable, Sendable {
+/// What the report needs of a reused cell: no state, no structured outputs.
+public struct CellSnapshotSummary: Codable, Sendable {
     public var key: String
     public var finishedAt: Date
     public var duration: Double
-    public var outputs: [CellOutput]
+    /// Length in bytes of the HTML section that follows the summary line.
+    public var htmlBytes: Int
+    /// Filled from the HTML section.
+    public var outputsHTML: String = ""
+
+    enum CodingKeys: String, CodingKey { case key, finishedAt, duration, htmlBytes }
 }
 
 /// Why a stored snapshot cannot be used.
@@ -35,13 +64,15 @@ public enum SnapshotProblem: Error, Equatable, CustomStringConvertible {
 
 /// Snapshots under `outputs/.nb/<notebook>/<key>/snapshot.json`.
 ///
-/// Each file starts with a header line `nb-snapshot 1 sha256=<hex> bytes=<n>` followed by
-/// the JSON payload; a snapshot whose payload does not match its header is corrupt and is
-/// never used. Files are written atomically, so a killed run leaves the old snapshot or
-/// the new one.
+/// Layout: a header line `nb-snapshot 2 sha256=<hex> bytes=<n>` covering everything after
+/// it, then a one-line JSON summary (key, finish time, duration, HTML length), the cell's
+/// rendered outputs, and the full JSON (state and structured outputs). A reused cell reads
+/// the summary and the HTML only; the state is decoded when a later cell has to run on it.
+/// A snapshot that does not match its header is corrupt and is never used. Files are
+/// written atomically, so a killed run leaves the old snapshot or the new one.
 public struct SnapshotStore: Sendable {
     public let root: URL
-    static let magic = "nb-snapshot 1"
+    static let magic = "nb-snapshot 2"
 
     public init(root: URL) { self.root = root }
 
@@ -54,33 +85,44 @@ public struct SnapshotStore: Sendable {
         encoder.dateEncodingStrategy = .iso8601
         // Charts may hold NaN or infinite points (a diverged loss): JSON has no such numbers.
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        let payload = try encoder.encode(snapshot)
+        let html = Data(snapshot.outputsHTML.utf8)
+        var payload = try encoder.encode(CellSnapshotSummary(
+            key: snapshot.key, finishedAt: snapshot.finishedAt, duration: snapshot.duration, htmlBytes: html.count))
+        payload.append(UInt8(ascii: "\n"))
+        payload.append(html)
+        payload.append(try encoder.encode(snapshot))
         var data = Data("\(Self.magic) sha256=\(SHA256Digest.hex(payload)) bytes=\(payload.count)\n".utf8)
         data.append(payload)
         try AtomicFile.write(data, to: file(for: snapshot.key))
     }
 
     public func load(key: String) -> Result<CellSnapshot, SnapshotProblem> {
-        verifiedPayload(key: key).flatMap { payload in
-            guard let snapshot = try? Self.decoder.decode(CellSnapshot.self, from: payload), snapshot.key == key else {
+        loadSummary(key: key).flatMap { summary, payload in
+            guard var snapshot = try? Self.decoder.decode(CellSnapshot.self, from: payload), snapshot.key == key else {
                 return .failure(.corrupt("unreadable payload"))
             }
+            snapshot.outputsHTML = summary.outputsHTML
             return .success(snapshot)
         }
     }
 
-    /// What the report needs of a reused cell, without decoding its state (which grows with
-    /// the notebook): the state is decoded only when a later cell has to run on it.
+    /// The summary and rendered outputs of a snapshot, and the bytes of its full JSON
+    /// (for ``decodeState(_:)``), after checking length and checksum.
     public func loadSummary(key: String) -> Result<(summary: CellSnapshotSummary, payload: Data), SnapshotProblem> {
         verifiedPayload(key: key).flatMap { payload in
-            guard let summary = try? Self.decoder.decode(CellSnapshotSummary.self, from: payload), summary.key == key else {
-                return .failure(.corrupt("unreadable payload"))
+            guard let newline = payload.firstIndex(of: UInt8(ascii: "\n")),
+                  var summary = try? Self.decoder.decode(CellSnapshotSummary.self, from: payload[..<newline]),
+                  summary.key == key, summary.htmlBytes >= 0,
+                  payload.endIndex - (newline + 1) >= summary.htmlBytes else {
+                return .failure(.corrupt("unreadable summary"))
             }
-            return .success((summary, payload))
+            let htmlEnd = newline + 1 + summary.htmlBytes
+            summary.outputsHTML = String(decoding: payload[(newline + 1)..<htmlEnd], as: UTF8.self)
+            return .success((summary, Data(payload[htmlEnd...])))
         }
     }
 
-    /// The state inside a payload returned by ``loadSummary(key:)``.
+    /// The state inside the full JSON returned by ``loadSummary(key:)``.
     public func decodeState(_ payload: Data) -> Result<SessionState, SnapshotProblem> {
         guard let full = try? Self.decoder.decode(CellSnapshot.self, from: payload) else { return .failure(.corrupt("unreadable state")) }
         return .success(full.state)
@@ -93,7 +135,7 @@ public struct SnapshotStore: Sendable {
         return decoder
     }
 
-    /// The payload bytes after checking the header's length and SHA-256.
+    /// The bytes after the header line, once their length and SHA-256 match the header.
     func verifiedPayload(key: String) -> Result<Data, SnapshotProblem> {
         guard let data = FileManager.default.contents(atPath: file(for: key).path) else { return .failure(.missing) }
         guard let newline = data.firstIndex(of: UInt8(ascii: "\n")),

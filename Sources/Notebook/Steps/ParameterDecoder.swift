@@ -4,6 +4,12 @@ import Yams
 /// Decodes a cell's YAML body into a step's parameter struct, turning every YAML, key,
 /// type and range problem into a ``NotebookError`` that names `file:line` and the key.
 enum ParameterDecoder {
+    // Yams's defaults are computed on every use (`Parser.Encoding.default` reads the whole
+    // environment): build them once.
+    nonisolated(unsafe) static let resolver = Resolver.default
+    nonisolated(unsafe) static let constructor = Constructor.default
+    nonisolated(unsafe) static let decoder = YAMLDecoder(encoding: .utf8)
+
     static func decode<P: StepParameters>(
         _ type: P.Type, step: String, body: String, cell: CellSource, file: String
     ) throws(NotebookError) -> P {
@@ -30,7 +36,7 @@ enum ParameterDecoder {
 
         let parameters: P
         do {
-            parameters = try YAMLDecoder().decode(P.self, from: root)
+            parameters = try decoder.decode(P.self, from: root)
         } catch let error as DecodingError {
             throw map(error, step: step, fence: fence, keyLocation: { location(keyNodes[$0]) },
                       foundValue: { valueNodes[$0].map(describe) ?? "nothing" })
@@ -50,7 +56,7 @@ enum ParameterDecoder {
         let fence = SourceLocation(file: file, line: cell.fenceLine)
         let node: Node?
         do {
-            node = try Yams.compose(yaml: body)
+            node = try Yams.compose(yaml: body, resolver, constructor, .utf8)
         } catch let error as YamlError {
             throw yamlError(error, cell: cell, file: file)
         } catch {

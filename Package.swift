@@ -52,6 +52,7 @@ let package = Package(
 
         .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine"],
+                    resources: [.copy("Fixtures")]),
     ]
 )

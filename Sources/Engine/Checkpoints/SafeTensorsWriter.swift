@@ -1,0 +1,69 @@
+import Foundation
+
+/// Writes Float32 tensors as a `.safetensors` file (e.g. a PEFT `adapter_model.safetensors`).
+public enum SafeTensorsWriter {
+    /// Writes `tensors` in the given order, row-major little-endian F32, with `metadata` as
+    /// the header's `__metadata__` (omitted when empty). The JSON header is padded with
+    /// spaces so the data section starts at a multiple of 8 bytes. Replaces `url` atomically.
+    ///
+    /// Names must be unique and `values.count` must equal the product of `shape`
+    /// (preconditions: a violation is a bug in the caller).
+    public static func write(_ tensors: [(name: String, shape: [Int], values: [Float])],
+                             metadata: [String: String] = [:], to url: URL) throws(CheckpointError) {
+        var header = "{"
+        var fields: [String] = []
+        if !metadata.isEmpty {
+            let pairs = metadata.keys.sorted().map { "\(quote($0)):\(quote(metadata[$0]!))" }
+            fields.append("\"__metadata__\":{\(pairs.joined(separator: ","))}")
+        }
+        var offset = 0
+        var seen = Set<String>()
+        for t in tensors {
+            precondition(t.name != "__metadata__" && seen.insert(t.name).inserted, "duplicate or reserved tensor name '\(t.name)'")
+            precondition(t.shape.allSatisfy { $0 >= 0 } && t.shape.reduce(1, *) == t.values.count,
+                         "tensor '\(t.name)': shape \(t.shape) does not hold \(t.values.count) values")
+            let end = offset + 4 * t.values.count
+            let shape = t.shape.map(String.init).joined(separator: ",")
+            fields.append("\(quote(t.name)):{\"dtype\":\"F32\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(end)]}")
+            offset = end
+        }
+        header += fields.joined(separator: ",") + "}"
+        var headerBytes = Array(header.utf8)
+        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
+
+        var data = Data(capacity: 8 + headerBytes.count + offset)
+        withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { data.append(contentsOf: $0) }
+        data.append(contentsOf: headerBytes)
+        for t in tensors {
+            #if _endian(little)
+            t.values.withUnsafeBytes { data.append(contentsOf: $0) }
+            #else
+            for v in t.values { withUnsafeBytes(of: v.bitPattern.littleEndian) { data.append(contentsOf: $0) } }
+            #endif
+        }
+        do {
+            try data.write(to: url, options: .atomic)
+        } catch {
+            throw .unwritable(path: url.path, reason: error.localizedDescription)
+        }
+    }
+
+    /// A JSON string literal: quotes, backslashes and control characters escaped.
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where u.value < 0x20:
+                let hex = String(u.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return out + "\""
+    }
+}

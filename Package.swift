@@ -51,7 +51,7 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
 
         .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine"],
-                    resources: [.copy("Fixtures")]),
+                    exclude: ["Support/png_stats.py"], resources: [.copy("Fixtures")]),
         .testTarget(name: "EngineTests", dependencies: ["Engine"], resources: [.copy("Fixtures")]),
     ]
 )

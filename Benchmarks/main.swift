@@ -71,6 +71,50 @@ func sgemmGFLOPS(n: Int = 768) -> Double {
     return 2 * Double(n * n * n) / t / 1e9
 }
 
+/// Peak resident memory of this process, in MB (VmHWM).
+func peakRSSMB() -> Double {
+    let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        return Double(line.split(separator: " ").dropFirst().first ?? "0").map { $0 / 1024 } ?? .nan
+    }
+    return .nan
+}
+
+/// Forward of 1×128 tokens (seconds, median) and greedy decode speed (tokens/s, 8-token
+/// prompt, 64 new tokens, as bench_torch.py measures it: (64 − 1) / (t₆₄ − t₁)).
+func modelSpeed(_ model: LanguageModel) -> (forward: Double, decode: Double) {
+    var rng = SeededGenerator(seed: 7)
+    let tokens = (0..<128).map { _ in Int(rng.next() % UInt64(model.vocabularySize)) }
+    _ = model.forward(tokens, cache: model.makeCache(capacity: 128), allPositions: true)
+    let forward = time(5) { _ = model.forward(tokens, cache: model.makeCache(capacity: 128), allPositions: true) }
+    let prompt = Array(tokens.prefix(8))
+    _ = model.generate(GenerationRequest(prompt: prompt, maxTokens: 4))
+    let full = time(3) { _ = model.generate(GenerationRequest(prompt: prompt, maxTokens: 64)) }
+    let one = time(3) { _ = model.generate(GenerationRequest(prompt: prompt, maxTokens: 1)) }
+    return (forward, 63 / (full - one))
+}
+
+/// Runs shared/baselines/bench_torch.py in the reference venv when both exist; its RESULT json.
+func torchBaseline(_ args: [String]) -> [String: Any]? {
+    let python = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/nb-baseline/bin/python")
+    let script = URL(fileURLWithPath: "../shared/baselines/bench_torch.py")
+    guard ProcessInfo.processInfo.environment["NB_BENCH_TORCH"] != "0",
+          FileManager.default.isExecutableFile(atPath: python.path), FileManager.default.fileExists(atPath: script.path),
+          let (code, out) = try? runProcess(python, [script.path] + args, in: URL(fileURLWithPath: ".")), code == 0,
+          let line = out.split(separator: "\n").last(where: { $0.hasPrefix("RESULT ") }),
+          let json = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(7).utf8)) as? [String: Any]
+    else { return nil }
+    return json
+}
+
+// Child mode: load SmolLM2 and print load seconds and peak RSS.
+if CommandLine.arguments.contains("--load-smollm2") {
+    let t = now()
+    let loaded = try LoadedModel.load(try ModelCatalog.locate("smollm2-135m-instruct"))
+    print(String(format: "%.4f %.1f %d", now() - t, peakRSSMB(), loaded.model.parameterCount))
+    exit(0)
+}
+
 // Child mode: print sgemm GFLOP/s with whatever kernel this process loaded.
 if CommandLine.arguments.contains("--sgemm-only") {
     print(String(format: "%.3f %@", sgemmGFLOPS(), BLAS.coreName))
@@ -144,6 +188,31 @@ let start = try time(10) { try runProcess(nbBinary, ["--version"], in: scratch) 
 rows.append(Row(name: "reused run of the unchanged 200-cell notebook", value: reused * 1000, unit: "ms",
                 baselineName: "process start (nb --version)", baseline: start * 1000, ratio: reused / start,
                 note: String(format: "overhead beyond process start %.0f ms (target < 200 ms)", (reused - start) * 1000)))
+
+// 4. Models: GPT-2 shape (random weights: the real ones are not reachable here) and SmolLM2 (real).
+let gpt2 = GPT2Model.random(config: GPT2Config(), seed: 1)
+let gpt2Speed = modelSpeed(gpt2)
+let torchGPT2 = torchBaseline(["--model", "gpt2", "--mode", "gen"])
+rows.append(Row(name: "GPT-2-shape forward 1×128", value: gpt2Speed.forward * 1000, unit: "ms"))
+rows.append(Row(name: "GPT-2-shape greedy decode", value: gpt2Speed.decode, unit: "tokens/s",
+                baselineName: torchGPT2 == nil ? "PyTorch 2.3.1 (REFERENCE.md figure, not this run)" : "PyTorch (bench_torch.py, this run)",
+                baseline: (torchGPT2?["gen_decode_tokens_per_s"] as? Double) ?? 30.7,
+                ratio: gpt2Speed.decode / ((torchGPT2?["gen_decode_tokens_per_s"] as? Double) ?? 30.7), note: "target ≥ 1.5×"))
+if let (code, out) = try? runProcess(selfURL, ["--load-smollm2"], in: URL(fileURLWithPath: ".")), code == 0 {
+    let f = out.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    rows.append(Row(name: "SmolLM2-135M load (GGUF → Float32)", value: f[0], unit: "s", note: "target ≤ 2 s"))
+    rows.append(Row(name: "SmolLM2-135M peak RSS after load", value: f[1], unit: "MB", note: "target ≤ 1200 MB"))
+    let smol = try LoadedModel.load(try ModelCatalog.locate("smollm2-135m-instruct"))
+    let smolSpeed = modelSpeed(smol.model)
+    let torchLlama = torchBaseline(["--model", "llama", "--mode", "gen"])
+    let base = (torchLlama?["gen_decode_tokens_per_s"] as? Double) ?? 21
+    rows.append(Row(name: "SmolLM2-135M forward 1×128", value: smolSpeed.forward * 1000, unit: "ms"))
+    rows.append(Row(name: "SmolLM2-135M greedy decode", value: smolSpeed.decode, unit: "tokens/s",
+                    baselineName: torchLlama == nil ? "PyTorch 2.3.1 (REFERENCE.md figure, not this run)" : "PyTorch (bench_torch.py, this run)",
+                    baseline: base, ratio: smolSpeed.decode / base, note: "target ≥ 1.5×"))
+} else {
+    print("bench: SmolLM2 is not available (make setup downloads it); its rows are left out")
+}
 
 // Table and files.
 func fmt(_ x: Double?) -> String { x.map { $0 >= 100 ? String(format: "%.0f", $0) : String(format: "%.2f", $0) } ?? "–" }

@@ -29,6 +29,13 @@ public enum BLAS {
         "\(configuration); kernel \(coreName); \(threads) thread\(threads == 1 ? "" : "s")"
     }
 
+    /// y = alpha·op(A)·x + beta·y, A row-major (M, N) (or used as (N, M) when `transpose`).
+    public static func sgemv(transpose: Bool, m: Int, n: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                             x: UnsafePointer<Float>, beta: Float = 0, y: UnsafeMutablePointer<Float>) {
+        cblas_sgemv(CblasRowMajor, transpose ? CblasTrans : CblasNoTrans, blasint(m), blasint(n), alpha, a, blasint(lda),
+                    x, 1, beta, y, 1)
+    }
+
     /// C = alpha·op(A)·op(B) + beta·C on row-major Float32 matrices.
     ///
     /// - A: (M, K), or (K, M) when `transposeA`; B: (K, N), or (N, K) when `transposeB`;

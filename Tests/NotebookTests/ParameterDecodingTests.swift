@@ -141,9 +141,9 @@ private func canonical(_ body: String) throws -> String {
 
     @Test func unknownStepListsKnownSteps() throws {
         let error = try prepareError("path: a.txt\n", step: "load_dta")
-        #expect(error == .unknownStep(Location(file: "nb.md", line: 3), name: "load_dta", known: ["load_data", "parameters"]))
-        #expect(error?.description == "nb.md:3: unknown step 'load_dta' (did you mean 'load_data'?); known steps: load_data, parameters")
-        #expect(StepRegistry.standard.names == ["load_data"])
+        #expect(error == .unknownStep(Location(file: "nb.md", line: 3), name: "load_dta", known: ["generate", "load_data", "load_model", "parameters"]))
+        #expect(error?.description == "nb.md:3: unknown step 'load_dta' (did you mean 'load_data'?); known steps: generate, load_data, load_model, parameters")
+        #expect(StepRegistry.standard.names == ["generate", "load_data", "load_model"])
         #expect(StepRegistry.standard.summary(of: "load_data") == LoadDataStep.summary)
         #expect(StepRegistry.standard.summary(of: "train") == nil)
     }

@@ -221,6 +221,7 @@ public final class NotebookRunner: @unchecked Sendable {
                 switch store.loadSummary(key: cell.key) {
                 case .success(let (snap, payload)):
                     pendingState = (payload, cell.source.name)
+                    lock.withLock { header.model = snap.model }
                     update(i, status: .reused, duration: snap.duration, finishedAt: snap.finishedAt,
                            note: "reused: step, parameters, input files and earlier cells unchanged", outputsHTML: snap.outputsHTML)
                     options.log("  \(label): reused (unchanged since \(HTMLReport.dateString(snap.finishedAt)))\n")
@@ -268,6 +269,7 @@ public final class NotebookRunner: @unchecked Sendable {
             do { try store.save(snapshot) } catch {
                 note = (note.map { $0 + "; " } ?? "") + "could not save its snapshot: \(error.localizedDescription)"
             }
+            lock.withLock { header.model = session.state.model?.headerDescription }
             update(i, status: .ran, duration: duration, finishedAt: snapshot.finishedAt, note: note, outputs: context.outputs)
             options.log("  \(label): ran in \(Format.duration(duration))\n")
         }

@@ -11,6 +11,8 @@ public struct ReportHeader: Sendable {
     /// "running", "finished", "failed", "interrupted", "invalid notebook".
     public var state: String
     public var totalSeconds: Double
+    /// The model that actually ran, once a cell has loaded one.
+    public var model: String?
 
     public init(title: String, notebookPath: String, startedAt: Date, gitCommit: String?, machine: MachineInfo,
                 invocation: String, state: String, totalSeconds: Double) {
@@ -49,6 +51,7 @@ public enum HTMLReport {
             ("command", header.invocation),
             ("started", dateString(header.startedAt)),
             ("total time", Format.duration(header.totalSeconds)),
+            ("model", header.model ?? "none loaded"),
             ("git commit", header.gitCommit ?? "not in a git repository"),
             ("machine", header.machine.summary),
             ("BLAS", header.machine.blas),

@@ -12,6 +12,25 @@ public struct DatasetReference: Codable, Equatable, Sendable {
     public var exampleCount: Int
 }
 
+/// The model a session has loaded: what was asked for and what actually runs.
+public struct ModelReference: Codable, Equatable, Sendable {
+    public var requested: String
+    /// The model that runs (differs from `requested` when the fallback was used).
+    public var name: String
+    public var path: String
+    public var architecture: String
+    public var parameterCount: Int
+    /// Why the requested model was not used, when a fallback was.
+    public var fallbackReason: String?
+
+    /// `gpt2`, or `smollm2-135m-instruct (fallback: gpt2 unavailable)`.
+    public var headerDescription: String {
+        var s = "\(name) (\(architecture), \(Format.integer(parameterCount)) parameters)"
+        if fallbackReason != nil { s += " — the notebook's fallback; \(requested) was not available" }
+        return s
+    }
+}
+
 /// The state carried from cell to cell and snapshotted after each one.
 ///
 /// Only small values and references to immutable inputs live here; large derived things
@@ -21,6 +40,8 @@ public struct SessionState: Codable, Equatable, Sendable {
     public var parameters: [String: String] = [:]
     /// Data sets by name.
     public var datasets: [String: DatasetReference] = [:]
+    /// The model loaded by `load_model`, if any.
+    public var model: ModelReference?
 
     public init() {}
 }
@@ -30,6 +51,7 @@ public struct SessionState: Codable, Equatable, Sendable {
 public final class Session {
     public var state: SessionState
     private var loadedDatasets: [String: Dataset] = [:]
+    private var loadedModels: [String: LoadedModel] = [:]
 
     public init(state: SessionState = SessionState()) {
         self.state = state
@@ -58,15 +80,35 @@ public final class Session {
     }
 }
 
+extension Session {
+    /// Remembers a model loaded by a step.
+    public func register(_ loaded: LoadedModel, reference: ModelReference) {
+        state.model = reference
+        loadedModels[reference.path] = loaded
+    }
+
+    /// The session's model, loaded again from its file when this process has not loaded it
+    /// yet (e.g. after a reused `load_model` cell).
+    public func model() throws -> LoadedModel {
+        guard let reference = state.model else { throw SessionError.noModel }
+        if let cached = loadedModels[reference.path] { return cached }
+        let loaded = try LoadedModel.load(try ModelCatalog.locate(reference.path))
+        loadedModels[reference.path] = loaded
+        return loaded
+    }
+}
+
 public enum SessionError: Error, Equatable, CustomStringConvertible {
     case unknownDataset(String, known: [String])
     case fileChanged(String)
+    case noModel
 
     public var description: String {
         switch self {
         case .unknownDataset(let n, let known):
             return "no data set named '\(n)'; loaded: \(known.isEmpty ? "none (add an `nb load_data` cell first)" : known.joined(separator: ", "))"
         case .fileChanged(let p): return "\(p) changed since it was loaded; run the notebook again so the cells that read it re-run"
+        case .noModel: return "no model is loaded; add an `nb load_model` cell before this one"
         }
     }
 }

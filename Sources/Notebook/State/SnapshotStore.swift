@@ -43,10 +43,12 @@ public struct CellSnapshotSummary: Codable, Sendable {
     public var duration: Double
     /// Length in bytes of the HTML section that follows the summary line.
     public var htmlBytes: Int
+    /// The model that runs after this cell, as the report header names it.
+    public var model: String?
     /// Filled from the HTML section.
     public var outputsHTML: String = ""
 
-    enum CodingKeys: String, CodingKey { case key, finishedAt, duration, htmlBytes }
+    enum CodingKeys: String, CodingKey { case key, finishedAt, duration, htmlBytes, model }
 }
 
 /// Why a stored snapshot cannot be used.
@@ -87,7 +89,8 @@ public struct SnapshotStore: Sendable {
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         let html = Data(snapshot.outputsHTML.utf8)
         var payload = try encoder.encode(CellSnapshotSummary(
-            key: snapshot.key, finishedAt: snapshot.finishedAt, duration: snapshot.duration, htmlBytes: html.count))
+            key: snapshot.key, finishedAt: snapshot.finishedAt, duration: snapshot.duration, htmlBytes: html.count,
+            model: snapshot.state.model?.headerDescription))
         payload.append(UInt8(ascii: "\n"))
         payload.append(html)
         payload.append(try encoder.encode(snapshot))

@@ -91,6 +91,8 @@ public struct StepRegistry: Sendable {
     public static let standard: StepRegistry = {
         var r = StepRegistry()
         r.register(LoadDataStep.self)
+        r.register(LoadModelStep.self)
+        r.register(GenerateStep.self)
         return r
     }()
 }

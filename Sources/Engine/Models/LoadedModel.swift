@@ -1,0 +1,125 @@
+import Foundation
+
+/// A model with its tokenizer, ready to run, and how long loading took.
+public final class LoadedModel: @unchecked Sendable {
+    public let location: ModelLocation
+    public let model: LanguageModel
+    public let tokenizer: BPETokenizer
+    /// The chat template, for instruction-tuned models that have one.
+    public let chatTemplate: ChatTemplate?
+    public let loadSeconds: Double
+    public let tokenizerDescription: String
+
+    init(location: ModelLocation, model: LanguageModel, tokenizer: BPETokenizer, chatTemplate: ChatTemplate?,
+         loadSeconds: Double, tokenizerDescription: String) {
+        self.location = location
+        self.model = model
+        self.tokenizer = tokenizer
+        self.chatTemplate = chatTemplate
+        self.loadSeconds = loadSeconds
+        self.tokenizerDescription = tokenizerDescription
+    }
+
+    /// Tokens that end a generation: end of text, and the chat template's end of turn.
+    public var stopTokens: Set<Int> {
+        var s = Set<Int>()
+        if let eos = tokenizer.eosTokenID { s.insert(eos) }
+        if chatTemplate != nil, let end = tokenizer.id(of: "<|im_end|>") { s.insert(end) }
+        return s
+    }
+
+    /// The prompt's token ids; with `chat`, the text is the user's turn in the chat template
+    /// (models without one are prompted with the plain text).
+    public func encodePrompt(_ text: String, chat: Bool) -> [Int] {
+        if chat, let template = chatTemplate {
+            return tokenizer.encode(template.render([.user(text)], addGenerationPrompt: true), allowSpecial: true)
+        }
+        let ids = tokenizer.encode(text, allowSpecial: true)
+        if ids.isEmpty, let bos = tokenizer.bosTokenID ?? tokenizer.eosTokenID { return [bos] }
+        return ids
+    }
+
+    public static func load(_ location: ModelLocation) throws -> LoadedModel {
+        let start = Date()
+        switch location.format {
+        case .gguf:
+            let file = try GGUFFile(url: location.url)
+            let (model, tokenizer, template) = try fromGGUF(file, path: location.url.path)
+            return LoadedModel(location: location, model: model, tokenizer: tokenizer, chatTemplate: template,
+                               loadSeconds: Date().timeIntervalSince(start), tokenizerDescription: "byte-level BPE from the GGUF (\(tokenizer.vocabularySize) tokens)")
+        case .safetensors:
+            let configURL = location.url.appendingPathComponent("config.json")
+            let configData: Data
+            do { configData = try Data(contentsOf: configURL) } catch {
+                throw ModelLoadError.badConfig(file: configURL.path, key: "config.json", message: "cannot read")
+            }
+            let header = try? JSONSerialization.jsonObject(with: configData) as? [String: Any]
+            let type = header?["model_type"] as? String ?? "?"
+            let weights = try SafeTensorsCheckpoint(directory: location.url)
+            let model: LanguageModel
+            do {
+                switch type {
+                case "gpt2":
+                    model = try GPT2Model.load(from: weights, config: JSONDecoder().decode(GPT2Config.self, from: configData), file: location.url.path)
+                case "llama":
+                    model = try LlamaModel.load(from: weights, config: JSONDecoder().decode(LlamaConfig.self, from: configData), file: location.url.path)
+                default:
+                    throw ModelLoadError.unsupportedArchitecture(file: configURL.path, architecture: type)
+                }
+            } catch let error as DecodingError {
+                throw ModelLoadError.badConfig(file: configURL.path, key: "config", message: "\(error)")
+            }
+            let (tokenizer, description) = try loadTokenizer(in: location.tokenizerDirectory ?? location.url)
+            return LoadedModel(location: location, model: model, tokenizer: tokenizer, chatTemplate: nil,
+                               loadSeconds: Date().timeIntervalSince(start), tokenizerDescription: description)
+        }
+    }
+
+    /// A LLaMA model and its tokenizer from GGUF metadata (`llama.*`, `tokenizer.ggml.*`).
+    static func fromGGUF(_ file: GGUFFile, path: String) throws -> (LanguageModel, BPETokenizer, ChatTemplate?) {
+        let m = file.metadata
+        let arch = m["general.architecture"]?.string ?? "?"
+        guard arch == "llama" else { throw ModelLoadError.unsupportedArchitecture(file: path, architecture: arch) }
+        func int(_ key: String) throws -> Int {
+            guard let v = m[key]?.int else { throw ModelLoadError.badConfig(file: path, key: key, message: "missing or not an integer") }
+            return v
+        }
+        guard let embeddingShape = file.shape(of: "token_embd.weight"), embeddingShape.count == 2 else {
+            throw ModelLoadError.missingTensor(file: path, tensor: "token_embd.weight")
+        }
+        let heads = try int("llama.attention.head_count")
+        let config = LlamaConfig(
+            vocabSize: embeddingShape[0], hiddenSize: try int("llama.embedding_length"),
+            intermediateSize: try int("llama.feed_forward_length"), numHiddenLayers: try int("llama.block_count"),
+            numAttentionHeads: heads, numKeyValueHeads: m["llama.attention.head_count_kv"]?.int ?? heads,
+            rmsNormEps: m["llama.attention.layer_norm_rms_epsilon"]?.double ?? 1e-5,
+            ropeTheta: m["llama.rope.freq_base"]?.double ?? 10000,
+            maxPositionEmbeddings: try int("llama.context_length"),
+            tieWordEmbeddings: file.shape(of: "output.weight") == nil)
+        let model = try LlamaModel.load(from: file, config: config, file: path)
+        guard let tokens = m["tokenizer.ggml.tokens"]?.strings else {
+            throw ModelLoadError.badConfig(file: path, key: "tokenizer.ggml.tokens", message: "the GGUF has no vocabulary")
+        }
+        let tokenizer = try BPETokenizer.fromGGUFVocabulary(
+            tokens: tokens, tokenTypes: m["tokenizer.ggml.token_type"]?.ints ?? [], merges: m["tokenizer.ggml.merges"]?.strings ?? [],
+            pre: m["tokenizer.ggml.pre"]?.string ?? "gpt-2", bosTokenID: m["tokenizer.ggml.bos_token_id"]?.int,
+            eosTokenID: m["tokenizer.ggml.eos_token_id"]?.int, padTokenID: m["tokenizer.ggml.padding_token_id"]?.int,
+            addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? false, source: path)
+        let template = m["tokenizer.chat_template"]?.string.flatMap { ChatTemplate(chatMLJinjaTemplate: $0) }
+        return (model, tokenizer, template)
+    }
+
+    /// GPT-2's tokenizer files in a directory: tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe.
+    static func loadTokenizer(in dir: URL) throws -> (BPETokenizer, String) {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: dir.appendingPathComponent("tokenizer.json").path) {
+            return (try BPETokenizer.fromHFTokenizerJSON(dir.appendingPathComponent("tokenizer.json")), "tokenizer.json")
+        }
+        for (vocab, merges) in [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")]
+        where fm.fileExists(atPath: dir.appendingPathComponent(vocab).path) {
+            return (try BPETokenizer.gpt2(encoderJSON: dir.appendingPathComponent(vocab), vocabBPE: dir.appendingPathComponent(merges)),
+                    "GPT-2 byte-level BPE (\(vocab), \(merges))")
+        }
+        throw ModelUnavailable(name: dir.path, reasons: ["no tokenizer files (tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe)"])
+    }
+}

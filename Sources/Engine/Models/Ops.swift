@@ -1,0 +1,158 @@
+import Foundation
+
+/// The elementwise and normalisation kernels shared by the models, on row-major Float32
+/// buffers. Matrix products go through ``BLAS/sgemm(transposeA:transposeB:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)``.
+public enum Ops {
+    /// y (T, N) = x (T, K) · Wᵀ, W stored (N, K) as in PyTorch's nn.Linear; optional bias (N).
+    public static func linear(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, bias: UnsafePointer<Float>? = nil,
+                              _ y: UnsafeMutablePointer<Float>, rows t: Int, inFeatures k: Int, outFeatures n: Int,
+                              accumulate: Bool = false) {
+        if let bias, !accumulate {
+            for r in 0..<t { (y + r * n).update(from: bias, count: n) }
+        }
+        let beta: Float = (bias != nil || accumulate) ? 1 : 0
+        if t == 1 {
+            // One token (decoding): a matrix-vector product, memory-bound on W.
+            BLAS.sgemv(transpose: false, m: n, n: k, a: w, lda: k, x: x, beta: beta, y: y)
+        } else {
+            BLAS.sgemm(transposeA: false, transposeB: true, m: t, n: n, k: k, a: x, lda: k, b: w, ldb: k,
+                       beta: beta, c: y, ldc: n)
+        }
+    }
+
+    /// y (T, N) = x (T, K) · W, W stored (K, N) (GPT-2's Conv1D layout); optional bias (N).
+    public static func conv1D(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                              _ y: UnsafeMutablePointer<Float>, rows t: Int, inFeatures k: Int, outFeatures n: Int) {
+        if let bias { for r in 0..<t { (y + r * n).update(from: bias, count: n) } }
+        if t == 1 {
+            BLAS.sgemv(transpose: true, m: k, n: n, a: w, lda: n, x: x, beta: bias != nil ? 1 : 0, y: y)
+        } else {
+            BLAS.sgemm(transposeA: false, transposeB: false, m: t, n: n, k: k, a: x, lda: k, b: w, ldb: n,
+                       beta: bias != nil ? 1 : 0, c: y, ldc: n)
+        }
+    }
+
+    /// RMSNorm per row: y = x / sqrt(mean(x²) + eps) · weight.
+    public static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                               rows: Int, width c: Int, eps: Float) {
+        for r in 0..<rows {
+            let xr = x + r * c, yr = y + r * c
+            var ss: Float = 0
+            for i in 0..<c { ss += xr[i] * xr[i] }
+            let inv = 1 / (ss / Float(c) + eps).squareRoot()
+            for i in 0..<c { yr[i] = xr[i] * inv * weight[i] }
+        }
+    }
+
+    /// LayerNorm per row: y = (x − mean) / sqrt(var + eps) · weight + bias.
+    public static func layerNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+                                 _ y: UnsafeMutablePointer<Float>, rows: Int, width c: Int, eps: Float) {
+        for r in 0..<rows {
+            let xr = x + r * c, yr = y + r * c
+            var mean: Float = 0
+            for i in 0..<c { mean += xr[i] }
+            mean /= Float(c)
+            var variance: Float = 0
+            for i in 0..<c { let d = xr[i] - mean; variance += d * d }
+            variance /= Float(c)
+            let inv = 1 / (variance + eps).squareRoot()
+            for i in 0..<c { yr[i] = (xr[i] - mean) * inv * weight[i] + bias[i] }
+        }
+    }
+
+    /// GELU, tanh approximation (GPT-2's `gelu_new`), in place.
+    public static func geluTanh(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        let k: Float = 0.7978845608028654  // sqrt(2/π)
+        for i in 0..<count {
+            let v = x[i]
+            x[i] = 0.5 * v * (1 + tanhf(k * (v + 0.044715 * v * v * v)))
+        }
+    }
+
+    /// SwiGLU: gate ← silu(gate) · up, in place on `gate`.
+    public static func swiGLU(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count {
+            let g = gate[i]
+            gate[i] = g / (1 + expf(-g)) * up[i]
+        }
+    }
+
+    /// Softmax of a row in place (max-subtracted).
+    public static func softmax(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        var m = -Float.infinity
+        for i in 0..<count where x[i] > m { m = x[i] }
+        var sum: Float = 0
+        for i in 0..<count { x[i] = expf(x[i] - m); sum += x[i] }
+        let inv = 1 / sum
+        for i in 0..<count { x[i] *= inv }
+    }
+
+    public static func add(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count { a[i] += b[i] }
+    }
+}
+
+/// How rotary embeddings pair up the dimensions of a head.
+public enum RoPEStyle: String, Codable, Sendable {
+    /// Dimension i rotates with i + d/2 (Hugging Face's `rotate_half` layout).
+    case halves
+    /// Dimension 2i rotates with 2i + 1 (GGUF files, whose Q/K rows are permuted for it).
+    case interleaved
+}
+
+/// Precomputed rotary-embedding angles: cos/sin (positions, headDim/2).
+public struct RoPE: Sendable {
+    public let headDim: Int
+    public let style: RoPEStyle
+    var cos: [Float]
+    var sin: [Float]
+    public private(set) var maxPositions: Int
+    let base: Double
+
+    public init(headDim: Int, base: Double, maxPositions: Int, style: RoPEStyle) {
+        self.headDim = headDim
+        self.style = style
+        self.base = base
+        self.maxPositions = 0
+        cos = []
+        sin = []
+        grow(to: maxPositions)
+    }
+
+    /// Makes room for positions < `n`.
+    public mutating func grow(to n: Int) {
+        guard n > maxPositions else { return }
+        let half = headDim / 2
+        cos = [Float](repeating: 0, count: n * half)
+        sin = cos
+        for p in 0..<n {
+            for i in 0..<half {
+                let freq = 1.0 / Foundation.pow(base, Double(2 * i) / Double(headDim))
+                let angle = Double(p) * freq
+                cos[p * half + i] = Float(Foundation.cos(angle))
+                sin[p * half + i] = Float(Foundation.sin(angle))
+            }
+        }
+        maxPositions = n
+    }
+
+    /// Rotates `heads` consecutive heads of one token at `position`, in place.
+    public func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, position: Int) {
+        precondition(position < maxPositions, "RoPE table has \(maxPositions) positions, asked for \(position)")
+        let half = headDim / 2
+        cos.withUnsafeBufferPointer { c in
+            sin.withUnsafeBufferPointer { s in
+                let cp = c.baseAddress! + position * half, sp = s.baseAddress! + position * half
+                for h in 0..<heads {
+                    let v = x + h * headDim
+                    for i in 0..<half {
+                        let (a, b) = style == .halves ? (i, i + half) : (2 * i, 2 * i + 1)
+                        let x0 = v[a], x1 = v[b]
+                        v[a] = x0 * cp[i] - x1 * sp[i]
+                        v[b] = x0 * sp[i] + x1 * cp[i]
+                    }
+                }
+            }
+        }
+    }
+}

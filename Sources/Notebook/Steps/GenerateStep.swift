@@ -1,0 +1,91 @@
+import Engine
+import Foundation
+
+/// `nb generate`: continues prompts with the session's model.
+///
+/// ```nb generate id=before
+/// prompts: ["What is FHE?"]
+/// max_tokens: 40
+/// temperature: 0        # 0 = greedy
+/// top_k: 0              # 0 = no limit
+/// top_p: 1.0
+/// seed: 0
+/// chat: false           # wrap each prompt in the model's chat template
+/// ```
+public enum GenerateStep: Step {
+    public static let name = "generate"
+    public static let summary = "continue prompts with the loaded model (greedy or sampled, KV cache)"
+
+    public struct Parameters: StepParameters {
+        public enum Keys: String, CodingKey, CaseIterable { case prompts, maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", seed, chat, stop }
+        public typealias CodingKeys = Keys
+        public var prompts: [String]
+        public var maxTokens: Int
+        public var temperature: Double
+        public var topK: Int
+        public var topP: Double
+        public var seed: Int
+        public var chat: Bool
+        /// Extra stop strings (each must be one token); the model's end-of-text tokens always stop.
+        public var stop: [String]
+
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: Keys.self)
+            prompts = try c.decode([String].self, forKey: .prompts)
+            maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens) ?? 40
+            temperature = try c.decodeIfPresent(Double.self, forKey: .temperature) ?? 0
+            topK = try c.decodeIfPresent(Int.self, forKey: .topK) ?? 0
+            topP = try c.decodeIfPresent(Double.self, forKey: .topP) ?? 1
+            seed = try c.decodeIfPresent(Int.self, forKey: .seed) ?? 0
+            chat = try c.decodeIfPresent(Bool.self, forKey: .chat) ?? false
+            stop = try c.decodeIfPresent([String].self, forKey: .stop) ?? []
+        }
+
+        public func validate() throws(ParameterError) {
+            if prompts.isEmpty { throw ParameterError("prompts", "give at least one prompt") }
+            if !(1...4096).contains(maxTokens) { throw ParameterError("max_tokens", "\(maxTokens) is out of range 1...4096") }
+            if temperature < 0 || !temperature.isFinite { throw ParameterError("temperature", "\(temperature) must be ≥ 0") }
+            if topK < 0 { throw ParameterError("top_k", "\(topK) must be ≥ 0") }
+            if !(topP > 0 && topP <= 1) { throw ParameterError("top_p", "\(topP) must be in (0, 1]") }
+            if seed < 0 { throw ParameterError("seed", "\(seed) must be ≥ 0") }
+        }
+    }
+
+    public static func run(_ p: Parameters, context: StepContext) throws {
+        let loaded = try context.session.model()
+        var stops = loaded.stopTokens
+        for s in p.stop {
+            guard let id = loaded.tokenizer.id(of: s) ?? loaded.tokenizer.encode(s, allowSpecial: true).singleElement else {
+                throw StepFailure(key: "stop", "'\(s)' is not a single token of this model's vocabulary")
+            }
+            stops.insert(id)
+        }
+        let settings = SamplingSettings(temperature: p.temperature, topK: p.topK, topP: p.topP, seed: UInt64(p.seed))
+        var rows: [[String]] = []
+        var generated = 0
+        var decodeSeconds = 0.0
+        let progress = context.progress("generate", total: p.prompts.count)
+        for (i, prompt) in p.prompts.enumerated() {
+            let ids = loaded.encodePrompt(prompt, chat: p.chat)
+            let result = loaded.model.generate(GenerationRequest(prompt: ids, maxTokens: p.maxTokens, sampling: settings, stopTokens: stops))
+            let text = loaded.tokenizer.decode(result.tokens.filter { !stops.contains($0) })
+            generated += result.tokens.count
+            decodeSeconds += result.decodeSeconds
+            let rate = result.tokens.count > 1 ? Double(result.tokens.count - 1) / max(result.decodeSeconds, 1e-9) : 0
+            rows.append([prompt, text, "\(result.tokens.count) (\(result.finishReason))", Format.number(rate, decimals: 1)])
+            progress.update(i + 1)
+        }
+        progress.finish()
+        context.emit(.table(OutputTable(title: "Generations with \(context.session.state.model?.name ?? "the model")",
+                                        columns: ["prompt", "completion", "tokens", "tokens/s"], rows: rows)))
+        context.emit(.metrics([
+            Metric("sampling", p.temperature == 0 ? "greedy" : "T=\(p.temperature), top-k \(p.topK), top-p \(p.topP), seed \(p.seed)"),
+            Metric("tokens generated", String(generated)),
+            Metric("decode speed", decodeSeconds > 0 ? "\(Format.number(Double(generated - p.prompts.count) / decodeSeconds, decimals: 1)) tokens/s" : "–"),
+        ]))
+    }
+}
+
+extension Array {
+    var singleElement: Element? { count == 1 ? self[0] : nil }
+}

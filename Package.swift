@@ -24,10 +24,13 @@ let package = Package(
             name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]),
 
+        // Small C kernels with a run-time CPU check and a portable fallback.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+
         // Tensors, data sets, models, training (grows with the engine issues).
         .target(
             name: "Engine",
-            dependencies: ["COpenBLAS", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["COpenBLAS", "CKernels", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
 
         // Markdown -> cells -> steps -> state -> HTML report.

@@ -32,18 +32,41 @@ import Testing
         #expect(maxRelativeError(last, Array(full.suffix(V))) < 1e-6)
     }
 
+    /// In Float32 throughout (half-precision decoding off), incremental equals full.
     @Test func llamaKVCacheMatchesFullPass() {
-        incrementalEqualsFull(LlamaModel.random(config: Self.llamaConfig, seed: 1))
-        incrementalEqualsFull(LlamaModel.random(config: Self.llamaConfig, seed: 2, ropeStyle: .interleaved))
+        for (seed, style) in [(UInt64(1), RoPEStyle.halves), (2, .interleaved)] {
+            let model = LlamaModel.random(config: Self.llamaConfig, seed: seed, ropeStyle: style)
+            model.decodeWithHalfWeights = false
+            incrementalEqualsFull(model)
+        }
     }
 
     @Test func gpt2KVCacheMatchesFullPass() {
-        incrementalEqualsFull(GPT2Model.random(config: Self.gpt2Config, seed: 3))
+        let model = GPT2Model.random(config: Self.gpt2Config, seed: 3)
+        model.decodeWithHalfWeights = false
+        incrementalEqualsFull(model)
+    }
+
+    /// Half-precision decoding stays within the rounding of the weights (2⁻¹¹ relative).
+    @Test func halfPrecisionDecodingIsClose() {
+        let models: [LanguageModel] = [LlamaModel.random(config: Self.llamaConfig, seed: 6), GPT2Model.random(config: Self.gpt2Config, seed: 7)]
+        for model in models {
+            let cache = model.makeCache(capacity: 4), exactCache = model.makeCache(capacity: 4)
+            _ = model.forward([1, 2, 3], cache: cache, allPositions: false)
+            _ = model.forward([1, 2, 3], cache: exactCache, allPositions: false)
+            let fast = model.forward([4], cache: cache, allPositions: false)
+            (model as? LlamaModel)?.decodeWithHalfWeights = false
+            (model as? GPT2Model)?.decodeWithHalfWeights = false
+            let exact = model.forward([4], cache: exactCache, allPositions: false)
+            #expect(maxRelativeError(fast, exact) < 2e-3)
+            #expect(fast != exact, "the half-precision path was used")
+        }
     }
 
     @Test func causality() {
         // Changing a later token never changes earlier positions' logits.
         let model = LlamaModel.random(config: Self.llamaConfig, seed: 4)
+        model.decodeWithHalfWeights = false
         let a = model.forward([1, 2, 3, 4], cache: model.makeCache(capacity: 4), allPositions: true)
         let b = model.forward([1, 2, 3, 7], cache: model.makeCache(capacity: 4), allPositions: true)
         let V = model.vocabularySize
@@ -86,6 +109,7 @@ import Testing
 
     @Test func generationStopsAndIsDeterministic() {
         let model = GPT2Model.random(config: Self.gpt2Config, seed: 5)
+        model.decodeWithHalfWeights = false
         let request = GenerationRequest(prompt: [1, 2, 3], maxTokens: 10)
         let a = model.generate(request), b = model.generate(request)
         #expect(a.tokens == b.tokens && a.tokens.count == 10 && a.finishReason == "max tokens")

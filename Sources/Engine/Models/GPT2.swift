@@ -46,6 +46,21 @@ public final class GPT2Model: LanguageModel {
     public var positionEmbedding: [Float]  // (P, C)
     public var blocks: [Block]
     public var finalNormWeight: [Float], finalNormBias: [Float]  // (C)
+    /// Decode one token with half-precision copies of the matrices (see ``HalfMatrix``).
+    public var decodeWithHalfWeights = true
+    private var half: (blocks: [[HalfMatrix]], head: HalfMatrix)?
+
+    /// c_attn, attn c_proj, c_fc, mlp c_proj of each block as (out, in), and the lm_head.
+    private func halfWeights() -> (blocks: [[HalfMatrix]], head: HalfMatrix) {
+        if let half { return half }
+        let C = config.nEmbd
+        let made = (blocks: blocks.map { b in
+            [HalfMatrix(transposing: b.attnWeight, rows: 3 * C, columns: C), HalfMatrix(transposing: b.attnProjWeight, rows: C, columns: C),
+             HalfMatrix(transposing: b.fcWeight, rows: 4 * C, columns: C), HalfMatrix(transposing: b.fcProjWeight, rows: C, columns: 4 * C)]
+        }, head: HalfMatrix(tokenEmbedding, rows: config.vocabSize, columns: C))
+        half = made
+        return made
+    }
 
     public var architecture: String { "gpt2" }
     public var vocabularySize: Int { config.vocabSize }
@@ -90,13 +105,24 @@ public final class GPT2Model: LanguageModel {
         var att = [Float](repeating: 0, count: T * C)
         var proj = [Float](repeating: 0, count: T * C)
         var fc = [Float](repeating: 0, count: T * 4 * C)  // (T, 4C)
-        var scores = [Float](repeating: 0, count: start + T)
+        var scores = [Float](repeating: 0, count: T * (start + T))
+        let halves = T == 1 && decodeWithHalfWeights ? halfWeights() : nil
+        /// y = x·W + b (Conv1D) through the half-precision copy when decoding.
+        func project(_ x: [Float], _ w: [Float], _ bias: [Float], _ hw: HalfMatrix?, _ y: inout [Float], _ k: Int, _ n: Int) {
+            if let hw {
+                y.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: bias, count: n) }
+                x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { hw.apply(xp.baseAddress!, $0.baseAddress!, accumulate: true) } }
+            } else {
+                Ops.conv1D(x, w, bias: bias, &y, rows: T, inFeatures: k, outFeatures: n)
+            }
+        }
         for (i, t) in tokens.enumerated() {
             for c in 0..<C { x[i * C + c] = tokenEmbedding[t * C + c] + positionEmbedding[(start + i) * C + c] }
         }
         for (l, b) in blocks.enumerated() {
             Ops.layerNorm(x, weight: b.ln1Weight, bias: b.ln1Bias, &h, rows: T, width: C, eps: eps)
-            Ops.conv1D(h, b.attnWeight, bias: b.attnBias, &qkv, rows: T, inFeatures: C, outFeatures: 3 * C)
+            let hb = halves?.blocks[l]
+            project(h, b.attnWeight, b.attnBias, hb?[0], &qkv, C, 3 * C)
             cache.keys[l].withUnsafeMutableBufferPointer { kc in
                 cache.values[l].withUnsafeMutableBufferPointer { vc in
                     for i in 0..<T {
@@ -114,12 +140,12 @@ public final class GPT2Model: LanguageModel {
                                     heads: H, kvHeads: H, headDim: hd, scores: &scores)
                 }
             }
-            Ops.conv1D(att, b.attnProjWeight, bias: b.attnProjBias, &proj, rows: T, inFeatures: C, outFeatures: C)
+            project(att, b.attnProjWeight, b.attnProjBias, hb?[1], &proj, C, C)
             Ops.add(&x, proj, count: T * C)
             Ops.layerNorm(x, weight: b.ln2Weight, bias: b.ln2Bias, &h, rows: T, width: C, eps: eps)
-            Ops.conv1D(h, b.fcWeight, bias: b.fcBias, &fc, rows: T, inFeatures: C, outFeatures: 4 * C)
+            project(h, b.fcWeight, b.fcBias, hb?[2], &fc, C, 4 * C)
             Ops.geluTanh(&fc, count: T * 4 * C)
-            Ops.conv1D(fc, b.fcProjWeight, bias: b.fcProjBias, &proj, rows: T, inFeatures: 4 * C, outFeatures: C)
+            project(fc, b.fcProjWeight, b.fcProjBias, hb?[3], &proj, 4 * C, C)
             Ops.add(&x, proj, count: T * C)
         }
         cache.length = start + T
@@ -129,7 +155,11 @@ public final class GPT2Model: LanguageModel {
             Ops.layerNorm(xp.baseAddress! + first * C, weight: finalNormWeight, bias: finalNormBias, &normed, rows: rows, width: C, eps: eps)
         }
         var logits = [Float](repeating: 0, count: rows * V)
-        Ops.linear(normed, tokenEmbedding, &logits, rows: rows, inFeatures: C, outFeatures: V)
+        if let halves, rows == 1 {
+            normed.withUnsafeBufferPointer { n in logits.withUnsafeMutableBufferPointer { halves.head.apply(n.baseAddress!, $0.baseAddress!) } }
+        } else {
+            Ops.linear(normed, tokenEmbedding, &logits, rows: rows, inFeatures: C, outFeatures: V)
+        }
         return logits
     }
 }

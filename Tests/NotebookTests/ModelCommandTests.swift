@@ -1,0 +1,91 @@
+import Engine
+import Foundation
+import Testing
+
+/// `nb generate`, `nb top-tokens`, `nb tokenize` and the model steps, run as a user would,
+/// on the real SmolLM2 (downloaded by `make setup`) and on bad model files.
+@Suite struct ModelCommandTests {
+    @Test func tokenizeTopTokensAndGenerate() throws {
+        let w = try Workspace()
+        let tokens = try w.nb("tokenize", "--model", "smollm2", "The capital of Italy is", "--json")
+        #expect(tokens.code == 0, "\(tokens.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(tokens.stdout.utf8)) as? [String: Any])
+        #expect(json["ids"] as? [Int] == [504, 3575, 282, 7158, 314])   // the ids transformers gives (reference fixture)
+
+        let top = try w.nb("top-tokens", "--model", "smollm2", "--prompt", "The capital of Italy is", "--k", "5", "--json")
+        #expect(top.code == 0, "\(top.stderr)")
+        let topJSON = try #require(try JSONSerialization.jsonObject(with: Data(top.stdout.utf8)) as? [String: Any])
+        let first = try #require((topJSON["top"] as? [[String: Any]])?.first)
+        #expect(first["token"] as? String == " Rome")
+        #expect(first["id"] as? Int == 7268)
+
+        let generated = try w.nb("generate", "--model", "smollm2", "--prompt", "The capital of Italy is", "--max-tokens", "5")
+        #expect(generated.code == 0)
+        #expect(generated.stdout.hasPrefix(" Rome"), "\(generated.stdout)")
+        #expect(generated.stderr.contains("5 prompt tokens, 5 generated"))
+
+        // Seeded sampling is reproducible.
+        let a = try w.nb("generate", "--model", "smollm2", "--prompt", "Once upon a time", "--max-tokens", "8", "--temperature", "0.9", "--top-p", "0.9", "--seed", "42")
+        let b = try w.nb("generate", "--model", "smollm2", "--prompt", "Once upon a time", "--max-tokens", "8", "--temperature", "0.9", "--top-p", "0.9", "--seed", "42")
+        #expect(a.code == 0 && a.stdout == b.stdout)
+    }
+
+    @Test func unknownModelsAndBadFilesAreClearErrors() throws {
+        let w = try Workspace()
+        let unknown = try w.nb("tokenize", "--model", "gpt-5", "hello")
+        #expect(unknown.code == 1)
+        #expect(unknown.stderr.contains("model 'gpt-5' is not available: not a known model name (gpt2, smollm2-135m-instruct)"))
+
+        // A truncated GGUF: the error names the file, nothing crashes.
+        let source = ModelCache.directory.appendingPathComponent("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+        let handle = try FileHandle(forReadingFrom: source)
+        let head = try handle.read(upToCount: 1_000_000) ?? Data()
+        try handle.close()
+        try head.write(to: w.root.appendingPathComponent("cut.gguf"))
+        let cut = try w.nb("tokenize", "--model", "cut.gguf", "hello")
+        #expect(cut.code == 1)
+        #expect(cut.stderr.contains("cut.gguf"), "\(cut.stderr)")
+
+        // A safetensors model whose config does not match its tensors: names the tensor.
+        let tiny = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("EngineTests/Fixtures/reference/tiny-gpt2")
+        let dir = w.root.appendingPathComponent("bad-gpt2")
+        try FileManager.default.copyItem(at: tiny, to: dir)
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("config.json"))) as! [String: Any]
+        config["n_embd"] = 32
+        try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("config.json"))
+        let mismatch = try w.nb("generate", "--model", "bad-gpt2", "--prompt", "hi")
+        #expect(mismatch.code == 1)
+        #expect(mismatch.stderr.contains("tensor 'transformer.wte.weight' has shape [300, 64], expected [300, 32]"), "\(mismatch.stderr)")
+    }
+
+    @Test func loadModelFallsBackAsTheNotebookSays() throws {
+        let w = try Workspace()
+        try w.write("nb.md", """
+        # Fallback
+
+        ```nb load_model id=model
+        model: gpt2
+        fallback: smollm2-135m-instruct
+        ```
+
+        ```nb generate id=gen
+        prompts: ["The capital of Italy is"]
+        max_tokens: 3
+        ```
+
+        """)
+        let result = try NbProcess.run(["nb.md"], in: w.root, environment: ["NB_GPT2_DIR": "", "HOME": w.root.path, "NB_CACHE": ModelCache.directory.path])
+        #expect(result.code == 0, "\(result.stderr)")
+        #expect(result.stderr.contains("model 'gpt2' is not available"))
+        let report = try w.read("outputs/nb.html")
+        #expect(report.contains("<dt>model</dt><dd>smollm2-135m-instruct (llama, 134,515,008 parameters) — the notebook&#39;s fallback; gpt2 was not available</dd>"))
+        #expect(report.contains(" Rome"))
+
+        // Without a fallback the cell fails, naming the key's line.
+        try w.write("nb.md", "```nb load_model\nmodel: gpt2\n```\n")
+        let failed = try NbProcess.run(["nb.md"], in: w.root, environment: ["NB_GPT2_DIR": "", "HOME": w.root.path, "NB_CACHE": ModelCache.directory.path])
+        #expect(failed.code == 1)
+        #expect(failed.stderr.contains("nb.md:2: load_model failed: model 'gpt2' is not available"))
+    }
+}

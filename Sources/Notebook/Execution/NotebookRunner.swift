@@ -372,29 +372,50 @@ public final class NotebookRunner: @unchecked Sendable {
 
     // MARK: - Ctrl-C
 
-    private var signalSources: [DispatchSourceSignal] = []
-
     /// On SIGINT or SIGTERM: mark the running cell interrupted, write the report, exit 130.
+    ///
+    /// The signal handler only writes the signal number to a pipe (all a handler may safely
+    /// do); a thread waiting on the pipe writes the report, while the main thread may be
+    /// deep in a long step.
     private func installInterruptHandler() {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return }
+        InterruptPipe.writeEnd = fds[1]
+        // A parent may have started us with these signals blocked (threads of test
+        // runners often block them); unblock them so Ctrl-C reaches the handler.
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGINT)
+        sigaddset(&unblock, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
         for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { [weak self] in
-                guard let self else { exit(130) }
-                self.lock.withLock {
-                    for i in self.views.indices where self.views[i].record.status == .running {
-                        self.views[i].record.status = .interrupted
-                        self.views[i].record.error = "interrupted by signal \(sig)"
-                    }
-                }
-                self.finish(state: "interrupted")
-                self.options.log("\nnb: interrupted; report: \(PathDisplay.relative(self.reportURL))\n")
-                exit(130)
+            signal(sig) { number in
+                var byte = UInt8(truncatingIfNeeded: number)
+                _ = write(InterruptPipe.writeEnd, &byte, 1)
             }
-            source.resume()
-            signalSources.append(source)
         }
+        let readEnd = fds[0]
+        let thread = Thread { [weak self] in
+            var byte: UInt8 = 0
+            while read(readEnd, &byte, 1) != 1 {}
+            guard let self else { exit(130) }
+            self.lock.withLock {
+                for i in self.views.indices where self.views[i].record.status == .running {
+                    self.views[i].record.status = .interrupted
+                    self.views[i].record.error = "interrupted by signal \(byte)"
+                }
+            }
+            self.finish(state: "interrupted")
+            self.options.log("\nnb: interrupted; report: \(PathDisplay.relative(self.reportURL))\n")
+            exit(130)
+        }
+        thread.start()
     }
+}
+
+/// The write end of the interrupt pipe, read by the C signal handler.
+enum InterruptPipe {
+    nonisolated(unsafe) static var writeEnd: Int32 = -1
 }
 
 /// File digests, cached by (path, size, modification time) in `hashes.json` so unchanged

@@ -1,5 +1,7 @@
 // Causal multi-head attention with grouped-query heads over a batch of whole sequences.
-// See ``Layers`` for the conventions.
+// See ``Layers`` for the conventions. No exported Float specialisation here: with one,
+// Swift 6.3 references the specialised symbol from the model passes but does not emit it
+// (link error); the passes that call these are in this module and are specialised anyway.
 
 extension Layers {
     /// Causal self-attention of B sequences of T tokens, each head on its own:

@@ -19,6 +19,7 @@ extension Layers {
     ///   input r), each in 0..<V or `ignoreIndex`.
     /// - dLogits: (N, V), written (=), not accumulated; nil for the loss alone.
     /// - Returns: the loss.
+    @_specialize(exported: true, where Real == Float)
     public static func crossEntropy<Real: TrainingScalar>(
         logits: UnsafePointer<Real>, targets: [Int], dLogits: UnsafeMutablePointer<Real>?,
         rows N: Int, vocabularySize V: Int, ignoreIndex: Int = Layers.ignoreIndex, normalizer: Int? = nil
@@ -39,20 +40,24 @@ extension Layers {
             var m = -Real.infinity
             for j in 0..<V where z[j] > m { m = z[j] }
             var sum: Real = 0
-            for j in 0..<V { sum += Real.exp(z[j] - m) }
-            let logSumExp = m + Real.log(sum)
-            loss += logSumExp - z[target]
             if let dLogits {
+                // One exp per logit: keep e^(z − m) in dLogits, then scale it into softmax / n.
                 let d = dLogits + r * V
-                for j in 0..<V { d[j] = Real.exp(z[j] - logSumExp) * inv }
+                for j in 0..<V { d[j] = Real.exp(z[j] - m); sum += d[j] }
+                let scale = inv / sum
+                for j in 0..<V { d[j] *= scale }
                 d[target] -= inv
+            } else {
+                for j in 0..<V { sum += Real.exp(z[j] - m) }
             }
+            loss += m + Real.log(sum) - z[target]
         }
         return loss * inv
     }
 
     /// The tied language-model head: logits (N, V) = h (N, C) · Eᵀ, E the token embedding (V, C).
     /// (An untied head is the same product with its own (V, C) matrix.)
+    @_specialize(exported: true, where Real == Float)
     public static func lmHeadForward<Real: TrainingScalar>(
         _ h: UnsafePointer<Real>, embedding: UnsafePointer<Real>, _ logits: UnsafeMutablePointer<Real>,
         rows N: Int, width C: Int, vocabularySize V: Int
@@ -62,6 +67,7 @@ extension Layers {
 
     /// Backward of ``lmHeadForward(_:embedding:_:rows:width:vocabularySize:)``: dH (N, C) += dLogits (N, V) · E (V, C).
     /// No dE: the embedding is frozen in LoRA training.
+    @_specialize(exported: true, where Real == Float)
     public static func lmHeadBackward<Real: TrainingScalar>(
         _ dLogits: UnsafePointer<Real>, embedding: UnsafePointer<Real>, dH: UnsafeMutablePointer<Real>,
         rows N: Int, width C: Int, vocabularySize V: Int

@@ -7,6 +7,7 @@ extension Layers {
     ///
     /// - x, y: (N, C); weight γ, bias β: (C).
     /// - Saves mean μ (N) and rstd ρ (N) for the backward.
+    @_specialize(exported: true, where Real == Float)
     public static func layerNormForward<Real: TrainingScalar>(
         _ x: UnsafePointer<Real>, weight: UnsafePointer<Real>, bias: UnsafePointer<Real>, _ y: UnsafeMutablePointer<Real>,
         mean: UnsafeMutablePointer<Real>, rstd: UnsafeMutablePointer<Real>, rows N: Int, width C: Int, eps: Real
@@ -31,6 +32,7 @@ extension Layers {
     /// With n = (x − μ)·ρ and g = dy ⊙ γ, per row:
     /// dx += ρ·(g − mean(g) − n·mean(g ⊙ n));  dγ += Σ_rows dy ⊙ n;  dβ += Σ_rows dy.
     /// dγ and dβ only when asked (the norms are frozen in LoRA training).
+    @_specialize(exported: true, where Real == Float)
     public static func layerNormBackward<Real: TrainingScalar>(
         _ dY: UnsafePointer<Real>, x: UnsafePointer<Real>, weight: UnsafePointer<Real>, mean: UnsafePointer<Real>, rstd: UnsafePointer<Real>,
         dX: UnsafeMutablePointer<Real>, dWeight: UnsafeMutablePointer<Real>? = nil, dBias: UnsafeMutablePointer<Real>? = nil,
@@ -59,6 +61,7 @@ extension Layers {
     /// RMSNorm per row: y = x·ρ ⊙ γ, with ρ = 1/√(mean(x²) + eps).
     ///
     /// - x, y: (N, C); weight γ: (C). Saves rstd ρ (N) for the backward.
+    @_specialize(exported: true, where Real == Float)
     public static func rmsNormForward<Real: TrainingScalar>(
         _ x: UnsafePointer<Real>, weight: UnsafePointer<Real>, _ y: UnsafeMutablePointer<Real>, rstd: UnsafeMutablePointer<Real>,
         rows N: Int, width C: Int, eps: Real
@@ -77,6 +80,7 @@ extension Layers {
     ///
     /// With n = x·ρ and g = dy ⊙ γ, per row: dx += ρ·(g − n·mean(g ⊙ n));
     /// dγ += Σ_rows dy ⊙ n, only when asked.
+    @_specialize(exported: true, where Real == Float)
     public static func rmsNormBackward<Real: TrainingScalar>(
         _ dY: UnsafePointer<Real>, x: UnsafePointer<Real>, weight: UnsafePointer<Real>, rstd: UnsafePointer<Real>,
         dX: UnsafeMutablePointer<Real>, dWeight: UnsafeMutablePointer<Real>? = nil, rows N: Int, width C: Int

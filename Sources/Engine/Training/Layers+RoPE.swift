@@ -31,6 +31,7 @@ extension Layers {
     /// Pairs are (i, i + d/2) for `.halves` and (2i, 2i + 1) for `.interleaved`.
     ///
     /// - x: (B·T, heads·headDim). Saves nothing: the map is linear.
+    @_specialize(exported: true, where Real == Float)
     public static func ropeForward<Real: TrainingScalar>(
         _ x: UnsafeMutablePointer<Real>, tables: RotaryTables<Real>, style: RoPEStyle, rows N: Int, sequenceLength: Int, heads: Int
     ) {
@@ -40,6 +41,7 @@ extension Layers {
     /// Backward of ``ropeForward(_:tables:style:rows:sequenceLength:heads:)``, in place on
     /// the gradient: a rotation is orthogonal, so dx = Rᵀ·dy is the rotation by −θ.
     /// (In place, so unlike the other backwards it replaces `dX` rather than adding to it.)
+    @_specialize(exported: true, where Real == Float)
     public static func ropeBackward<Real: TrainingScalar>(
         _ dX: UnsafeMutablePointer<Real>, tables: RotaryTables<Real>, style: RoPEStyle, rows N: Int, sequenceLength: Int, heads: Int
     ) {

@@ -4,8 +4,9 @@ import Foundation
 /// The number types the training layers run in: `Float` for training, `Double` for the
 /// finite-difference gradient checks (so the checks test the very code that trains).
 ///
-/// Every layer in `Layers` is generic over this protocol; inside the Engine module the
-/// `Float` calls are specialised by the optimiser, so the generic code costs nothing there.
+/// Every layer in `Layers` is generic over this protocol. `Float` calls are specialised:
+/// by the optimiser inside the Engine module, and through the layers' exported
+/// `@_specialize(where Real == Float)` entry points from other modules.
 public protocol TrainingScalar: BinaryFloatingPoint, Sendable {
     /// C = alpha·op(A)·op(B) + beta·C on row-major matrices (`cblas_sgemm` / `cblas_dgemm`).
     ///

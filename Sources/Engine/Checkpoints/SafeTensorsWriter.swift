@@ -4,12 +4,22 @@ import Foundation
 public enum SafeTensorsWriter {
     /// Writes `tensors` in the given order, row-major little-endian F32, with `metadata` as
     /// the header's `__metadata__` (omitted when empty). The JSON header is padded with
-    /// spaces so the data section starts at a multiple of 8 bytes. Replaces `url` atomically.
+    /// spaces so the data section starts at a multiple of 8 bytes. Replaces `url` atomically
+    /// (temporary file, fsync, rename).
     ///
     /// Names must be unique and `values.count` must equal the product of `shape`
     /// (preconditions: a violation is a bug in the caller).
     public static func write(_ tensors: [(name: String, shape: [Int], values: [Float])],
                              metadata: [String: String] = [:], to url: URL) throws(CheckpointError) {
+        do {
+            try AtomicFile.write(encode(tensors, metadata: metadata), to: url)
+        } catch {
+            throw .unwritable(path: url.path, reason: error.localizedDescription)
+        }
+    }
+
+    /// The bytes of the file ``write(_:metadata:to:)`` writes.
+    public static func encode(_ tensors: [(name: String, shape: [Int], values: [Float])], metadata: [String: String] = [:]) -> Data {
         var header = "{"
         var fields: [String] = []
         if !metadata.isEmpty {
@@ -41,11 +51,7 @@ public enum SafeTensorsWriter {
             for v in t.values { withUnsafeBytes(of: v.bitPattern.littleEndian) { data.append(contentsOf: $0) } }
             #endif
         }
-        do {
-            try data.write(to: url, options: .atomic)
-        } catch {
-            throw .unwritable(path: url.path, reason: error.localizedDescription)
-        }
+        return data
     }
 
     /// A JSON string literal: quotes, backslashes and control characters escaped.

@@ -83,9 +83,11 @@ extension GPT2Model {
     /// The model's Conv1D layers with their Hugging Face names and (in, out) sizes.
     public var linearModules: [LinearModule] { config.linearModules }
 
-    /// Runs `body` on the stored weight of `module` (Conv1D layout (in, out)), in place.
+    /// Runs `body` on the stored weight of `module` (Conv1D layout (in, out)), in place, and
+    /// drops the half-precision decode copies (rebuilt on the next decode).
     public func withWeight<R>(of module: LinearModule, _ body: (inout [Float]) throws -> R) rethrows -> R {
         precondition(module.layer >= 0 && module.layer < blocks.count, "\(module.name): no block \(module.layer) in a \(blocks.count)-block GPT-2")
+        half = nil  // the half-precision decode copies no longer match
         switch module.kind {
         case .attention: return try body(&blocks[module.layer].attnWeight)
         case .attentionProjection: return try body(&blocks[module.layer].attnProjWeight)
@@ -100,9 +102,11 @@ extension LlamaModel {
     /// The model's linear layers (lm_head excluded) with their Hugging Face names and sizes.
     public var linearModules: [LinearModule] { config.linearModules }
 
-    /// Runs `body` on the stored weight of `module` (nn.Linear layout (out, in)), in place.
+    /// Runs `body` on the stored weight of `module` (nn.Linear layout (out, in)), in place, and
+    /// drops the half-precision decode copies (rebuilt on the next decode).
     public func withWeight<R>(of module: LinearModule, _ body: (inout [Float]) throws -> R) rethrows -> R {
         precondition(module.layer >= 0 && module.layer < blocks.count, "\(module.name): no block \(module.layer) in a \(blocks.count)-block LLaMA")
+        half = nil
         switch module.kind {
         case .query: return try body(&blocks[module.layer].wq)
         case .key: return try body(&blocks[module.layer].wk)

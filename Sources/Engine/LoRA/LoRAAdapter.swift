@@ -131,17 +131,4 @@ public final class LoRAAdapter {
 
     /// dA₀, dB₀, dA₁, dB₁, … in the order of ``parameters``.
     public var gradients: [[Float]] { layers.flatMap { [$0.gradientA, $0.gradientB] } }
-
-    // MARK: Merging
-
-    /// W += s·B·A for every layer, in the model's weight layout (GPT-2's Conv1D (in, out)).
-    /// Afterwards disable the adapter (or drop it): the model already includes the update.
-    public func merge(into model: GPT2Model) {
-        for l in layers { model.withWeight(of: l.module) { l.merge(into: &$0) } }
-    }
-
-    /// W += s·B·A for every layer (nn.Linear layout (out, in)).
-    public func merge(into model: LlamaModel) {
-        for l in layers { model.withWeight(of: l.module) { l.merge(into: &$0) } }
-    }
 }

@@ -48,7 +48,7 @@ public final class GPT2Model: LanguageModel {
     public var finalNormWeight: [Float], finalNormBias: [Float]  // (C)
     /// Decode one token with half-precision copies of the matrices (see ``HalfMatrix``).
     public var decodeWithHalfWeights = true
-    private var half: (blocks: [[HalfMatrix]], head: HalfMatrix)?
+    var half: (blocks: [[HalfMatrix]], head: HalfMatrix)?  // dropped by withWeight(of:_:)
 
     /// c_attn, attn c_proj, c_fc, mlp c_proj of each block as (out, in), and the lm_head.
     private func halfWeights() -> (blocks: [[HalfMatrix]], head: HalfMatrix) {

@@ -81,7 +81,7 @@ public final class LlamaModel: LanguageModel {
     /// Decode one token with half-precision copies of the matrices (built on first use):
     /// about twice as fast, since decoding is bound by memory bandwidth. Off: Float32 throughout.
     public var decodeWithHalfWeights = true
-    private var half: (blocks: [[HalfMatrix]], head: HalfMatrix)?
+    var half: (blocks: [[HalfMatrix]], head: HalfMatrix)?  // dropped by withWeight(of:_:)
 
     /// wq, wk, wv, wo, gate, up, down of each block, and the lm_head, in half precision.
     private func halfWeights() -> (blocks: [[HalfMatrix]], head: HalfMatrix) {

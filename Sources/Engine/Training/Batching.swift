@@ -122,6 +122,12 @@ public struct CausalLMData: Sendable {
         self.examples = examples
     }
 
+    /// Rows already tokenized (e.g. by another tool): unpadded tokens and labels of equal length.
+    public init(examples: [TokenizedExample], options: CausalLMDataOptions, paddingTokenID: Int) {
+        for e in examples { precondition(e.tokens.count == e.labels.count, "line \(e.line): \(e.tokens.count) tokens, \(e.labels.count) labels") }
+        (self.examples, self.options, self.paddingTokenID) = (examples, options, paddingTokenID)
+    }
+
     /// Token ids of `text`, special-token text recognised (as HF tokenizers do), with or without the tokenizer's BOS.
     static func encode(_ text: String, _ tokenizer: BPETokenizer, bos: Bool) -> [Int] {
         var ids = tokenizer.encode(text, allowSpecial: true)

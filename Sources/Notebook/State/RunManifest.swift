@@ -1,3 +1,4 @@
+import Engine
 import Foundation
 
 /// How a cell ended in the latest run, as shown in the report and by `--list`.

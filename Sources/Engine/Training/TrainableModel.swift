@@ -1,0 +1,123 @@
+// The two model families behind one interface for LoRA training: a loss (and its backward
+// into the adapter's hooks) over a batch, and in-place access to the frozen weights.
+
+/// A model whose LoRA adapters can be trained: GPT-2 or LLaMA.
+public protocol TrainableModel: LanguageModel {
+    /// The linear layers an adapter can target, in forward order, with Hugging Face names.
+    var linearModules: [LinearModule] { get }
+
+    /// Runs `body` on the stored weight of `module`, in place (for merging).
+    func withWeight<R>(of module: LinearModule, _ body: (inout [Float]) throws -> R) rethrows -> R
+
+    /// The cross-entropy of a batch of B right-padded rows, with the backward when asked.
+    ///
+    /// - tokens: (B, T) flattened; targets: (B, T) already shifted (target r is the label of
+    ///   the token after input r) with ``Layers/ignoreIndex`` where nothing is learnt.
+    /// - normalizer: the loss is Σ token losses / normalizer (nil: the counted tokens).
+    /// - backward: run the backward pass; `hooks` then receive every linear layer's (x, dY).
+    /// - Returns: the loss as normalized.
+    func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
+                      normalizer: Int?, backward: Bool) -> Float
+}
+
+extension GPT2Model: TrainableModel {
+    public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
+                             normalizer: Int?, backward: Bool) -> Float {
+        let activations = forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks)
+        let (loss, dLogits) = TrainingLoss.crossEntropy(activations.logits, targets: targets, vocabularySize: config.vocabSize,
+                                                        normalizer: normalizer, backward: backward)
+        if let dLogits { _ = self.backward(dLogits, activations: activations, hooks: hooks, keepLinearGradients: false) }
+        return loss
+    }
+}
+
+extension LlamaModel: TrainableModel {
+    public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
+                             normalizer: Int?, backward: Bool) -> Float {
+        let activations = forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks)
+        let (loss, dLogits) = TrainingLoss.crossEntropy(activations.logits, targets: targets, vocabularySize: config.vocabSize,
+                                                        normalizer: normalizer, backward: backward)
+        if let dLogits { _ = self.backward(dLogits, activations: activations, hooks: hooks, keepLinearGradients: false) }
+        return loss
+    }
+}
+
+enum TrainingLoss {
+    static func crossEntropy(_ logits: [Float], targets: [Int], vocabularySize V: Int, normalizer: Int?,
+                             backward: Bool) -> (Float, [Float]?) {
+        let N = targets.count
+        guard backward else {
+            let loss = logits.withUnsafeBufferPointer {
+                Layers.crossEntropy(logits: $0.baseAddress!, targets: targets, dLogits: nil, rows: N, vocabularySize: V, normalizer: normalizer)
+            }
+            return (loss, nil)
+        }
+        var dLogits = [Float](repeating: 0, count: N * V)
+        let loss = logits.withUnsafeBufferPointer { z in
+            dLogits.withUnsafeMutableBufferPointer {
+                Layers.crossEntropy(logits: z.baseAddress!, targets: targets, dLogits: $0.baseAddress!, rows: N,
+                                    vocabularySize: V, normalizer: normalizer)
+            }
+        }
+        return (loss, dLogits)
+    }
+}
+
+extension CausalLMBatch {
+    /// The labels moved one position left, as Hugging Face's causal-LM loss uses them: the
+    /// target of input (b, t) is label (b, t + 1); the last position of each row has none.
+    public var shiftedTargets: [Int] {
+        var targets = [Int](repeating: Layers.ignoreIndex, count: labels.count)
+        for b in 0..<rowCount {
+            let row = b * rowLength
+            for t in 0..<max(rowLength - 1, 0) { targets[row + t] = labels[row + t + 1] }
+        }
+        return targets
+    }
+
+    /// The tokens before the padding, summed over the rows.
+    public var realTokenCount: Int { lengths.reduce(0, +) }
+
+    /// How many targets the loss counts.
+    public var countedTargets: Int { shiftedTargets.reduce(0) { $0 + ($1 == Layers.ignoreIndex ? 0 : 1) } }
+}
+
+extension LoRAAdapter {
+    /// Hooks that run this adapter on every layer it targets: its forward after the frozen
+    /// layer's, its backward (dA, dB and its share of dX) in the backward pass.
+    public func hooks() -> LinearHooks<Float> {
+        var hooks = LinearHooks<Float>()
+        for (i, layer) in layers.enumerated() {
+            let n = layer.module.inFeatures
+            hooks.register(layer.module.name, forward: { [unowned self] _, x, y in
+                self.forward(at: i, input: x.baseAddress!, rows: x.count / n, output: y.baseAddress!)
+            }, backward: { [unowned self] _, x, dY, dX in
+                self.backward(at: i, input: x.baseAddress!, outputGradient: dY.baseAddress!, rows: x.count / n,
+                              inputGradient: dX.baseAddress!)
+            })
+        }
+        return hooks
+    }
+
+    /// Runs `body` with W + s·B·A in the model's weights, then puts the original weights
+    /// back bit for bit (the targeted matrices are copied first). For generation with the
+    /// inference kernels, which know nothing of adapters.
+    public func withMerged<R>(into model: TrainableModel, _ body: () throws -> R) rethrows -> R {
+        guard isEnabled else { return try body() }
+        var originals: [[Float]] = []
+        for l in layers {
+            originals.append(model.withWeight(of: l.module) { w in
+                let copy = w
+                l.merge(into: &w)
+                return copy
+            })
+        }
+        defer { for (l, w) in zip(layers, originals) { model.withWeight(of: l.module) { $0 = w } } }
+        return try body()
+    }
+
+    /// W += s·B·A for every layer, for good (e.g. `nb generate --adapter`).
+    public func merge(into model: TrainableModel) {
+        for l in layers { model.withWeight(of: l.module) { l.merge(into: &$0) } }
+    }
+}

@@ -2,6 +2,26 @@ import ArgumentParser
 import Engine
 import Foundation
 
+/// A PEFT-layout LoRA adapter to apply on the base model (merged into its weights).
+struct AdapterOption: ParsableArguments {
+    @Option(help: ArgumentHelp("A PEFT-layout LoRA adapter directory (adapter_config.json, adapter_model.safetensors) to apply on the model.", valueName: "DIR"))
+    var adapter: String?
+
+    /// Merges the adapter into `loaded`'s weights, when one is given.
+    func apply(to loaded: LoadedModel) throws {
+        guard let adapter else { return }
+        do {
+            guard let model = loaded.model as? TrainableModel else { throw LoRAError.badAdapterConfig(path: adapter, key: "", message: "this model cannot take adapters") }
+            let lora = try PEFTAdapter.load(from: URL(fileURLWithPath: adapter), modules: model.linearModules)
+            lora.merge(into: model)
+            FileHandle.standardError.write(Data("[adapter \(adapter): r=\(lora.config.rank), \(lora.layers.count) modules, merged]\n".utf8))
+        } catch {
+            FileHandle.standardError.write(Data("nb: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
 /// Options shared by the commands that run a model directly.
 struct ModelOptions: ParsableArguments {
     @Option(help: ArgumentHelp("A model name (\(ModelCatalog.knownNames.joined(separator: ", "))) or a path (.gguf file, or a directory with config.json and safetensors).", valueName: "NAME|PATH"))
@@ -21,6 +41,7 @@ extension Nb {
     struct Generate: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Continue a prompt with a model and print the continuation.")
         @OptionGroup var modelOptions: ModelOptions
+        @OptionGroup var adapterOption: AdapterOption
         @Option(help: "The prompt text.") var prompt: String
         @Option(name: .customLong("max-tokens"), help: "Tokens to generate at most.") var maxTokens = 64
         @Option(help: "Sampling temperature; 0 is greedy.") var temperature = 0.0
@@ -38,6 +59,7 @@ extension Nb {
 
         func run() throws {
             let loaded = try modelOptions.load()
+            try adapterOption.apply(to: loaded)
             let ids = loaded.encodePrompt(prompt, chat: chat)
             let stops = loaded.stopTokens
             let result = loaded.model.generate(GenerationRequest(
@@ -53,6 +75,7 @@ extension Nb {
     struct TopTokens: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "top-tokens", abstract: "Print the most likely next tokens after a prompt, with their logits.")
         @OptionGroup var modelOptions: ModelOptions
+        @OptionGroup var adapterOption: AdapterOption
         @Option(help: "The prompt text.") var prompt: String
         @Option(help: "How many tokens to print.") var k = 20
         @Flag(help: "Wrap the prompt in the model's chat template.") var chat = false
@@ -60,6 +83,7 @@ extension Nb {
 
         func run() throws {
             let loaded = try modelOptions.load()
+            try adapterOption.apply(to: loaded)
             let ids = loaded.encodePrompt(prompt, chat: chat)
             let logits = loaded.model.forward(ids, cache: loaded.model.makeCache(capacity: ids.count), allPositions: false)
             let top = logits.indices.sorted { logits[$0] > logits[$1] }.prefix(max(k, 1))

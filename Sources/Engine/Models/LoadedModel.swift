@@ -29,8 +29,11 @@ public final class LoadedModel: @unchecked Sendable {
     }
 
     /// The prompt's token ids; with `chat`, the text is the user's turn in the chat template
-    /// (models without one are prompted with the plain text).
-    public func encodePrompt(_ text: String, chat: Bool) -> [Int] {
+    /// (models without one are prompted with the plain text); with `qa`, the question as
+    /// the Q&A training rows begin (question + end-of-text, see ``CausalLMData``), so the
+    /// model continues with the answer.
+    public func encodePrompt(_ text: String, chat: Bool, qa: Bool = false) -> [Int] {
+        if qa, let eos = tokenizer.eosTokenID { return CausalLMData.encode(text, tokenizer, bos: false) + [eos] }
         if chat, let template = chatTemplate {
             return tokenizer.encode(template.render([.user(text)], addGenerationPrompt: true), allowSpecial: true)
         }

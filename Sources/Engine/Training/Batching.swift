@@ -19,9 +19,9 @@ public struct TokenizedExample: Equatable, Sendable {
 
 /// How examples become fixed-length rows.
 public struct CausalLMDataOptions: Equatable, Sendable {
-    public enum Padding: String, Codable, Sendable {
+    public enum Padding: String, Codable, Sendable, CaseIterable {
         /// Every row has `maxLength` tokens (the use case's notebooks: 128).
-        case maxLength
+        case maxLength = "max_length"
         /// Rows are as long as the batch's longest example.
         case longest
     }

@@ -123,7 +123,7 @@ public final class NotebookRunner: @unchecked Sendable {
                     let body = try ParametersCell.substitute(cell.body, parameters: parameters, cell: cell, file: file)
                     let prepared = try registry.prepare(cell, body: body, file: file)
                     plannedCell.prepared = prepared
-                    let context = makeContext(cell: cell, session: Session())
+                    let context = makeContext(cell: cell, session: Session(), key: "")
                     let inputs = prepared.inputs(context).map { url -> String in
                         "\(url.path) \(hasher.digest(of: url) ?? "missing")"
                     }
@@ -142,11 +142,11 @@ public final class NotebookRunner: @unchecked Sendable {
         return (planned, parameters, errors)
     }
 
-    func makeContext(cell: CellSource, session: Session) -> StepContext {
+    func makeContext(cell: CellSource, session: Session, key: String) -> StepContext {
         let log = options.log, interactive = options.interactive
         return StepContext(
             session: session, cell: cell, notebookPath: displayPath,
-            notebookDirectory: notebookURL.deletingLastPathComponent(),
+            notebookDirectory: notebookURL.deletingLastPathComponent(), stateDirectory: stateRoot, cellKey: key,
             makeProgress: { label, total in ProgressReporter(label: label, total: total, interactive: interactive, write: log) })
     }
 
@@ -248,7 +248,7 @@ public final class NotebookRunner: @unchecked Sendable {
             update(i, status: .running, note: note)
             options.log("  \(label): running\n")
             let started = ProgressReporter.monotonicSeconds()
-            let context = makeContext(cell: cell.source, session: session)
+            let context = makeContext(cell: cell.source, session: session, key: cell.key)
             do {
                 if cell.source.header.step == ParametersCell.stepName {
                     context.emit(.table(OutputTable(title: "Notebook parameters", columns: ["name", "value", "from"], rows: cell.parameterRows)))

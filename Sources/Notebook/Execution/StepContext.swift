@@ -17,16 +17,31 @@ public final class StepContext {
     public let notebookPath: String
     /// Relative paths in cells resolve against this directory.
     public let notebookDirectory: URL
+    /// The notebook's state directory (`outputs/.nb/<notebook>/`): adapters, checkpoints.
+    public let stateDirectory: URL
+    /// The cell's cache key: equal keys mean the same step, parameters, inputs and history,
+    /// so a checkpoint filed under it belongs to this very computation.
+    public let cellKey: String
     public private(set) var outputs: [CellOutput] = []
     let makeProgress: (String, Int) -> ProgressReporter
 
-    init(session: Session, cell: CellSource, notebookPath: String, notebookDirectory: URL,
-         makeProgress: @escaping (String, Int) -> ProgressReporter) {
+    init(session: Session, cell: CellSource, notebookPath: String, notebookDirectory: URL, stateDirectory: URL,
+         cellKey: String, makeProgress: @escaping (String, Int) -> ProgressReporter) {
         self.session = session
         self.cell = cell
         self.notebookPath = notebookPath
         self.notebookDirectory = notebookDirectory
+        self.stateDirectory = stateDirectory
+        self.cellKey = cellKey
         self.makeProgress = makeProgress
+    }
+
+    /// Where the session's adapters are stored.
+    public var adapterStore: URL { stateDirectory.appendingPathComponent("adapters", isDirectory: true) }
+
+    /// This cell's checkpoint directory (for steps that can resume).
+    public var checkpointDirectory: URL {
+        stateDirectory.appendingPathComponent("checkpoints", isDirectory: true).appendingPathComponent(cellKey, isDirectory: true)
     }
 
     public func emit(_ output: CellOutput) { outputs.append(output) }

@@ -31,6 +31,24 @@ public struct ModelReference: Codable, Equatable, Sendable {
     }
 }
 
+/// A LoRA adapter of the session: PEFT files in the state directory, named by the digest
+/// of their weights, so a snapshot stays small and a re-run finds the exact tensors.
+public struct AdapterReference: Codable, Equatable, Sendable {
+    /// The directory holding `adapter_config.json` and `adapter_model.safetensors`.
+    public var path: String
+    /// SHA-256 of `adapter_model.safetensors`.
+    public var sha256: String
+    public var config: LoRAConfig
+    /// The model (``ModelReference/path``) the adapter belongs to.
+    public var modelPath: String
+    public var modules: Int
+    public var parameterCount: Int
+    /// Optimizer steps trained in this session so far.
+    public var trainedSteps: Int
+    /// Where the adapter came from: `inject_lora`, `train`, or a loaded directory.
+    public var origin: String
+}
+
 /// The state carried from cell to cell and snapshotted after each one.
 ///
 /// Only small values and references to immutable inputs live here; large derived things
@@ -42,6 +60,8 @@ public struct SessionState: Codable, Equatable, Sendable {
     public var datasets: [String: DatasetReference] = [:]
     /// The model loaded by `load_model`, if any.
     public var model: ModelReference?
+    /// The LoRA adapter on that model (from `inject_lora`, `train` or `load_adapter`), if any.
+    public var adapter: AdapterReference?
 
     public init() {}
 }
@@ -52,6 +72,7 @@ public final class Session {
     public var state: SessionState
     private var loadedDatasets: [String: Dataset] = [:]
     private var loadedModels: [String: LoadedModel] = [:]
+    fileprivate var loadedAdapters: [String: LoRAAdapter] = [:]
 
     public init(state: SessionState = SessionState()) {
         self.state = state
@@ -84,6 +105,7 @@ extension Session {
     /// Remembers a model loaded by a step.
     public func register(_ loaded: LoadedModel, reference: ModelReference) {
         state.model = reference
+        state.adapter = nil  // an adapter belongs to the model it was made for
         loadedModels[reference.path] = loaded
     }
 
@@ -98,10 +120,60 @@ extension Session {
     }
 }
 
+extension Session {
+    /// Stores `adapter` as PEFT files under `directory/<digest>/` and makes it the session's.
+    @discardableResult
+    public func register(_ adapter: LoRAAdapter, in directory: URL, trainedSteps: Int, origin: String) throws -> AdapterReference {
+        guard let model = state.model else { throw SessionError.noModel }
+        let staging = directory.appendingPathComponent(".staging-\(getpid())-\(UInt32.random(in: 0...UInt32.max))", isDirectory: true)
+        try PEFTAdapter.save(adapter, to: staging, baseModelName: model.name)
+        let digest = try SHA256Digest.hex(fileAt: staging.appendingPathComponent(PEFTAdapter.weightsFileName))
+        let final = directory.appendingPathComponent(digest, isDirectory: true)
+        let fm = FileManager.default
+        if fm.fileExists(atPath: final.appendingPathComponent(PEFTAdapter.weightsFileName).path) {
+            try? fm.removeItem(at: staging)
+        } else {
+            try? fm.removeItem(at: final)
+            try fm.moveItem(at: staging, to: final)
+        }
+        let reference = AdapterReference(path: final.path, sha256: digest, config: adapter.config, modelPath: model.path,
+                                         modules: adapter.layers.count, parameterCount: adapter.parameterCount,
+                                         trainedSteps: trainedSteps, origin: origin)
+        state.adapter = reference
+        loadedAdapters[digest] = adapter
+        return reference
+    }
+
+    /// The session's adapter, read again from its files when this process has not made it
+    /// (e.g. after a reused cell); nil when there is none.
+    public func adapter() throws -> LoRAAdapter? {
+        guard let reference = state.adapter else { return nil }
+        if let cached = loadedAdapters[reference.sha256] { return cached }
+        let directory = URL(fileURLWithPath: reference.path)
+        let weights = directory.appendingPathComponent(PEFTAdapter.weightsFileName)
+        guard FileManager.default.fileExists(atPath: weights.path) else { throw SessionError.adapterMissing(reference.path) }
+        guard try SHA256Digest.hex(fileAt: weights) == reference.sha256 else { throw SessionError.fileChanged(weights.path) }
+        let model = try self.model()
+        guard let trainable = model.model as? TrainableModel else { throw SessionError.noModel }
+        let adapter = try PEFTAdapter.load(from: directory, modules: trainable.linearModules, seed: reference.config.seed)
+        loadedAdapters[reference.sha256] = adapter
+        return adapter
+    }
+
+    /// The session's model as a ``TrainableModel``.
+    public func trainableModel() throws -> (LoadedModel, TrainableModel) {
+        let loaded = try model()
+        guard let trainable = loaded.model as? TrainableModel else { throw SessionError.noModel }
+        return (loaded, trainable)
+    }
+}
+
 public enum SessionError: Error, Equatable, CustomStringConvertible {
     case unknownDataset(String, known: [String])
     case fileChanged(String)
     case noModel
+    case noAdapter
+    case adapterMissing(String)
 
     public var description: String {
         switch self {
@@ -109,6 +181,8 @@ public enum SessionError: Error, Equatable, CustomStringConvertible {
             return "no data set named '\(n)'; loaded: \(known.isEmpty ? "none (add an `nb load_data` cell first)" : known.joined(separator: ", "))"
         case .fileChanged(let p): return "\(p) changed since it was loaded; run the notebook again so the cells that read it re-run"
         case .noModel: return "no model is loaded; add an `nb load_model` cell before this one"
+        case .noAdapter: return "the model has no LoRA adapter; add an `nb inject_lora` or `nb load_adapter` cell before this one"
+        case .adapterMissing(let p): return "the adapter saved at \(p) is gone; run the notebook with --fresh"
         }
     }
 }

@@ -17,7 +17,7 @@ public enum GenerateStep: Step {
     public static let summary = "continue prompts with the loaded model (greedy or sampled, KV cache)"
 
     public struct Parameters: StepParameters {
-        public enum Keys: String, CodingKey, CaseIterable { case prompts, maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", seed, chat, stop }
+        public enum Keys: String, CodingKey, CaseIterable { case prompts, maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", seed, chat, qa, stop, adapter, mode }
         public typealias CodingKeys = Keys
         public var prompts: [String]
         public var maxTokens: Int
@@ -28,6 +28,12 @@ public enum GenerateStep: Step {
         public var chat: Bool
         /// Extra stop strings (each must be one token); the model's end-of-text tokens always stop.
         public var stop: [String]
+        /// Format each prompt as the Q&A training rows do (question + end-of-text), so a model
+        /// fine-tuned on question/answer pairs continues with an answer.
+        public var qa: Bool
+        /// Apply the session's LoRA adapter, when it has one.
+        public var adapter: Bool
+        public var mode: ExecutionMode
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
@@ -39,9 +45,13 @@ public enum GenerateStep: Step {
             seed = try c.decodeIfPresent(Int.self, forKey: .seed) ?? 0
             chat = try c.decodeIfPresent(Bool.self, forKey: .chat) ?? false
             stop = try c.decodeIfPresent([String].self, forKey: .stop) ?? []
+            qa = try c.decodeIfPresent(Bool.self, forKey: .qa) ?? false
+            adapter = try c.decodeIfPresent(Bool.self, forKey: .adapter) ?? true
+            mode = try c.decodeChoice(ExecutionMode.self, forKey: .mode) ?? .torch
         }
 
         public func validate() throws(ParameterError) {
+            if qa && chat { throw ParameterError("qa", "qa and chat are two prompt formats: choose one") }
             if prompts.isEmpty { throw ParameterError("prompts", "give at least one prompt") }
             if !(1...4096).contains(maxTokens) { throw ParameterError("max_tokens", "\(maxTokens) is out of range 1...4096") }
             if temperature < 0 || !temperature.isFinite { throw ParameterError("temperature", "\(temperature) must be ≥ 0") }
@@ -65,18 +75,27 @@ public enum GenerateStep: Step {
         var generated = 0
         var decodeSeconds = 0.0
         let progress = context.progress("generate", total: p.prompts.count)
-        for (i, prompt) in p.prompts.enumerated() {
-            let ids = loaded.encodePrompt(prompt, chat: p.chat)
-            let result = loaded.model.generate(GenerationRequest(prompt: ids, maxTokens: p.maxTokens, sampling: settings, stopTokens: stops))
-            let text = loaded.tokenizer.decode(result.tokens.filter { !stops.contains($0) })
-            generated += result.tokens.count
-            decodeSeconds += result.decodeSeconds
-            let rate = result.tokens.count > 1 ? Double(result.tokens.count - 1) / max(result.decodeSeconds, 1e-9) : 0
-            rows.append([prompt, text, "\(result.tokens.count) (\(result.finishReason))", Format.number(rate, decimals: 1)])
-            progress.update(i + 1)
+        let adapter = p.adapter ? try context.session.adapter() : nil
+        func generateAll() {
+            for (i, prompt) in p.prompts.enumerated() {
+                let ids = loaded.encodePrompt(prompt, chat: p.chat, qa: p.qa)
+                let result = loaded.model.generate(GenerationRequest(prompt: ids, maxTokens: p.maxTokens, sampling: settings, stopTokens: stops))
+                let text = loaded.tokenizer.decode(result.tokens.filter { !stops.contains($0) })
+                generated += result.tokens.count
+                decodeSeconds += result.decodeSeconds
+                let rate = result.tokens.count > 1 ? Double(result.tokens.count - 1) / max(result.decodeSeconds, 1e-9) : 0
+                rows.append([prompt, text, "\(result.tokens.count) (\(result.finishReason))", Format.number(rate, decimals: 1)])
+                progress.update(i + 1)
+            }
+        }
+        if let adapter, let model = loaded.model as? TrainableModel {
+            adapter.withMerged(into: model, generateAll)
+        } else {
+            generateAll()
         }
         progress.finish()
-        context.emit(.table(OutputTable(title: "Generations with \(context.session.state.model?.name ?? "the model")",
+        let with = adapter == nil ? "" : " + LoRA adapter (\(context.session.state.adapter?.trainedSteps ?? 0) steps trained)"
+        context.emit(.table(OutputTable(title: "Generations with \(context.session.state.model?.name ?? "the model")\(with)",
                                         columns: ["prompt", "completion", "tokens", "tokens/s"], rows: rows)))
         context.emit(.metrics([
             Metric("sampling", p.temperature == 0 ? "greedy" : "T=\(p.temperature), top-k \(p.topK), top-p \(p.topP), seed \(p.seed)"),

@@ -143,3 +143,25 @@ extension KeyedDecodingContainer {
         return value
     }
 }
+
+/// Any key of a mapping, to see the keys a nested parameter struct does not know.
+struct AnyCodingKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
+
+extension Decoder {
+    /// Throws for a key of this mapping that is not in `Keys` (nested parameter structs;
+    /// the top level of a cell is checked by the decoder itself).
+    func rejectUnknownKeys<Keys: CodingKey & CaseIterable>(_: Keys.Type) throws {
+        let all = try container(keyedBy: AnyCodingKey.self)
+        let known = Keys.allCases.map(\.stringValue)
+        for key in all.allKeys where !known.contains(key.stringValue) {
+            throw DecodingError.dataCorrupted(.init(
+                codingPath: codingPath + [key],
+                debugDescription: "unknown key '\(key.stringValue)'; this mapping takes \(known.joined(separator: ", "))"))
+        }
+    }
+}

@@ -93,6 +93,11 @@ public struct StepRegistry: Sendable {
         r.register(LoadDataStep.self)
         r.register(LoadModelStep.self)
         r.register(GenerateStep.self)
+        r.register(InjectLoRAStep.self)
+        r.register(TrainStep.self)
+        r.register(EvaluateStep.self)
+        r.register(SaveAdapterStep.self)
+        r.register(LoadAdapterStep.self)
         return r
     }()
 }

@@ -1,0 +1,139 @@
+import Engine
+import Foundation
+import Testing
+
+/// The LoRA steps run as a user runs them: `nb` processes on notebooks that fine-tune the
+/// real SmolLM2 (downloaded by `make setup`) for a few short steps.
+@Suite(.serialized) struct TrainingNotebookTests {
+    static let environment = ["NB_GPT2_DIR": "", "NB_CACHE": ModelCache.directory.path]
+
+    /// A notebook that trains 4 steps (3 Q&A pairs, batches of 2, 2 epochs) with dropout and
+    /// a checkpoint after every step, then saves the adapter.
+    static let lora = "r: 4\nalpha: 8\ndropout: 0.1\ntarget_modules: {gpt2: c_attn, llama: [q_proj, v_proj]}"
+    static let train = "epochs: 2\nbatch_size: 2\nlearning_rate: 2e-3\nwarmup_steps: 1\nmax_length: 32\npadding: longest\ncheckpoint_every: 1"
+
+    static func notebook(train: String = train, lora: String = lora) -> String {
+        """
+        # Train
+
+        ```nb load_model
+        model: smollm2-135m-instruct
+        ```
+
+        ```nb load_data
+        path: qa.txt
+        format: qa
+        name: train
+        ```
+
+        ```nb inject_lora id=lora
+        \(lora)
+        ```
+
+        ```nb train id=train
+        \(train)
+        ```
+
+        ```nb save_adapter id=save
+        path: adapter
+        ```
+
+        """
+    }
+
+    static func workspace(_ text: String) throws -> Workspace {
+        let w = try Workspace()
+        try w.write("nb.md", text)
+        try FileManager.default.copyItem(at: NbProcess.fixtures.appendingPathComponent("qa.txt"), to: w.root.appendingPathComponent("qa.txt"))
+        return w
+    }
+
+    static func run(_ w: Workspace, _ arguments: [String] = ["nb.md"], extra: [String: String] = [:]) throws -> NbProcess.Output {
+        try NbProcess.run(arguments, in: w.root, environment: environment.merging(extra) { $1 })
+    }
+
+    @Test func killedTrainingResumesToTheSameAdapter() throws {
+        let whole = try Self.workspace(Self.notebook())
+        let a = try Self.run(whole)
+        #expect(a.code == 0, "\(a.stderr)")
+        let reference = try Data(contentsOf: whole.root.appendingPathComponent("adapter/adapter_model.safetensors"))
+
+        let killed = try Self.workspace(Self.notebook())
+        let first = try Self.run(killed, extra: ["NB_TEST_KILL_AFTER_STEP": "2"])
+        #expect(first.code == 9, "the fault injection kills the process with SIGKILL: \(first.code) \(first.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: killed.root.appendingPathComponent("adapter").path))
+        let checkpoints = try FileManager.default.contentsOfDirectory(atPath: killed.root.appendingPathComponent("outputs/.nb/nb/checkpoints").path)
+        #expect(checkpoints.count == 1)
+
+        let second = try Self.run(killed)
+        #expect(second.code == 0, "\(second.stderr)")
+        #expect(second.stderr.contains("train: resuming at step 2 of 4"), "\(second.stderr)")
+        let resumed = try Data(contentsOf: killed.root.appendingPathComponent("adapter/adapter_model.safetensors"))
+        #expect(resumed == reference, "the resumed run's adapter differs from the uninterrupted run's")
+        #expect(try killed.read("outputs/nb.html").contains("Resumed from the checkpoint at step 2 of 4"))
+        // Done: the checkpoint is gone, the adapter lives in the session's snapshot.
+        #expect(!FileManager.default.fileExists(atPath: killed.root.appendingPathComponent("outputs/.nb/nb/checkpoints/\(checkpoints[0])").path))
+
+        // The saved adapter is a PEFT adapter that loads back onto the model and changes it.
+        let base = try NbProcess.run(["top-tokens", "--model", "smollm2", "--prompt", "What is FHE?", "--k", "3", "--json"], in: whole.root)
+        let adapted = try NbProcess.run(["top-tokens", "--model", "smollm2", "--adapter", "adapter", "--prompt", "What is FHE?", "--k", "3", "--json"], in: whole.root)
+        #expect(base.code == 0 && adapted.code == 0, "\(adapted.stderr)")
+        #expect(adapted.stderr.contains("r=4, 60 modules, merged"))
+        #expect(base.stdout != adapted.stdout)
+    }
+
+    @Test func reportShowsLossesAndReRunsReuseTheAdapter() throws {
+        let w = try Self.workspace(Self.notebook(train: Self.train + "\ngenerate: {prompts: [\"What is FHE?\"], max_tokens: 4}") + """
+        ```nb evaluate id=eval
+        data: train
+        ```
+
+        ```nb generate id=gen
+        prompts: ["What is FHE?"]
+        qa: true
+        max_tokens: 4
+        ```
+
+        """)
+        let first = try Self.run(w)
+        #expect(first.code == 0, "\(first.stderr)")
+        let report = try w.read("outputs/nb.html")
+        for text in ["Training loss", "Per epoch", "trainable parameters", "230,400", "perplexity", "+ LoRA adapter (4 steps trained)", "What is FHE? →"] {
+            #expect(report.contains(text), "report lacks \(text)")
+        }
+        // Re-running only the evaluation restores the trained adapter from the state directory.
+        let again = try Self.run(w, ["nb.md", "--cell", "eval"])
+        #expect(again.code == 0, "\(again.stderr)")
+        #expect(try w.statuses()["train"] == "reused")
+        #expect(try w.read("outputs/nb.html").contains("with the adapter (4 steps trained)"))
+    }
+
+    @Test(arguments: [
+        ("rank", train, lora.replacingOccurrences(of: "r: 4", with: "r: 0"), 2, "nb.md:14: key 'r': the LoRA rank must be a positive integer, got 0"),
+        ("target", train, lora.replacingOccurrences(of: "llama: [q_proj, v_proj]", with: "llama: c_attn"), 1, "LoRA target module 'c_attn' matches no linear layer of the model"),
+        ("context", train.replacingOccurrences(of: "max_length: 32", with: "max_length: 100000"), lora, 1, "max_length"),
+        ("nan", train.replacingOccurrences(of: "learning_rate: 2e-3", with: "learning_rate: 1e30"), lora, 1, "training diverged"),
+    ])
+    func badInputIsAClearError(name: String, train: String, lora: String, code: Int32, message: String) throws {
+        let w = try Self.workspace(Self.notebook(train: train, lora: lora))
+        let result = try Self.run(w)
+        #expect(result.code == code, "\(name): \(result.code) \(result.stderr)")
+        #expect(result.stderr.contains(message), "\(name): \(result.stderr)")
+        switch name {
+        case "nan":
+            #expect(result.stderr.contains("at step 3 (epoch 2): training diverged; lower the learning rate or clip gradients; the last good checkpoint (step 2) is kept"), "\(result.stderr)")
+            #expect(result.stderr.contains("nb.md:23: train failed"), "\(result.stderr)")
+        case "target": #expect(result.stderr.contains("nb.md:17: inject_lora failed"), "\(result.stderr)")
+        case "context": #expect(result.stderr.contains("context"), "\(result.stderr)")
+        default: break
+        }
+    }
+
+    @Test func emptyDataSetIsAClearError() throws {
+        let w = try Self.workspace(Self.notebook())
+        try w.write("qa.txt", "")
+        let result = try Self.run(w)
+        #expect(result.code != 0)
+        #expect(result.stderr.contains("qa.txt"), "\(result.stderr)")
+    }
+}

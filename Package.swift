@@ -55,6 +55,6 @@ let package = Package(
 
         .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine"],
                     exclude: ["Support/png_stats.py"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "CKernels"], resources: [.copy("Fixtures")]),
     ]
 )

@@ -115,6 +115,38 @@ if CommandLine.arguments.contains("--load-smollm2") {
     exit(0)
 }
 
+/// Child mode: `--train-step gpt2|smollm2 BATCH`: median seconds of a LoRA training step
+/// (3 warm-up + 10 timed, 128 tokens per row, labels = tokens, as bench_torch.py) and peak RSS.
+if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
+    let which = CommandLine.arguments[i + 1], batch = Int(CommandLine.arguments[i + 2])!
+    let model: TrainableModel
+    let targets: LoRATargets
+    if which == "gpt2" {
+        model = GPT2Model.random(config: GPT2Config(), seed: 1)
+        targets = .modules(["c_attn"])
+    } else {
+        model = try LoadedModel.load(try ModelCatalog.locate("smollm2-135m-instruct")).model as! TrainableModel
+        targets = .allLinear
+    }
+    let adapter = try LoRAAdapter(config: LoRAConfig(rank: 8, alpha: 32, dropout: 0.1, targets: targets, seed: 1), modules: model.linearModules)
+    var rng = SeededGenerator(seed: 7)
+    let examples = (0..<(13 * batch)).map { n -> TokenizedExample in
+        let ids = (0..<128).map { _ in Int(rng.next() % UInt64(model.vocabularySize)) }
+        return TokenizedExample(tokens: ids, labels: ids, line: n + 1)
+    }
+    let data = CausalLMData(examples: examples, options: CausalLMDataOptions(maxLength: 128), paddingTokenID: 0)
+    let run = try LoRATrainingRun(model: model, adapter: adapter, data: data,
+                                  settings: TrainingSettings(epochs: 1, batchSize: batch, learningRate: 2e-3, shuffle: false))
+    var times: [Double] = []
+    for k in 0..<13 {
+        let t = now()
+        try run.step()
+        if k >= 3 { times.append(now() - t) }
+    }
+    print(String(format: "%.4f %.1f %d", median(times), peakRSSMB(), adapter.parameterCount))
+    exit(0)
+}
+
 // Child mode: print sgemm GFLOP/s with whatever kernel this process loaded.
 if CommandLine.arguments.contains("--sgemm-only") {
     print(String(format: "%.3f %@", sgemmGFLOPS(), BLAS.coreName))
@@ -212,6 +244,27 @@ if let (code, out) = try? runProcess(selfURL, ["--load-smollm2"], in: URL(fileUR
                     baseline: base, ratio: smolSpeed.decode / base, note: "target ≥ 1.5×"))
 } else {
     print("bench: SmolLM2 is not available (make setup downloads it); its rows are left out")
+}
+
+// 5. LoRA training steps (float), each in a child process so its peak RSS is its own.
+for (model, batch, targets, reference, target) in [("gpt2", 1, "c_attn", 0.45, 0.30), ("gpt2", 4, "c_attn", 1.94, 1.3),
+                                                    ("smollm2", 1, "all-linear", 0.70, 0.47)] {
+    guard let (code, out) = try? runProcess(selfURL, ["--train-step", model, String(batch)], in: URL(fileURLWithPath: ".")), code == 0 else {
+        print("bench: the \(model) training step did not run; its row is left out")
+        continue
+    }
+    let f = out.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    let torch = torchBaseline(["--model", model == "gpt2" ? "gpt2" : "llama", "--mode", "train", "--targets", targets,
+                               "--batch", String(batch), "--seq", "128"])
+    let base = (torch?["step_s_median"] as? Double) ?? reference
+    let label = model == "gpt2" ? "GPT-2-shape" : "SmolLM2-135M"
+    rows.append(Row(name: "\(label) LoRA train step \(batch)×128 (\(targets), r=8)", value: f[0], unit: "s",
+                    baselineName: torch == nil ? "PyTorch 2.3.1 + PEFT (REFERENCE.md figure, not this run)" : "PyTorch + PEFT (bench_torch.py, this run)",
+                    baseline: base, ratio: f[0] / base, note: String(format: "target ≤ %.2f s; ratio < 1: faster than PyTorch", target)))
+    let torchRSS = torch?["peak_rss_MB"] as? Double
+    rows.append(Row(name: "\(label) training \(batch)×128 peak RSS", value: f[1], unit: "MB",
+                    baselineName: torchRSS == nil ? nil : "PyTorch + PEFT (this run)", baseline: torchRSS,
+                    ratio: torchRSS.map { f[1] / $0 }, note: model == "gpt2" && batch == 4 ? "target ≤ 1500 MB" : nil))
 }
 
 // Table and files.

@@ -14,4 +14,16 @@ void nb_f32_to_f16(const float *src, uint16_t *dst, size_t n);
 void nb_gemv_f16(const uint16_t *w, const float *x, float *y, size_t k,
                  size_t row_begin, size_t row_end, int accumulate);
 
+/// GELU (tanh form): y = ½x(1 + tanh(√(2/π)(x + 0.044715x³))), vectorized.
+void nb_gelu_forward(const float *x, float *y, size_t n);
+/// dx += dy · gelu′(x).
+void nb_gelu_backward(const float *dy, const float *x, float *dx, size_t n);
+/// y = silu(gate) · up (y may be gate).
+void nb_swiglu_forward(const float *gate, const float *up, float *y, size_t n);
+/// dgate += dy · up · σ(g)(1 + g(1 − σ(g)));  dup += dy · silu(g).
+void nb_swiglu_backward(const float *dy, const float *gate, const float *up, float *dgate, float *dup, size_t n);
+/// The scalar tanh and sigmoid the kernels above use (for tests).
+float nb_tanh(float u);
+float nb_sigmoid(float g);
+
 #endif

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// The elementwise and normalisation kernels shared by the models, on row-major Float32
@@ -62,19 +63,12 @@ public enum Ops {
 
     /// GELU, tanh approximation (GPT-2's `gelu_new`), in place.
     public static func geluTanh(_ x: UnsafeMutablePointer<Float>, count: Int) {
-        let k: Float = 0.7978845608028654  // sqrt(2/π)
-        for i in 0..<count {
-            let v = x[i]
-            x[i] = 0.5 * v * (1 + tanhf(k * (v + 0.044715 * v * v * v)))
-        }
+        nb_gelu_forward(x, x, count)
     }
 
     /// SwiGLU: gate ← silu(gate) · up, in place on `gate`.
     public static func swiGLU(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count {
-            let g = gate[i]
-            gate[i] = g / (1 + expf(-g)) * up[i]
-        }
+        nb_swiglu_forward(gate, up, gate, count)
     }
 
     /// Softmax of a row in place (max-subtracted).

@@ -1,3 +1,4 @@
+import CKernels
 /// The layers of GPT-2 and LLaMA as flat forward/backward pairs (llm.c style), for training.
 ///
 /// Conventions, for every function here:
@@ -142,6 +143,10 @@ extension Layers {
     /// Saves nothing: the backward reads x. x, y: (count).
     @_specialize(exported: true, where Real == Float)
     public static func geluForward<Real: TrainingScalar>(_ x: UnsafePointer<Real>, _ y: UnsafeMutablePointer<Real>, count: Int) {
+        if Real.self == Float.self {  // the vectorized kernel (float precision, ≤ 2 ulp tanh)
+            return nb_gelu_forward(UnsafeRawPointer(x).assumingMemoryBound(to: Float.self),
+                                   UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), count)
+        }
         let k = Real(geluScale), c = Real(geluCubic)
         for i in 0..<count {
             let v = x[i]
@@ -154,6 +159,10 @@ extension Layers {
     @_specialize(exported: true, where Real == Float)
     public static func geluBackward<Real: TrainingScalar>(_ dY: UnsafePointer<Real>, x: UnsafePointer<Real>, dX: UnsafeMutablePointer<Real>,
                                                        count: Int) {
+        if Real.self == Float.self {
+            return nb_gelu_backward(UnsafeRawPointer(dY).assumingMemoryBound(to: Float.self), UnsafeRawPointer(x).assumingMemoryBound(to: Float.self),
+                                    UnsafeMutableRawPointer(dX).assumingMemoryBound(to: Float.self), count)
+        }
         let k = Real(geluScale), c = Real(geluCubic)
         for i in 0..<count {
             let v = x[i]
@@ -167,6 +176,10 @@ extension Layers {
     @_specialize(exported: true, where Real == Float)
     public static func swiGLUForward<Real: TrainingScalar>(gate: UnsafePointer<Real>, up: UnsafePointer<Real>, _ y: UnsafeMutablePointer<Real>,
                                                         count: Int) {
+        if Real.self == Float.self {
+            return nb_swiglu_forward(UnsafeRawPointer(gate).assumingMemoryBound(to: Float.self), UnsafeRawPointer(up).assumingMemoryBound(to: Float.self),
+                                     UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), count)
+        }
         for i in 0..<count {
             let g = gate[i]
             y[i] = g / (1 + Real.exp(-g)) * up[i]
@@ -179,6 +192,12 @@ extension Layers {
         _ dY: UnsafePointer<Real>, gate: UnsafePointer<Real>, up: UnsafePointer<Real>,
         dGate: UnsafeMutablePointer<Real>, dUp: UnsafeMutablePointer<Real>, count: Int
     ) {
+        if Real.self == Float.self {
+            return nb_swiglu_backward(UnsafeRawPointer(dY).assumingMemoryBound(to: Float.self), UnsafeRawPointer(gate).assumingMemoryBound(to: Float.self),
+                                      UnsafeRawPointer(up).assumingMemoryBound(to: Float.self),
+                                      UnsafeMutableRawPointer(dGate).assumingMemoryBound(to: Float.self),
+                                      UnsafeMutableRawPointer(dUp).assumingMemoryBound(to: Float.self), count)
+        }
         for i in 0..<count {
             let g = gate[i]
             let s = 1 / (1 + Real.exp(-g))

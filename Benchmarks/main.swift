@@ -147,6 +147,45 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
     exit(0)
 }
 
+// Child mode: the phases of a GPT-2-shape training step, timed apart.
+if CommandLine.arguments.contains("--train-phases") {
+    let model = GPT2Model.random(config: GPT2Config(), seed: 1)
+    let adapter = try LoRAAdapter(config: LoRAConfig(rank: 8, alpha: 32, dropout: 0.1, targets: .modules(["c_attn"]), seed: 1), modules: model.linearModules)
+    adapter.isTraining = true
+    let hooks = adapter.hooks()
+    var rng = SeededGenerator(seed: 7)
+    let tokens = (0..<128).map { _ in Int(rng.next() % 50257) }
+    for _ in 0..<4 {
+        var t = now()
+        let acts = model.forwardForTraining(tokens: tokens, batchSize: 1, hooks: hooks)
+        let forward = now() - t
+        t = now()
+        var dLogits = [Float](repeating: 0, count: acts.logits.count)
+        let targets = Array(tokens.dropFirst()) + [-100]
+        _ = acts.logits.withUnsafeBufferPointer { z in dLogits.withUnsafeMutableBufferPointer {
+            Layers.crossEntropy(logits: z.baseAddress!, targets: targets, dLogits: $0.baseAddress!, rows: 128, vocabularySize: 50257) } }
+        let loss = now() - t
+        t = now()
+        _ = model.backward(dLogits, activations: acts, hooks: hooks, keepLinearGradients: false)
+        print(String(format: "forward %.3f s  loss %.3f s  backward %.3f s", forward, loss, now() - t))
+    }
+    exit(0)
+}
+
+// Child mode: GFLOP/s of the training pass's matrix shapes (M, N, K, transposeB).
+if CommandLine.arguments.contains("--sgemm-shapes") {
+    for (m, n, k, tb) in [(128, 2304, 768, false), (128, 768, 2304, true), (128, 50257, 768, true), (128, 768, 50257, false),
+                          (512, 2304, 768, false), (768, 768, 768, false)] {
+        let a = [Float](repeating: 0.5, count: m * k), b = [Float](repeating: 0.25, count: k * n)
+        var c = [Float](repeating: 0, count: m * n)
+        let seconds = time(5) {
+            BLAS.sgemm(transposeA: false, transposeB: tb, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: tb ? k : n, c: &c, ldc: n)
+        }
+        print(String(format: "%5d %6d %6d %@  %.1f GFLOP/s", m, n, k, tb ? "NT" : "NN", 2.0 * Double(m * n * k) / seconds / 1e9))
+    }
+    exit(0)
+}
+
 // Child mode: print sgemm GFLOP/s with whatever kernel this process loaded.
 if CommandLine.arguments.contains("--sgemm-only") {
     print(String(format: "%.3f %@", sgemmGFLOPS(), BLAS.coreName))

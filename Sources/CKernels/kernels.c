@@ -1,6 +1,7 @@
 // Half-precision matrix-vector products for decoding, with an AVX2/FMA/F16C path chosen
 // at run time and a portable fallback.
 #include "nb_kernels.h"
+#include <math.h>
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -217,3 +218,47 @@ void nb_swiglu_backward(const float *dy, const float *gate, const float *up, flo
 }
 float nb_tanh(float u) { return nb_tanh_fast(u); }
 float nb_sigmoid(float g) { return nb_sigmoid_fast(g); }
+
+// ---------------------------------------------------------------------------------------
+// Softmax pieces for the cross-entropy over a vocabulary row.
+
+#define NB_DEFINE_SOFTMAX(SUFFIX, ATTR)                                                                   \
+ATTR static float max_##SUFFIX(const float *z, size_t n) {                                               \
+    float m[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY}; \
+    size_t i = 0;                                                                                         \
+    for (; i + 8 <= n; i += 8)                                                                            \
+        for (int l = 0; l < 8; l++) m[l] = z[i + l] > m[l] ? z[i + l] : m[l];                             \
+    for (; i < n; i++) m[0] = z[i] > m[0] ? z[i] : m[0];                                                  \
+    float r = m[0];                                                                                       \
+    for (int l = 1; l < 8; l++) r = m[l] > r ? m[l] : r;                                                  \
+    return r;                                                                                             \
+}                                                                                                         \
+ATTR static float exp_shifted_##SUFFIX(const float *z, float shift, float *out, size_t n) {              \
+    float s[8] = {0};                                                                                     \
+    size_t i = 0;                                                                                         \
+    for (; i + 8 <= n; i += 8)                                                                            \
+        for (int l = 0; l < 8; l++) {                                                                     \
+            float t = z[i + l] - shift;                                                                   \
+            float e = nb_exp_neg(t < -87.3f ? -87.3f : t);                                                \
+            e = t < -87.3f ? 0.0f : e;                                                                    \
+            if (out) out[i + l] = e;                                                                      \
+            s[l] += e;                                                                                    \
+        }                                                                                                 \
+    for (; i < n; i++) {                                                                                  \
+        float t = z[i] - shift;                                                                           \
+        float e = t < -87.3f ? 0.0f : nb_exp_neg(t);                                                      \
+        if (out) out[i] = e;                                                                              \
+        s[0] += e;                                                                                        \
+    }                                                                                                     \
+    float r = 0;                                                                                          \
+    for (int l = 0; l < 8; l++) r += s[l];                                                                \
+    return r;                                                                                             \
+}
+
+NB_DEFINE_SOFTMAX(generic, )
+NB_DEFINE_SOFTMAX(avx2, __attribute__((target("avx2,fma"))))
+
+float nb_max(const float *z, size_t n) { return nb_fast_activations() ? max_avx2(z, n) : max_generic(z, n); }
+float nb_exp_shifted(const float *z, float shift, float *out, size_t n) {
+    return nb_fast_activations() ? exp_shifted_avx2(z, shift, out, n) : exp_shifted_generic(z, shift, out, n);
+}

@@ -194,7 +194,7 @@ private func openSafeTensors(_ data: Data) throws -> (SafeTensorsFile?, Checkpoi
         #expect(file.metadata.isEmpty)
         #expect(try file.float32("w") == [42])
 
-        let bad = URL(fileURLWithPath: "/nonexistent/dir/w.safetensors")
+        let bad = url.appendingPathComponent("w.safetensors")  // below a regular file: no directory can be made
         guard case .unwritable(let path, _)? = checkpointError({ () throws(CheckpointError) in
             try SafeTensorsWriter.write([("w", [1], [1])], to: bad)
         }) else { Issue.record("expected .unwritable"); return }

@@ -26,4 +26,9 @@ void nb_swiglu_backward(const float *dy, const float *gate, const float *up, flo
 float nb_tanh(float u);
 float nb_sigmoid(float g);
 
+/// The largest of n floats (−∞ for n = 0; NaN inputs may be skipped).
+float nb_max(const float *z, size_t n);
+/// out[i] = exp(z[i] − shift) for z[i] ≤ shift (out may be NULL); returns Σ out[i].
+float nb_exp_shifted(const float *z, float shift, float *out, size_t n);
+
 #endif

@@ -42,7 +42,9 @@ public struct GPT2Activations<Real: TrainingScalar> {
     public let tokens: [Int]        // (B·T)
     public let batchSize: Int
     public let sequenceLength: Int
-    public let logits: [Real]       // (B·T, V)
+    public let logits: [Real]       // (B·T, V), or (R, V) for the R rows of `headRows`
+    /// The rows the head computed logits for (nil: all), in order.
+    public let headRows: [Int]?
     var blocks: [GPT2BlockActivations<Real>]
     var final: [Real]               // (N, C) residual stream after the last block
     var finalMean: [Real], finalRstd: [Real]  // (N)
@@ -67,8 +69,8 @@ extension GPT2Model {
     public var linearLayers: [LinearLayer] { trainingWeights(as: Float.self).linearLayers }
 
     /// ``GPT2TrainingWeights/forward(tokens:batchSize:hooks:)`` on this model's Float weights.
-    public func forwardForTraining(tokens: [Int], batchSize: Int, hooks: LinearHooks<Float> = .init()) -> GPT2Activations<Float> {
-        trainingWeights(as: Float.self).forward(tokens: tokens, batchSize: batchSize, hooks: hooks)
+    public func forwardForTraining(tokens: [Int], batchSize: Int, hooks: LinearHooks<Float> = .init(), headRows: [Int]? = nil) -> GPT2Activations<Float> {
+        trainingWeights(as: Float.self).forward(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: headRows)
     }
 
     /// ``GPT2TrainingWeights/backward(_:activations:hooks:keepLinearGradients:embeddingGradient:)`` on this model's Float weights.
@@ -106,7 +108,7 @@ extension GPT2TrainingWeights {
     /// positions 0..<T in each sequence, keeping what the backward needs. Equals
     /// ``GPT2Model/forward(_:cache:allPositions:)`` on each sequence alone (all positions).
     /// Pad sequences on the right: attention is causal, so padding never reaches real tokens.
-    public func forward(tokens: [Int], batchSize B: Int, hooks: LinearHooks<Real> = .init()) -> GPT2Activations<Real> {
+    public func forward(tokens: [Int], batchSize B: Int, hooks: LinearHooks<Real> = .init(), headRows: [Int]? = nil) -> GPT2Activations<Real> {
         let N = tokens.count, V = config.vocabSize
         precondition(B > 0 && N > 0 && N % B == 0, "\(N) tokens do not make \(B) sequences of equal length")
         for t in tokens { precondition(t >= 0 && t < V, "token \(t) outside vocabulary 0..<\(V)") }
@@ -119,9 +121,8 @@ extension GPT2TrainingWeights {
         var mean = [Real](repeating: 0, count: N), rstd = mean, normed = [Real](repeating: 0, count: N * C)
         Layers.layerNormForward(x, weight: finalNormWeight, bias: finalNormBias, &normed, mean: &mean, rstd: &rstd,
                                 rows: N, width: C, eps: eps)
-        var logits = [Real](repeating: 0, count: N * V)
-        Layers.lmHeadForward(normed, embedding: tokenEmbedding, &logits, rows: N, width: C, vocabularySize: V)
-        return GPT2Activations(tokens: tokens, batchSize: B, sequenceLength: T, logits: logits, blocks: saved,
+        let logits = Layers.headLogits(normed, embedding: tokenEmbedding, rows: N, width: C, vocabularySize: V, only: headRows)
+        return GPT2Activations(tokens: tokens, batchSize: B, sequenceLength: T, logits: logits, headRows: headRows, blocks: saved,
                                final: x, finalMean: mean, finalRstd: rstd)
     }
 
@@ -132,9 +133,7 @@ extension GPT2TrainingWeights {
     public func backward(_ dLogits: [Real], activations a: GPT2Activations<Real>, hooks: LinearHooks<Real> = .init(),
                          keepLinearGradients: Bool = true, embeddingGradient: Bool = false) -> TrainingGradients<Real> {
         let N = a.tokens.count, V = config.vocabSize
-        precondition(dLogits.count == N * V, "dLogits has \(dLogits.count) values, expected (\(N), \(V))")
-        var dNormed = [Real](repeating: 0, count: N * C)
-        Layers.lmHeadBackward(dLogits, embedding: tokenEmbedding, dH: &dNormed, rows: N, width: C, vocabularySize: V)
+        let dNormed = Layers.headBackward(dLogits, embedding: tokenEmbedding, rows: N, width: C, vocabularySize: V, only: a.headRows)
         var dx = [Real](repeating: 0, count: N * C)  // (N, C) dL/d(residual stream)
         Layers.layerNormBackward(dNormed, x: a.final, weight: finalNormWeight, mean: a.finalMean, rstd: a.finalRstd,
                                  dX: &dx, rows: N, width: C)

@@ -1,3 +1,5 @@
+import CKernels
+import Foundation
 // The language-model head and the loss. See ``Layers`` for the conventions.
 
 extension Layers {
@@ -37,6 +39,19 @@ extension Layers {
                 continue
             }
             precondition(target >= 0 && target < V, "target \(target) at row \(r) outside vocabulary 0..<\(V)")
+            if Real.self == Float.self {  // the vectorized kernels
+                let zf = UnsafeRawPointer(z).assumingMemoryBound(to: Float.self)
+                let m = nb_max(zf, V)
+                let d = dLogits.map { UnsafeMutableRawPointer($0 + r * V).assumingMemoryBound(to: Float.self) }
+                let sum = nb_exp_shifted(zf, m, d, V)
+                if let d {
+                    let scale = Float(inv) / sum
+                    for j in 0..<V { d[j] *= scale }
+                    d[target] -= Float(inv)
+                }
+                loss += Real(m + logf(sum) - zf[target])
+                continue
+            }
             var m = -Real.infinity
             for j in 0..<V where z[j] > m { m = z[j] }
             var sum: Real = 0
@@ -73,5 +88,39 @@ extension Layers {
         rows N: Int, width C: Int, vocabularySize V: Int
     ) {
         linearBackward(dLogits, x: nil, weight: embedding, dX: dH, rows: N, inFeatures: C, outFeatures: V)
+    }
+
+    /// Logits of the head for all N rows of h (N, C), or only for the rows `only` lists:
+    /// (R, V). Rows whose target is ignored need no logits, and they are most rows of
+    /// padded question/answer data.
+    static func headLogits<Real: TrainingScalar>(_ h: [Real], embedding: [Real], rows N: Int, width C: Int,
+                                                  vocabularySize V: Int, only: [Int]?) -> [Real] {
+        guard let only else {
+            var logits = [Real](repeating: 0, count: N * V)
+            lmHeadForward(h, embedding: embedding, &logits, rows: N, width: C, vocabularySize: V)
+            return logits
+        }
+        var gathered = [Real](repeating: 0, count: only.count * C)
+        for (i, r) in only.enumerated() {
+            precondition(r >= 0 && r < N, "head row \(r) outside 0..<\(N)")
+            for j in 0..<C { gathered[i * C + j] = h[r * C + j] }
+        }
+        var logits = [Real](repeating: 0, count: only.count * V)
+        if !only.isEmpty { lmHeadForward(gathered, embedding: embedding, &logits, rows: only.count, width: C, vocabularySize: V) }
+        return logits
+    }
+
+    /// dH (N, C) from dLogits of ``headLogits(_:embedding:rows:width:vocabularySize:only:)``:
+    /// rows the head skipped get zero.
+    static func headBackward<Real: TrainingScalar>(_ dLogits: [Real], embedding: [Real], rows N: Int, width C: Int,
+                                                    vocabularySize V: Int, only: [Int]?) -> [Real] {
+        let R = only?.count ?? N
+        precondition(dLogits.count == R * V, "dLogits has \(dLogits.count) values, expected (\(R), \(V))")
+        var dH = [Real](repeating: 0, count: R * C)
+        if R > 0 { lmHeadBackward(dLogits, embedding: embedding, dH: &dH, rows: R, width: C, vocabularySize: V) }
+        guard let only else { return dH }
+        var full = [Real](repeating: 0, count: N * C)
+        for (i, r) in only.enumerated() { for j in 0..<C { full[r * C + j] = dH[i * C + j] } }
+        return full
     }
 }

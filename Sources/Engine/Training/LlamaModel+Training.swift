@@ -51,7 +51,9 @@ public struct LlamaActivations<Real: TrainingScalar> {
     public let tokens: [Int]        // (B·T)
     public let batchSize: Int
     public let sequenceLength: Int
-    public let logits: [Real]       // (B·T, V)
+    public let logits: [Real]       // (B·T, V), or (R, V) for the R rows of `headRows`
+    /// The rows the head computed logits for (nil: all), in order.
+    public let headRows: [Int]?
     var blocks: [LlamaBlockActivations<Real>]
     var final: [Real]               // (N, C) residual stream after the last block
     var finalRstd: [Real]           // (N)
@@ -74,8 +76,8 @@ extension LlamaModel {
     public var linearLayers: [LinearLayer] { trainingWeights(as: Float.self).linearLayers }
 
     /// ``LlamaTrainingWeights/forward(tokens:batchSize:hooks:)`` on this model's Float weights.
-    public func forwardForTraining(tokens: [Int], batchSize: Int, hooks: LinearHooks<Float> = .init()) -> LlamaActivations<Float> {
-        trainingWeights(as: Float.self).forward(tokens: tokens, batchSize: batchSize, hooks: hooks)
+    public func forwardForTraining(tokens: [Int], batchSize: Int, hooks: LinearHooks<Float> = .init(), headRows: [Int]? = nil) -> LlamaActivations<Float> {
+        trainingWeights(as: Float.self).forward(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: headRows)
     }
 
     /// ``LlamaTrainingWeights/backward(_:activations:hooks:keepLinearGradients:embeddingGradient:)`` on this model's Float weights.
@@ -118,7 +120,7 @@ extension LlamaTrainingWeights {
     /// positions 0..<T in each sequence, keeping what the backward needs. Equals
     /// ``LlamaModel/forward(_:cache:allPositions:)`` on each sequence alone (all positions).
     /// Pad sequences on the right: attention is causal, so padding never reaches real tokens.
-    public func forward(tokens: [Int], batchSize B: Int, hooks: LinearHooks<Real> = .init()) -> LlamaActivations<Real> {
+    public func forward(tokens: [Int], batchSize B: Int, hooks: LinearHooks<Real> = .init(), headRows: [Int]? = nil) -> LlamaActivations<Real> {
         let N = tokens.count, V = config.vocabSize
         precondition(B > 0 && N > 0 && N % B == 0, "\(N) tokens do not make \(B) sequences of equal length")
         for t in tokens { precondition(t >= 0 && t < V, "token \(t) outside vocabulary 0..<\(V)") }
@@ -130,9 +132,8 @@ extension LlamaTrainingWeights {
         for l in blocks.indices { saved.append(blockForward(l, &x, batchSize: B, rope: rope, hooks: hooks)) }
         var rstd = [Real](repeating: 0, count: N), normed = [Real](repeating: 0, count: N * C)
         Layers.rmsNormForward(x, weight: finalNorm, &normed, rstd: &rstd, rows: N, width: C, eps: Real(config.rmsNormEps))
-        var logits = [Real](repeating: 0, count: N * V)
-        Layers.lmHeadForward(normed, embedding: lmHead ?? embedding, &logits, rows: N, width: C, vocabularySize: V)
-        return LlamaActivations(tokens: tokens, batchSize: B, sequenceLength: T, logits: logits, blocks: saved,
+        let logits = Layers.headLogits(normed, embedding: lmHead ?? embedding, rows: N, width: C, vocabularySize: V, only: headRows)
+        return LlamaActivations(tokens: tokens, batchSize: B, sequenceLength: T, logits: logits, headRows: headRows, blocks: saved,
                                 final: x, finalRstd: rstd)
     }
 
@@ -142,9 +143,7 @@ extension LlamaTrainingWeights {
     public func backward(_ dLogits: [Real], activations a: LlamaActivations<Real>, hooks: LinearHooks<Real> = .init(),
                          keepLinearGradients: Bool = true, embeddingGradient: Bool = false) -> TrainingGradients<Real> {
         let N = a.tokens.count, V = config.vocabSize
-        precondition(dLogits.count == N * V, "dLogits has \(dLogits.count) values, expected (\(N), \(V))")
-        var dNormed = [Real](repeating: 0, count: N * C)
-        Layers.lmHeadBackward(dLogits, embedding: lmHead ?? embedding, dH: &dNormed, rows: N, width: C, vocabularySize: V)
+        let dNormed = Layers.headBackward(dLogits, embedding: lmHead ?? embedding, rows: N, width: C, vocabularySize: V, only: a.headRows)
         var dx = [Real](repeating: 0, count: N * C)  // (N, C) dL/d(residual stream)
         Layers.rmsNormBackward(dNormed, x: a.final, weight: finalNorm, rstd: a.finalRstd, dX: &dx, rows: N, width: C)
         var result = TrainingGradients<Real>()

@@ -23,9 +23,11 @@ public protocol TrainableModel: LanguageModel {
 extension GPT2Model: TrainableModel {
     public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
                              normalizer: Int?, backward: Bool) -> Float {
-        let activations = forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks)
-        let (loss, dLogits) = TrainingLoss.crossEntropy(activations.logits, targets: targets, vocabularySize: config.vocabSize,
-                                                        normalizer: normalizer, backward: backward)
+        let rows = TrainingLoss.countedRows(targets)
+        if rows.isEmpty { return 0 }  // nothing to learn from: no logits, no gradient
+        let activations = forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: rows)
+        let (loss, dLogits) = TrainingLoss.crossEntropy(activations.logits, targets: rows.map { targets[$0] }, vocabularySize: config.vocabSize,
+                                                        normalizer: normalizer ?? rows.count, backward: backward)
         if let dLogits { _ = self.backward(dLogits, activations: activations, hooks: hooks, keepLinearGradients: false) }
         return loss
     }
@@ -34,15 +36,20 @@ extension GPT2Model: TrainableModel {
 extension LlamaModel: TrainableModel {
     public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
                              normalizer: Int?, backward: Bool) -> Float {
-        let activations = forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks)
-        let (loss, dLogits) = TrainingLoss.crossEntropy(activations.logits, targets: targets, vocabularySize: config.vocabSize,
-                                                        normalizer: normalizer, backward: backward)
+        let rows = TrainingLoss.countedRows(targets)
+        if rows.isEmpty { return 0 }  // nothing to learn from: no logits, no gradient
+        let activations = forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: rows)
+        let (loss, dLogits) = TrainingLoss.crossEntropy(activations.logits, targets: rows.map { targets[$0] }, vocabularySize: config.vocabSize,
+                                                        normalizer: normalizer ?? rows.count, backward: backward)
         if let dLogits { _ = self.backward(dLogits, activations: activations, hooks: hooks, keepLinearGradients: false) }
         return loss
     }
 }
 
 enum TrainingLoss {
+    /// The rows whose target counts: the only rows the head computes logits for.
+    static func countedRows(_ targets: [Int]) -> [Int] { targets.indices.filter { targets[$0] != Layers.ignoreIndex } }
+
     static func crossEntropy(_ logits: [Float], targets: [Int], vocabularySize V: Int, normalizer: Int?,
                              backward: Bool) -> (Float, [Float]?) {
         let N = targets.count

@@ -206,8 +206,9 @@ public enum TrainStep: Step {
         let progress = context.progress("train", total: run.totalSteps)
         progress.update(run.position.step)
         while !run.isFinished {
+            let record: TrainingStepRecord
             do {
-                try run.step()
+                record = try run.step()
             } catch {
                 let kept = lastCheckpoint.map { "the last good checkpoint (step \($0)) is kept at \(context.display(checkpointURL))" }
                     ?? "no checkpoint was written yet"
@@ -217,7 +218,8 @@ public enum TrainStep: Step {
                 throw StepFailure(key: key, "\(error.description); \(kept)")
             }
             let step = run.position.step
-            progress.update(step)
+            progress.update(step, metrics: String(format: "loss %.4f  lr %.2e  %.0f tok/s", record.loss, record.learningRate,
+                                                  Double(record.tokens) / max(record.seconds, 1e-9)))
             let endOfEpoch = step % run.stepsPerEpoch == 0
             if endOfEpoch { try generateSamples(epoch: step / run.stepsPerEpoch - 1) }
             if step % p.checkpointEvery == 0 || endOfEpoch || run.isFinished { try saveCheckpoint() }

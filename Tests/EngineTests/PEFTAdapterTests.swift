@@ -129,6 +129,32 @@ import Testing
         }
     }
 
+    /// A LLaMA read from GGUF keeps GGUF's row order for q_proj and k_proj (interleaved
+    /// RoPE), so PEFT's B for those modules is reordered on load and on save: PEFT's adapter
+    /// on the GGUF copy of the tiny LLaMA gives PEFT's logits, and saving writes PEFT's bytes.
+    @Test func ggufLlamaTakesPEFTAdaptersInHuggingFaceOrder() throws {
+        let a = try #require(try Self.golden().adapters.first { $0.model == "tiny-llama" })
+        let loaded = try LoadedModel.load(try ModelCatalog.locate(Self.fixtures.appendingPathComponent("reference/tiny-llama.gguf").path))
+        let model = try #require(loaded.model as? LlamaModel)
+        #expect(model.ropeStyle == .interleaved)
+        #expect(model.linearModules.filter { $0.ggufRoPEHeadDim != nil }.map(\.baseName) == ["q_proj", "k_proj", "q_proj", "k_proj"])
+        let theirs = Self.peft.appendingPathComponent(a.adapter_dir)
+        let adapter = try PEFTAdapter.load(from: theirs, modules: model.linearModules)
+        adapter.withMerged(into: model) {
+            let ours = model.forward(a.ids, cache: model.makeCache(capacity: a.ids.count), allPositions: true)
+            let (error, index) = ModelGoldenTests.compare(ours, a.logits_adapted.flatMap { $0 })
+            #expect(error < 1e-4, "max error \(error) of the logit range at flat index \(index)")
+        }
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try PEFTAdapter.save(adapter, to: dir, baseModelName: a.model)
+        let ours = try SafeTensorsFile(url: dir.appendingPathComponent(PEFTAdapter.weightsFileName))
+        let reference = try SafeTensorsFile(url: theirs.appendingPathComponent(PEFTAdapter.weightsFileName))
+        for name in reference.tensorNames {
+            #expect(try ours.float32(name).map(\.bitPattern) == reference.float32(name).map(\.bitPattern), "\(name)")
+        }
+    }
+
     @Test func rejectsUnsupportedOrInconsistentAdapters() throws {
         let model = try Self.model("tiny-llama")
         let modules = Self.modules(of: model)

@@ -24,10 +24,36 @@ public struct LinearModule: Codable, Equatable, Hashable, Sendable {
     public var outFeatures: Int
     /// True for GPT-2's Conv1D, whose weight is stored (in, out); PEFT's `fan_in_fan_out`.
     public var transposedWeight: Bool
+    /// The head size when the output rows are in GGUF's order for interleaved RoPE (q_proj
+    /// and k_proj of a LLaMA read from GGUF) rather than Hugging Face's: within each head,
+    /// GGUF row 2j + h is Hugging Face row h·(d/2) + j. A LoRA B (out, r) shares that row
+    /// order, so PEFT files are converted on save and load; nil for every other module.
+    public var ggufRoPEHeadDim: Int?
 
-    public init(name: String, layer: Int, kind: Kind, inFeatures: Int, outFeatures: Int, transposedWeight: Bool) {
+    public init(name: String, layer: Int, kind: Kind, inFeatures: Int, outFeatures: Int, transposedWeight: Bool,
+                ggufRoPEHeadDim: Int? = nil) {
         (self.name, self.layer, self.kind) = (name, layer, kind)
         (self.inFeatures, self.outFeatures, self.transposedWeight) = (inFeatures, outFeatures, transposedWeight)
+        self.ggufRoPEHeadDim = ggufRoPEHeadDim
+    }
+
+    /// Rows (out, columns) from this module's stored row order to Hugging Face's (`toHF`),
+    /// or back; unchanged when the orders agree.
+    public func huggingFaceRowOrder(_ rows: [Float], columns: Int, toHF: Bool) -> [Float] {
+        guard let d = ggufRoPEHeadDim else { return rows }
+        precondition(d % 2 == 0 && outFeatures % d == 0 && rows.count == outFeatures * columns,
+                     "\(name): \(rows.count) values are not (\(outFeatures), \(columns)) rows of \(d)-wide heads")
+        var out = rows
+        for head in 0..<(outFeatures / d) {
+            for j in 0..<(d / 2) {
+                for h in 0..<2 {
+                    let gguf = head * d + 2 * j + h, hf = head * d + h * (d / 2) + j
+                    let (from, to) = toHF ? (gguf, hf) : (hf, gguf)
+                    for c in 0..<columns { out[to * columns + c] = rows[from * columns + c] }
+                }
+            }
+        }
+        return out
     }
 
     /// The last component of the name (`c_attn`, `c_proj`, `q_proj`, …), which PEFT's
@@ -99,8 +125,15 @@ extension GPT2Model {
 }
 
 extension LlamaModel {
-    /// The model's linear layers (lm_head excluded) with their Hugging Face names and sizes.
-    public var linearModules: [LinearModule] { config.linearModules }
+    /// The model's linear layers (lm_head excluded) with their Hugging Face names and sizes;
+    /// q_proj and k_proj of a model read from GGUF note its row order (``LinearModule/ggufRoPEHeadDim``).
+    public var linearModules: [LinearModule] {
+        config.linearModules.map { m in
+            var m = m
+            if ropeStyle == .interleaved && (m.kind == .query || m.kind == .key) { m.ggufRoPEHeadDim = config.headDim }
+            return m
+        }
+    }
 
     /// Runs `body` on the stored weight of `module` (nn.Linear layout (out, in)), in place, and
     /// drops the half-precision decode copies (rebuilt on the next decode).

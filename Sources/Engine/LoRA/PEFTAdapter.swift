@@ -154,7 +154,7 @@ public enum PEFTAdapter {
         for l in adapter.layers {
             let names = tensorNames(module: l.module.name)
             tensors.append((names.a, [l.rank, l.module.inFeatures], l.a))
-            tensors.append((names.b, [l.module.outFeatures, l.rank], l.b))
+            tensors.append((names.b, [l.module.outFeatures, l.rank], l.module.huggingFaceRowOrder(l.b, columns: l.rank, toHF: true)))
         }
         do {
             try SafeTensorsWriter.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent(weightsFileName))
@@ -191,7 +191,7 @@ public enum PEFTAdapter {
             guard hasA || hasB else { continue }
             do {
                 let a = try file.float32(names.a, shape: [peft.rank, m.inFeatures])
-                let b = try file.float32(names.b, shape: [m.outFeatures, peft.rank])
+                let b = m.huggingFaceRowOrder(try file.float32(names.b, shape: [m.outFeatures, peft.rank]), columns: peft.rank, toHF: false)
                 used.formUnion([names.a, names.b])
                 layers.append(LoRALayer(module: m, rank: peft.rank, scale: scale, a: a, b: b))
             } catch {

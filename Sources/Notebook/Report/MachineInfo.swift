@@ -32,7 +32,7 @@ public struct MachineInfo: Codable, Equatable, Sendable {
 
 /// The version of nb; part of every cell key, so a new engine re-runs cached cells.
 public enum NbVersion {
-    public static let string = "0.1.0"
+    public static let string = "0.2.0"  // part of every cell key: a new version re-runs old state
 }
 
 /// The git commit of the directory holding a notebook, when it is in a repository.

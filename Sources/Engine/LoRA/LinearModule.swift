@@ -124,6 +124,49 @@ extension GPT2Model {
     }
 }
 
+extension GPT2Model {
+    /// A copy of the stored weight of `module` (Conv1D layout (in, out)); copy-on-write, so free until written.
+    public func weight(of module: LinearModule) -> [Float] {
+        switch module.kind {
+        case .attention: return blocks[module.layer].attnWeight
+        case .attentionProjection: return blocks[module.layer].attnProjWeight
+        case .fc: return blocks[module.layer].fcWeight
+        case .fcProjection: return blocks[module.layer].fcProjWeight
+        default: preconditionFailure("\(module.name) (\(module.kind)) is not a GPT-2 layer")
+        }
+    }
+
+    /// The bias of `module` (out), or nil.
+    public func bias(of module: LinearModule) -> [Float]? {
+        switch module.kind {
+        case .attention: return blocks[module.layer].attnBias
+        case .attentionProjection: return blocks[module.layer].attnProjBias
+        case .fc: return blocks[module.layer].fcBias
+        case .fcProjection: return blocks[module.layer].fcProjBias
+        default: return nil
+        }
+    }
+}
+
+extension LlamaModel {
+    /// A copy of the stored weight of `module` (nn.Linear layout (out, in)).
+    public func weight(of module: LinearModule) -> [Float] {
+        switch module.kind {
+        case .query: return blocks[module.layer].wq
+        case .key: return blocks[module.layer].wk
+        case .value: return blocks[module.layer].wv
+        case .output: return blocks[module.layer].wo
+        case .gate: return blocks[module.layer].gate
+        case .up: return blocks[module.layer].up
+        case .down: return blocks[module.layer].down
+        default: preconditionFailure("\(module.name) (\(module.kind)) is not a LLaMA layer")
+        }
+    }
+
+    /// LLaMA's linear layers have no bias.
+    public func bias(of module: LinearModule) -> [Float]? { nil }
+}
+
 extension LlamaModel {
     /// The model's linear layers (lm_head excluded) with their Hugging Face names and sizes;
     /// q_proj and k_proj of a model read from GGUF note its row order (``LinearModule/ggufRoPEHeadDim``).

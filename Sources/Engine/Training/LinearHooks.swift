@@ -30,6 +30,8 @@ public struct LinearHooks<Real: TrainingScalar> {
 
     public var forward: [String: Forward] = [:]
     public var backward: [String: Backward] = [:]
+    /// Where the frozen products run (Float passes only); nil or a layer it declines: float, here.
+    public var backend: LinearBackend?
 
     public init() {}
 
@@ -74,7 +76,13 @@ extension LinearHooks {
             case .inOut: Layers.conv1DForward(x, weight: weight, bias: b, &y, rows: N, inFeatures: k, outFeatures: n)
             }
         }
-        if let bias { bias.withUnsafeBufferPointer { run($0.baseAddress!) } } else { run(nil) }
+        if Real.self == Float.self, let backend,
+           x.withUnsafeBufferPointer({ xb in y.withUnsafeMutableBufferPointer { yb in
+               backend.forward(layer, x: UnsafeBufferPointer(start: UnsafeRawPointer(xb.baseAddress!).assumingMemoryBound(to: Float.self), count: xb.count),
+                               y: UnsafeMutableBufferPointer(start: UnsafeMutableRawPointer(yb.baseAddress!).assumingMemoryBound(to: Float.self), count: yb.count))
+           } }) {
+            if let bias { for r in 0..<N { for j in 0..<n { y[r * n + j] += bias[j] } } }
+        } else if let bias { bias.withUnsafeBufferPointer { run($0.baseAddress!) } } else { run(nil) }
         if let hook = forward[layer.name] {
             x.withUnsafeBufferPointer { xb in y.withUnsafeMutableBufferPointer { hook(layer, xb, $0) } }
         }
@@ -87,9 +95,15 @@ extension LinearHooks {
         let N = x.count / layer.inFeatures, (k, n) = (layer.inFeatures, layer.outFeatures)
         precondition(dY.count == N * n && dInput.count == N * k, "\(layer.name): dY \(dY.count), dX \(dInput.count) for N = \(N)")
         var dX = [Real](repeating: 0, count: N * k)
-        switch layout {
-        case .outIn: Layers.linearBackward(dY, x: nil, weight: weight, dX: &dX, rows: N, inFeatures: k, outFeatures: n)
-        case .inOut: Layers.conv1DBackward(dY, x: nil, weight: weight, dX: &dX, rows: N, inFeatures: k, outFeatures: n)
+        let remote = Real.self == Float.self && backend != nil && dY.withUnsafeBufferPointer { gb in dX.withUnsafeMutableBufferPointer { xb in
+            backend!.backward(layer, dY: UnsafeBufferPointer(start: UnsafeRawPointer(gb.baseAddress!).assumingMemoryBound(to: Float.self), count: gb.count),
+                              dX: UnsafeMutableBufferPointer(start: UnsafeMutableRawPointer(xb.baseAddress!).assumingMemoryBound(to: Float.self), count: xb.count))
+        } }
+        if !remote {
+            switch layout {
+            case .outIn: Layers.linearBackward(dY, x: nil, weight: weight, dX: &dX, rows: N, inFeatures: k, outFeatures: n)
+            case .inOut: Layers.conv1DBackward(dY, x: nil, weight: weight, dX: &dX, rows: N, inFeatures: k, outFeatures: n)
+            }
         }
         if let hook = backward[layer.name] {
             x.withUnsafeBufferPointer { xb in

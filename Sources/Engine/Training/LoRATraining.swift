@@ -95,7 +95,11 @@ public final class LoRATrainingRun {
     public private(set) var optimizer: AdamW
     public private(set) var position: TrainingPosition
     private var cachedEpoch: (epoch: Int, batches: [CausalLMBatch])?
-    private let hooks: LinearHooks<Float>
+    private var hooks: LinearHooks<Float>
+    /// Where the frozen layers' products run (nil: float on the client, `mode: torch`).
+    public var backend: LinearBackend? {
+        didSet { hooks.backend = backend }
+    }
     /// Called in each step after the backward passes, before clipping: the adapter holds
     /// the step's accumulated gradients (for tests and diagnostics).
     public var inspectGradients: ((LoRAAdapter) -> Void)?
@@ -284,13 +288,15 @@ extension LoRATrainingRun {
     /// The mean token loss over every example of `data`, in file order, in batches of
     /// `batchSize`; the adapter (when given) runs without dropout.
     public static func evaluate(model: TrainableModel, adapter: LoRAAdapter?, data: CausalLMData, batchSize: Int,
+                                backend: LinearBackend? = nil,
                                 progress: ((Int, Int) -> Void)? = nil) throws(TrainingError) -> EvaluationResult {
         guard batchSize >= 1 else { throw .invalidSettings(key: "batch_size", message: "\(batchSize) must be ≥ 1") }
         guard !data.examples.isEmpty else { throw .emptyData }
         let wasTraining = adapter?.isTraining ?? false
         adapter?.isTraining = false
         defer { adapter?.isTraining = wasTraining }
-        let hooks = adapter?.hooks() ?? LinearHooks<Float>()
+        var hooks = adapter?.hooks() ?? LinearHooks<Float>()
+        hooks.backend = backend
         let batches = (try? data.batches(epoch: 0, batchSize: batchSize, seed: 0, shuffle: false)) ?? []
         var sum = 0.0, counted = 0
         for (i, batch) in batches.enumerated() {

@@ -9,6 +9,12 @@ public protocol TrainableModel: LanguageModel {
     /// Runs `body` on the stored weight of `module`, in place (for merging).
     func withWeight<R>(of module: LinearModule, _ body: (inout [Float]) throws -> R) rethrows -> R
 
+    /// The stored weight of `module` (read-only copy), in the layout ``LinearModule/transposedWeight`` says.
+    func weight(of module: LinearModule) -> [Float]
+
+    /// The bias of `module`, if it has one.
+    func bias(of module: LinearModule) -> [Float]?
+
     /// The cross-entropy of a batch of B right-padded rows, with the backward when asked.
     ///
     /// - tokens: (B, T) flattened; targets: (B, T) already shifted (target r is the label of

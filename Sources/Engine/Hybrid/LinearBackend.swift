@@ -1,0 +1,137 @@
+import Foundation
+
+/// Where the frozen linear layers of a training or evaluation pass compute their products:
+/// the forward y = x·Wᵀ and the backward dX = dY·W (no dW: the weights are frozen).
+///
+/// The training pass asks the backend first, layer by layer; a backend that does not run a
+/// layer (returns false) leaves it to the float path on the client. Biases are added by
+/// the caller, in float, after the product. Every call carries all rows of one micro-batch,
+/// so a backend can batch them (an encrypted or remote backend sends one request per call).
+public protocol LinearBackend: AnyObject {
+    /// y (N, out) = x (N, in)·Wᵀ for `layer`; false when this backend does not run it.
+    func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool
+    /// dX (N, in) = dY (N, out)·W for `layer`; false when this backend does not run it.
+    func backward(_ layer: LinearLayer, dY: UnsafeBufferPointer<Float>, dX: UnsafeMutableBufferPointer<Float>) -> Bool
+}
+
+/// The observed range of a remote layer's inputs and output gradients (static quantization).
+public struct CalibrationRange: Codable, Equatable, Sendable {
+    public var inputLow: Double = .infinity
+    public var inputHigh: Double = -.infinity
+    public var gradientLow: Double = .infinity
+    public var gradientHigh: Double = -.infinity
+
+    public init() {}
+
+    mutating func observe(input x: UnsafeBufferPointer<Float>) {
+        for v in x { inputLow = min(inputLow, Double(v)); inputHigh = max(inputHigh, Double(v)) }
+    }
+
+    mutating func observe(gradient g: UnsafeBufferPointer<Float>) {
+        for v in g { gradientLow = min(gradientLow, Double(v)); gradientHigh = max(gradientHigh, Double(v)) }
+    }
+
+    public var hasInputs: Bool { inputLow <= inputHigh }
+    public var hasGradients: Bool { gradientLow <= gradientHigh }
+}
+
+/// The client/server split fixed by `compile_hybrid`: which frozen layers run remotely, in
+/// which quantization scheme, with which calibrated ranges.
+public struct HybridPlan: Codable, Equatable, Sendable {
+    public var scheme: QuantizationScheme
+    /// Hugging Face names of the remote modules, in model order.
+    public var remoteModules: [String]
+    /// Ranges seen during calibration, by module.
+    public var ranges: [String: CalibrationRange]
+
+    public init(scheme: QuantizationScheme, remoteModules: [String], ranges: [String: CalibrationRange] = [:]) {
+        (self.scheme, self.remoteModules, self.ranges) = (scheme, remoteModules, ranges)
+    }
+}
+
+/// Records the ranges of the remote layers' inputs and output gradients while the float
+/// path computes everything (calibration for static quantization).
+public final class CalibrationRecorder: LinearBackend {
+    public private(set) var ranges: [String: CalibrationRange] = [:]
+    let modules: Set<String>
+
+    public init(modules: [String]) { self.modules = Set(modules) }
+
+    public func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool {
+        if modules.contains(layer.name) { ranges[layer.name, default: CalibrationRange()].observe(input: x) }
+        return false
+    }
+
+    public func backward(_ layer: LinearLayer, dY: UnsafeBufferPointer<Float>, dX: UnsafeMutableBufferPointer<Float>) -> Bool {
+        if modules.contains(layer.name) { ranges[layer.name, default: CalibrationRange()].observe(gradient: dY) }
+        return false
+    }
+}
+
+/// The `disable` mode: every remote layer's products in quantized integers, in clear, on
+/// the client — the arithmetic the encrypted modes reproduce exactly.
+///
+/// Weights are quantized once: W (out, in) by output channel (or as one tensor) for the
+/// forward, and Wᵀ (in, out) by input channel for the backward, whose contraction runs over
+/// the output channels. Activations are quantized per call as the scheme says.
+public final class QuantizedLinearBackend: LinearBackend {
+    public let plan: HybridPlan
+    struct Layer {
+        var forward: QuantizedRows   // W (out, in)
+        var backward: QuantizedRows  // Wᵀ (in, out)
+        var range: CalibrationRange?
+    }
+    private var layers: [String: Layer] = [:]
+
+    public init(plan: HybridPlan, model: TrainableModel) throws(QuantizationError) {
+        try plan.scheme.validate()
+        self.plan = plan
+        let scheme = plan.scheme
+        let byName = Dictionary(uniqueKeysWithValues: model.linearModules.map { ($0.name, $0) })
+        for name in plan.remoteModules {
+            guard let m = byName[name] else { continue }
+            let range = plan.ranges[name]
+            if scheme.activations == .staticPerTensor && !(range?.hasInputs ?? false) { throw .notCalibrated(module: name) }
+            let w = model.weight(of: m)
+            let (O, K) = (m.outFeatures, m.inFeatures)
+            // W[o][k]: (out, in) for nn.Linear, stored (in, out) by GPT-2's Conv1D.
+            let at: (Int, Int) -> Double = m.transposedWeight ? { o, k in Double(w[k * O + o]) } : { o, k in Double(w[o * K + k]) }
+            let perChannel = scheme.weights == .perChannel
+            let forward = QuantizedRows(rows: O, columns: K, bits: scheme.nBits, symmetric: scheme.symmetricWeights, perRow: perChannel) { at($0, $1) }
+            let backward = QuantizedRows(rows: K, columns: O, bits: scheme.nBits, symmetric: scheme.symmetricWeights, perRow: perChannel) { at($1, $0) }
+            layers[name] = Layer(forward: forward, backward: backward, range: range)
+        }
+    }
+
+    public var moduleNames: [String] { plan.remoteModules.filter { layers[$0] != nil } }
+
+    /// The forward quantization of a module's weights (for summaries).
+    public func weightQuantizers(of name: String) -> [AffineQuantizer]? { layers[name]?.forward.quantizers }
+
+    func activations(_ values: UnsafeBufferPointer<Float>, rows: Int, columns: Int, range: (Double, Double)?) -> QuantizedRows {
+        let s = plan.scheme
+        let staticRange = s.activations == .staticPerTensor ? range : nil
+        return QuantizedRows(rows: rows, columns: columns, bits: s.nBits, symmetric: s.symmetricActivations,
+                             perRow: s.activations == .dynamicPerToken, range: staticRange) { Double(values[$0 * columns + $1]) }
+    }
+
+    public func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool {
+        guard let l = layers[layer.name] else { return false }
+        let N = x.count / layer.inFeatures
+        let r = l.range.map { ($0.inputLow, $0.inputHigh) }
+        let xq = activations(x, rows: N, columns: layer.inFeatures, range: r)
+        let product = IntegerMatmul.multiply(xq, l.forward).y
+        _ = y.update(fromContentsOf: product)
+        return true
+    }
+
+    public func backward(_ layer: LinearLayer, dY: UnsafeBufferPointer<Float>, dX: UnsafeMutableBufferPointer<Float>) -> Bool {
+        guard let l = layers[layer.name] else { return false }
+        let N = dY.count / layer.outFeatures
+        let r = l.range.flatMap { $0.hasGradients ? ($0.gradientLow, $0.gradientHigh) : nil }
+        let gq = activations(dY, rows: N, columns: layer.outFeatures, range: r)
+        let product = IntegerMatmul.multiply(gq, l.backward).y
+        _ = dX.update(fromContentsOf: product)
+        return true
+    }
+}

@@ -1,0 +1,219 @@
+import COpenBLAS
+import Foundation
+
+/// How the remote linear layers are quantized: the seed's schemes and their parts.
+///
+/// Activations (forward inputs x and backward output gradients dY) are quantized
+/// statically per tensor (ranges calibrated on an input set), dynamically per tensor, or
+/// dynamically per token (one range per row); weights statically per tensor or per output
+/// channel. Named schemes: `ST-ST` (static per-tensor both), `DTen-ST` (dynamic per-tensor
+/// activations, static per-tensor weights), `DTok-SC` (dynamic per-token activations,
+/// per-channel weights).
+public struct QuantizationScheme: Codable, Equatable, Hashable, Sendable {
+    public enum Activations: String, Codable, CaseIterable, Sendable {
+        case staticPerTensor = "static-per-tensor", dynamicPerTensor = "dynamic-per-tensor", dynamicPerToken = "dynamic-per-token"
+    }
+    public enum Weights: String, Codable, CaseIterable, Sendable {
+        case perTensor = "per-tensor", perChannel = "per-channel"
+    }
+
+    /// Bits of every quantized value, 2…16.
+    public var nBits: Int
+    public var activations: Activations
+    public var weights: Weights
+    /// Activations: signed and symmetric (zero point 0) when true; unsigned with a zero
+    /// point (Concrete ML's per-token layout) when false.
+    public var symmetricActivations: Bool
+    /// Weights: signed and symmetric when true (Concrete ML's); unsigned with zero points when false.
+    public var symmetricWeights: Bool
+
+    public init(nBits: Int, activations: Activations, weights: Weights, symmetricActivations: Bool = false, symmetricWeights: Bool = true) {
+        (self.nBits, self.activations, self.weights) = (nBits, activations, weights)
+        (self.symmetricActivations, self.symmetricWeights) = (symmetricActivations, symmetricWeights)
+    }
+
+    /// The seed's names: `ST-ST`, `DTen-ST`, `DTok-SC` (case-insensitive), nil otherwise.
+    public init?(named name: String, nBits: Int) {
+        switch name.uppercased() {
+        case "ST-ST": self.init(nBits: nBits, activations: .staticPerTensor, weights: .perTensor)
+        case "DTEN-ST": self.init(nBits: nBits, activations: .dynamicPerTensor, weights: .perTensor)
+        case "DTOK-SC": self.init(nBits: nBits, activations: .dynamicPerToken, weights: .perChannel)
+        default: return nil
+        }
+    }
+
+    public static let names = ["ST-ST", "DTen-ST", "DTok-SC"]
+
+    /// `DTok-SC 8-bit`, or the parts when the scheme has no name.
+    public var description: String {
+        let name: String? = switch (activations, weights) {
+        case (.staticPerTensor, .perTensor): "ST-ST"
+        case (.dynamicPerTensor, .perTensor): "DTen-ST"
+        case (.dynamicPerToken, .perChannel): "DTok-SC"
+        default: nil
+        }
+        let parts = "\(activations.rawValue) activations, \(weights.rawValue) weights"
+        let symmetry = "\(symmetricActivations ? "symmetric" : "zero-point") activations, \(symmetricWeights ? "symmetric" : "zero-point") weights"
+        return "\(name.map { "\($0): " } ?? "")\(parts), \(nBits)-bit (\(symmetry))"
+    }
+
+    public func validate() throws(QuantizationError) {
+        guard (2...16).contains(nBits) else { throw .invalidBits(nBits) }
+    }
+}
+
+public enum QuantizationError: Error, Equatable, CustomStringConvertible {
+    case invalidBits(Int)
+    case accumulatorTooSmall(module: String, bound: Double)
+    case notCalibrated(module: String)
+
+    public var description: String {
+        switch self {
+        case .invalidBits(let n): return "n_bits must be 2…16, got \(n)"
+        case .accumulatorTooSmall(let m, let b):
+            return "\(m): an integer product can reach \(b), beyond the 2^53 that double-precision accumulation keeps exact; use fewer bits"
+        case .notCalibrated(let m): return "\(m): static quantization needs calibrated ranges; run compile_hybrid with calibration data"
+        }
+    }
+}
+
+/// The affine map between reals and integers: x ≈ scale·(q − zeroPoint), q in [qMin, qMax].
+public struct AffineQuantizer: Codable, Equatable, Sendable {
+    public var scale: Double
+    public var zeroPoint: Double
+    public var qMin: Double
+    public var qMax: Double
+
+    /// For values in [lo, hi] with `bits` bits: symmetric signed q ∈ [−(2^(b−1) − 1), 2^(b−1) − 1]
+    /// with zero point 0, or unsigned q ∈ [0, 2^b − 1] with the zero point that maps 0 to an
+    /// integer (the range is widened to include 0). A zero range gets scale 1.
+    public init(lo: Double, hi: Double, bits: Int, symmetric: Bool) {
+        if symmetric {
+            let m = Double((1 << (bits - 1)) - 1)
+            let a = max(abs(lo), abs(hi))
+            scale = a > 0 && a.isFinite ? a / m : 1
+            (zeroPoint, qMin, qMax) = (0, -m, m)
+        } else {
+            let levels = Double((1 << bits) - 1)
+            let l = min(lo, 0), h = max(hi, 0)
+            scale = h > l && (h - l).isFinite ? (h - l) / levels : 1
+            zeroPoint = min(max((-l / scale).rounded(), 0), levels)
+            (qMin, qMax) = (0, levels)
+        }
+    }
+
+    /// round(x / scale) + zeroPoint, clamped to [qMin, qMax].
+    @inline(__always) public func quantize(_ x: Double) -> Double {
+        min(max((x / scale).rounded() + zeroPoint, qMin), qMax)
+    }
+
+    @inline(__always) public func dequantize(_ q: Double) -> Double { scale * (q - zeroPoint) }
+
+    /// The largest |q − zeroPoint|: what the accumulator bound uses.
+    public var maxCentered: Double { max(qMax - zeroPoint, zeroPoint - qMin) }
+}
+
+/// A matrix quantized by rows: row r ≈ scale_r·(q_r − zp_r). The integers (|q| ≤ 2^16) are
+/// stored as Float, which holds them exactly; products convert them to Double so BLAS
+/// `dgemm` multiplies them exactly (every partial sum stays below 2^53).
+public struct QuantizedRows: Sendable {
+    public let rows: Int
+    public let columns: Int
+    /// (rows, columns) integers.
+    public var values: [Float]
+    /// One quantizer per row, or a single one shared by every row.
+    public var quantizers: [AffineQuantizer]
+    /// Σ_c q[r, c], for the zero-point correction.
+    public var rowSums: [Double]
+
+    public func quantizer(_ r: Int) -> AffineQuantizer { quantizers.count == 1 ? quantizers[0] : quantizers[r] }
+
+    /// Quantizes `rows` rows of `columns` values read by `value(r, c)`: one range per row
+    /// (`perRow`) or one for the whole matrix, computed from the data or given.
+    public init(rows: Int, columns: Int, bits: Int, symmetric: Bool, perRow: Bool, range: (Double, Double)? = nil,
+                value: (Int, Int) -> Double) {
+        (self.rows, self.columns) = (rows, columns)
+        var real = [Double](repeating: 0, count: rows * columns)
+        for r in 0..<rows { for c in 0..<columns { real[r * columns + c] = value(r, c) } }
+        var quantizers: [AffineQuantizer] = []
+        if let range {
+            quantizers = [AffineQuantizer(lo: range.0, hi: range.1, bits: bits, symmetric: symmetric)]
+        } else if perRow {
+            for r in 0..<rows {
+                var lo = Double.infinity, hi = -Double.infinity
+                for c in 0..<columns { let v = real[r * columns + c]; lo = min(lo, v); hi = max(hi, v) }
+                quantizers.append(AffineQuantizer(lo: columns > 0 ? lo : 0, hi: columns > 0 ? hi : 0, bits: bits, symmetric: symmetric))
+            }
+        } else {
+            var lo = Double.infinity, hi = -Double.infinity
+            for v in real { lo = min(lo, v); hi = max(hi, v) }
+            quantizers = [AffineQuantizer(lo: real.isEmpty ? 0 : lo, hi: real.isEmpty ? 0 : hi, bits: bits, symmetric: symmetric)]
+        }
+        var sums = [Double](repeating: 0, count: rows)
+        var values = [Float](repeating: 0, count: rows * columns)
+        for r in 0..<rows {
+            let q = quantizers.count == 1 ? quantizers[0] : quantizers[r]
+            var s = 0.0
+            for c in 0..<columns {
+                let v = q.quantize(real[r * columns + c])
+                values[r * columns + c] = Float(v)
+                s += v
+            }
+            sums[r] = s
+        }
+        (self.values, self.quantizers, self.rowSums) = (values, quantizers, sums)
+    }
+
+    /// The dequantized matrix (rows, columns).
+    public func dequantized() -> [Double] {
+        var out = [Double](repeating: 0, count: values.count)
+        for r in 0..<rows {
+            let q = quantizer(r)
+            for c in 0..<columns { out[r * columns + c] = q.dequantize(Double(values[r * columns + c])) }
+        }
+        return out
+    }
+
+    /// The largest |q − zp| over the rows.
+    public var maxCentered: Double { quantizers.map(\.maxCentered).max() ?? 0 }
+}
+
+public enum IntegerMatmul {
+    /// A bound on |Σ_k (x_q − x_zp)(w_q − w_zp)| and on the raw sums before correction.
+    public static func accumulatorBound(_ x: QuantizedRows, _ w: QuantizedRows) -> Double {
+        let xMax = x.quantizers.map { max(abs($0.qMin), abs($0.qMax)) }.max() ?? 0
+        let wMax = w.quantizers.map { max(abs($0.qMin), abs($0.qMax)) }.max() ?? 0
+        return Double(x.columns) * xMax * wMax * 4  // raw product plus the three correction terms
+    }
+
+    /// y (N, O) = x̂ · ŵᵀ where x̂, ŵ are the dequantized x (N, K) and w (O, K): the integer
+    /// products Σ_k x_q·w_q exactly (dgemm on integer-valued doubles, every sum < 2^53),
+    /// corrected for the zero points in integers,
+    ///
+    ///     acc = Σ x_q w_q − w_zp·Σ_k x_q − x_zp·Σ_k w_q + K·x_zp·w_zp = Σ_k (x_q − x_zp)(w_q − w_zp)
+    ///
+    /// then scaled: y = acc · s_x · s_w. Returns the integer accumulators too (for tests).
+    public static func multiply(_ x: QuantizedRows, _ w: QuantizedRows) -> (y: [Float], accumulators: [Double]) {
+        precondition(x.columns == w.columns, "x has \(x.columns) columns, w \(w.columns)")
+        precondition(accumulatorBound(x, w) < 9.007199254740992e15, "integer products beyond 2^53")
+        let N = x.rows, O = w.rows, K = x.columns
+        var acc = [Double](repeating: 0, count: N * O)
+        if N > 0 && O > 0 && K > 0 {
+            let xd = x.values.map(Double.init), wd = w.values.map(Double.init)
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(N), blasint(O), blasint(K), 1, xd, blasint(K),
+                        wd, blasint(K), 0, &acc, blasint(O))
+        }
+        var y = [Float](repeating: 0, count: N * O)
+        let k = Double(K)
+        for n in 0..<N {
+            let qx = x.quantizer(n)
+            for o in 0..<O {
+                let qw = w.quantizer(o)
+                let corrected = acc[n * O + o] - qw.zeroPoint * x.rowSums[n] - qx.zeroPoint * w.rowSums[o] + k * qx.zeroPoint * qw.zeroPoint
+                acc[n * O + o] = corrected
+                y[n * O + o] = Float(corrected * qx.scale * qw.scale)
+            }
+        }
+        return (y, acc)
+    }
+}

@@ -159,3 +159,21 @@ extension QuantizationScheme {
         do { try validate(); return nil } catch { return error }
     }
 }
+
+/// The seed's weights report for GPT-2 small with LoRA r = 8 on c_attn (REFERENCE.md):
+/// 124,734,720 parameters → 39,717,120 on the client, 68.16 % removed.
+@Suite struct ParameterSplitTests {
+    @Test func gpt2SmallMatchesTheSeed() throws {
+        let config = GPT2Config()
+        let (V, C, P, L) = (config.vocabSize, config.nEmbd, config.nPositions, config.nLayer)
+        // Embeddings, then per block two LayerNorms and four Conv1D with biases, then the final LayerNorm.
+        let perBlock = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
+        let model = V * C + P * C + L * perBlock + 2 * C
+        let lora = try LoRAAdapter(config: LoRAConfig(rank: 8, alpha: 32, dropout: 0.1, targets: .modules(["c_attn"])), modules: config.linearModules)
+        let split = ParameterSplit(remote: config.linearModules, biased: true, modelParameters: model, loraParameters: lora.parameterCount)
+        #expect(lora.parameterCount == 294_912)
+        #expect(split.total == 124_734_720)
+        #expect(split.client == 39_717_120)
+        #expect(String(format: "%.2f", 100 * split.removedShare) == "68.16")
+    }
+}

@@ -129,6 +129,52 @@ import Testing
         }
     }
 
+    /// compile_hybrid, weights_report and the quantized `disable` mode on SmolLM2: the
+    /// evaluation loss in 16-bit DTok-SC is within 1 % of float's, and 8-bit stays close.
+    @Test func hybridDisableModeTrainsAndEvaluates() throws {
+        let w = try Self.workspace(Self.notebook(train: Self.train + "\nmode: disable") + """
+        ```nb evaluate id=float
+        data: train
+        mode: torch
+        ```
+
+        ```nb evaluate id=quantized
+        data: train
+        mode: disable
+        ```
+
+        """)
+        var text = try String(contentsOf: w.root.appendingPathComponent("nb.md"), encoding: .utf8)
+        text = text.replacingOccurrences(of: "```nb train id=train", with: """
+        ```nb compile_hybrid id=hybrid
+        scheme: DTok-SC
+        n_bits: 16
+        calibration: {batches: 1, batch_size: 2, max_length: 32}
+        ```
+
+        ```nb weights_report id=weights
+        ```
+
+        ```nb train id=train
+        """)
+        try w.write("nb.md", text)
+        let result = try Self.run(w)
+        #expect(result.code == 0, "\(result.stderr)")
+        let report = try w.read("outputs/nb.html")
+        for fact in ["210 on the server, 0 on the client", "removed from the client", "DTok-SC: dynamic-per-token activations, per-channel weights, 16-bit",
+                     "exact in double-precision accumulation"] {
+            #expect(report.contains(fact), "report lacks \(fact)")
+        }
+        func loss(_ id: String) throws -> Double {
+            let start = try #require(report.range(of: "data-step=\"evaluate\"", options: [], range: report.range(of: "id=\"cell-\(id)\"")!.lowerBound..<report.endIndex))
+            let tail = report[start.upperBound...]
+            let metric = try #require(tail.range(of: "<span class=\"metric-name\">loss</span><span class=\"metric-value\">"))
+            return try #require(Double(tail[metric.upperBound...].prefix { $0 != "<" }))
+        }
+        let float = try loss("float"), quantized = try loss("quantized")
+        #expect(abs(float - quantized) <= 0.01 * float, "16-bit disable loss \(quantized) vs float \(float)")
+    }
+
     @Test func emptyDataSetIsAClearError() throws {
         let w = try Self.workspace(Self.notebook())
         try w.write("qa.txt", "")

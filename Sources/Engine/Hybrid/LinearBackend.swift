@@ -15,7 +15,7 @@ public protocol LinearBackend: AnyObject {
 }
 
 /// The observed range of a remote layer's inputs and output gradients (static quantization).
-public struct CalibrationRange: Codable, Equatable, Sendable {
+public struct CalibrationRange: Codable, Equatable, Hashable, Sendable {
     public var inputLow: Double = .infinity
     public var inputHigh: Double = -.infinity
     public var gradientLow: Double = .infinity
@@ -37,7 +37,7 @@ public struct CalibrationRange: Codable, Equatable, Sendable {
 
 /// The client/server split fixed by `compile_hybrid`: which frozen layers run remotely, in
 /// which quantization scheme, with which calibrated ranges.
-public struct HybridPlan: Codable, Equatable, Sendable {
+public struct HybridPlan: Codable, Equatable, Hashable, Sendable {
     public var scheme: QuantizationScheme
     /// Hugging Face names of the remote modules, in model order.
     public var remoteModules: [String]
@@ -134,4 +134,52 @@ public final class QuantizedLinearBackend: LinearBackend {
         _ = dX.update(fromContentsOf: product)
         return true
     }
+}
+
+/// Who holds which parameters once the remote layers live on the server.
+public struct ParameterSplit: Equatable, Sendable {
+    /// The model's parameters plus the LoRA parameters.
+    public var total: Int
+    /// The remote layers' weights and biases.
+    public var server: Int
+    /// Everything else: embeddings, norms, lm_head, local layers, LoRA.
+    public var client: Int { total - server }
+    public var lora: Int
+    /// The share of all parameters that leaves the client.
+    public var removedShare: Double { total > 0 ? Double(server) / Double(total) : 0 }
+
+    /// For a model of `modelParameters` whose `remote` layers go to the server (with their
+    /// biases when `biased`), with `loraParameters` trained on the client.
+    public init(remote: [LinearModule], biased: Bool, modelParameters: Int, loraParameters: Int) {
+        total = modelParameters + loraParameters
+        server = remote.reduce(0) { $0 + $1.inFeatures * $1.outFeatures + (biased ? $1.outFeatures : 0) }
+        lora = loraParameters
+    }
+}
+
+extension TrainableModel {
+    /// Whether the linear layers carry biases (GPT-2's Conv1D do; LLaMA's do not).
+    public var linearLayersHaveBias: Bool { linearModules.first.map { bias(of: $0) != nil } ?? false }
+}
+
+/// Greedy or sampled continuation through the training pass, so that the frozen layers run
+/// on a ``LinearBackend`` (the inference kernels know nothing of backends). No KV cache:
+/// each new token re-runs the sequence, computing logits for the last position only.
+public func generateThroughHooks(model: TrainableModel, prompt: [Int], maxTokens: Int, hooks: LinearHooks<Float>,
+                                 sampling: SamplingSettings = SamplingSettings(), stopTokens: Set<Int> = []) -> [Int] {
+    var tokens = prompt, generated: [Int] = []
+    var rng = SeededGenerator(seed: sampling.seed)
+    while generated.count < maxTokens && tokens.count < model.contextLength {
+        let logits: [Float]
+        if let gpt2 = model as? GPT2Model {
+            logits = gpt2.forwardForTraining(tokens: tokens, batchSize: 1, hooks: hooks, headRows: [tokens.count - 1]).logits
+        } else {
+            logits = (model as! LlamaModel).forwardForTraining(tokens: tokens, batchSize: 1, hooks: hooks, headRows: [tokens.count - 1]).logits
+        }
+        let next = Sampler.sample(logits, settings: sampling, rng: &rng)
+        generated.append(next)
+        if stopTokens.contains(next) { break }
+        tokens.append(next)
+    }
+    return generated
 }

@@ -102,9 +102,9 @@ extension LoRAAdapter {
         var hooks = LinearHooks<Float>()
         for (i, layer) in layers.enumerated() {
             let n = layer.module.inFeatures
-            hooks.register(layer.module.name, forward: { [unowned self] _, x, y in
+            hooks.register(layer.module.name, forward: { _, x, y in
                 self.forward(at: i, input: x.baseAddress!, rows: x.count / n, output: y.baseAddress!)
-            }, backward: { [unowned self] _, x, dY, dX in
+            }, backward: { _, x, dY, dX in
                 self.backward(at: i, input: x.baseAddress!, outputGradient: dY.baseAddress!, rows: x.count / n,
                               inputGradient: dX.baseAddress!)
             })

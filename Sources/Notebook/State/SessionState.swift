@@ -62,6 +62,8 @@ public struct SessionState: Codable, Equatable, Sendable {
     public var model: ModelReference?
     /// The LoRA adapter on that model (from `inject_lora`, `train` or `load_adapter`), if any.
     public var adapter: AdapterReference?
+    /// The client/server split and quantization fixed by `compile_hybrid`, if any.
+    public var hybrid: HybridPlan?
 
     public init() {}
 }
@@ -73,6 +75,7 @@ public final class Session {
     private var loadedDatasets: [String: Dataset] = [:]
     private var loadedModels: [String: LoadedModel] = [:]
     fileprivate var loadedAdapters: [String: LoRAAdapter] = [:]
+    fileprivate var backends: [HybridPlan: QuantizedLinearBackend] = [:]
 
     public init(state: SessionState = SessionState()) {
         self.state = state
@@ -106,6 +109,7 @@ extension Session {
     public func register(_ loaded: LoadedModel, reference: ModelReference) {
         state.model = reference
         state.adapter = nil  // an adapter belongs to the model it was made for
+        state.hybrid = nil
         loadedModels[reference.path] = loaded
     }
 
@@ -160,6 +164,21 @@ extension Session {
         return adapter
     }
 
+    /// Where the frozen layers run in `mode`: nil for float on the client; the quantized
+    /// backend of the session's `compile_hybrid` plan for `disable`.
+    public func backend(for mode: ExecutionMode) throws -> LinearBackend? {
+        switch mode {
+        case .torch: return nil
+        case .disable:
+            guard let plan = state.hybrid else { throw SessionError.noHybridPlan(mode.rawValue) }
+            if let cached = backends[plan] { return cached }
+            let (_, model) = try trainableModel()
+            let backend = try QuantizedLinearBackend(plan: plan, model: model)
+            backends[plan] = backend
+            return backend
+        }
+    }
+
     /// The session's model as a ``TrainableModel``.
     public func trainableModel() throws -> (LoadedModel, TrainableModel) {
         let loaded = try model()
@@ -174,6 +193,7 @@ public enum SessionError: Error, Equatable, CustomStringConvertible {
     case noModel
     case noAdapter
     case adapterMissing(String)
+    case noHybridPlan(String)
 
     public var description: String {
         switch self {
@@ -182,6 +202,7 @@ public enum SessionError: Error, Equatable, CustomStringConvertible {
         case .fileChanged(let p): return "\(p) changed since it was loaded; run the notebook again so the cells that read it re-run"
         case .noModel: return "no model is loaded; add an `nb load_model` cell before this one"
         case .noAdapter: return "the model has no LoRA adapter; add an `nb inject_lora` or `nb load_adapter` cell before this one"
+        case .noHybridPlan(let mode): return "mode \(mode) runs the remote layers quantized: add an `nb compile_hybrid` cell before this one"
         case .adapterMissing(let p): return "the adapter saved at \(p) is gone; run the notebook with --fresh"
         }
     }

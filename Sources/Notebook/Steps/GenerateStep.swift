@@ -88,13 +88,35 @@ public enum GenerateStep: Step {
                 progress.update(i + 1)
             }
         }
-        if let adapter, let model = loaded.model as? TrainableModel {
+        let backend: LinearBackend?
+        do { backend = try context.session.backend(for: p.mode) } catch { throw StepFailure(key: "mode", "\(error)") }
+        if let backend, let model = loaded.model as? TrainableModel {
+            // The remote layers run quantized, through the training pass (no KV cache).
+            var hooks = adapter?.hooks() ?? LinearHooks<Float>()
+            hooks.backend = backend
+            var rng = SeededGenerator(seed: settings.seed)
+            for (i, prompt) in p.prompts.enumerated() {
+                let ids = loaded.encodePrompt(prompt, chat: p.chat, qa: p.qa)
+                let started = Date()
+                let tokens = generateThroughHooks(model: model, prompt: ids, maxTokens: p.maxTokens, hooks: hooks,
+                                                  sampling: SamplingSettings(temperature: p.temperature, topK: p.topK, topP: p.topP, seed: rng.next()),
+                                                  stopTokens: stops)
+                let seconds = Date().timeIntervalSince(started)
+                generated += tokens.count
+                decodeSeconds += seconds
+                rows.append([prompt, loaded.tokenizer.decode(tokens.filter { !stops.contains($0) }),
+                             "\(tokens.count) (\(tokens.last.map(stops.contains) == true ? "stop token" : "max tokens"))",
+                             Format.number(Double(tokens.count) / max(seconds, 1e-9), decimals: 1)])
+                progress.update(i + 1)
+            }
+        } else if let adapter, let model = loaded.model as? TrainableModel {
             adapter.withMerged(into: model, generateAll)
         } else {
             generateAll()
         }
         progress.finish()
-        let with = adapter == nil ? "" : " + LoRA adapter (\(context.session.state.adapter?.trainedSteps ?? 0) steps trained)"
+        var with = adapter == nil ? "" : " + LoRA adapter (\(context.session.state.adapter?.trainedSteps ?? 0) steps trained)"
+        if p.mode == .disable { with += ", remote layers quantized (\(context.session.state.hybrid?.scheme.description ?? ""))" }
         context.emit(.table(OutputTable(title: "Generations with \(context.session.state.model?.name ?? "the model")\(with)",
                                         columns: ["prompt", "completion", "tokens", "tokens/s"], rows: rows)))
         context.emit(.metrics([

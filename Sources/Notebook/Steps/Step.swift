@@ -98,6 +98,8 @@ public struct StepRegistry: Sendable {
         r.register(EvaluateStep.self)
         r.register(SaveAdapterStep.self)
         r.register(LoadAdapterStep.self)
+        r.register(CompileHybridStep.self)
+        r.register(WeightsReportStep.self)
         return r
     }()
 }

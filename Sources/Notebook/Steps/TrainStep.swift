@@ -5,6 +5,8 @@ import Foundation
 public enum ExecutionMode: String, Codable, CaseIterable, Sendable {
     /// Float32 products on the client (no quantization, no encryption).
     case torch
+    /// The remote layers' products in quantized integers, in clear (`compile_hybrid`'s scheme).
+    case disable
 }
 
 /// How a step turns a loaded data set into training rows: the keys `max_length` and `padding`.
@@ -161,6 +163,7 @@ public enum TrainStep: Step {
             default: throw StepFailure(key: "data", "\(context.session.state.datasets[p.data]?.displayPath ?? p.data): \(error.description)")
             }
         }
+        do { run.backend = try context.session.backend(for: p.mode) } catch { throw StepFailure(key: "mode", "\(error)") }
 
         // Resume from this very computation's checkpoint, if an earlier run left one.
         let checkpoints = context.checkpointDirectory
@@ -191,12 +194,25 @@ public enum TrainStep: Step {
             guard let g = p.generate else { return }
             let stops = loaded.stopTokens
             let qa = g.qa ?? (!g.chat && context.session.state.datasets[p.data]?.format == .qa)
-            try adapter.withMerged(into: model) {
+            func complete(_ prompt: String, _ generate: ([Int]) -> [Int]) {
+                let tokens = generate(loaded.encodePrompt(prompt, chat: g.chat, qa: qa))
+                samples.append(EpochSample(epoch: epoch, prompt: prompt, completion: loaded.tokenizer.decode(tokens.filter { !stops.contains($0) })))
+            }
+            if let backend = run.backend {
+                // The remote layers run quantized: the adapter joins through its hooks (eval mode, no dropout).
+                var hooks = adapter.hooks()
+                hooks.backend = backend
                 for prompt in g.prompts {
-                    let ids = loaded.encodePrompt(prompt, chat: g.chat, qa: qa)
-                    let result = loaded.model.generate(GenerationRequest(prompt: ids, maxTokens: g.maxTokens, stopTokens: stops))
-                    samples.append(EpochSample(epoch: epoch, prompt: prompt, completion: loaded.tokenizer.decode(result.tokens.filter { !stops.contains($0) })))
+                    complete(prompt) { generateThroughHooks(model: model, prompt: $0, maxTokens: g.maxTokens, hooks: hooks, stopTokens: stops) }
                 }
+            } else {
+                adapter.withMerged(into: model) {
+                    for prompt in g.prompts {
+                        complete(prompt) { loaded.model.generate(GenerationRequest(prompt: $0, maxTokens: g.maxTokens, stopTokens: stops)).tokens }
+                    }
+                }
+            }
+            do {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
                 try AtomicFile.write(try encoder.encode(samples), to: samplesURL)
@@ -321,11 +337,13 @@ public enum EvaluateStep: Step {
         let (loaded, model) = try context.session.trainableModel()
         let data = try RowSettings(maxLength: p.maxLength, padding: p.padding).data(p.data, key: "data", context: context, loaded: loaded)
         let adapter = p.adapter ? try context.session.adapter() : nil
+        let backend: LinearBackend?
+        do { backend = try context.session.backend(for: p.mode) } catch { throw StepFailure(key: "mode", "\(error)") }
         let progress = context.progress("evaluate", total: data.batchesPerEpoch(batchSize: p.batchSize))
         let started = Date()
         let result: EvaluationResult
         do {
-            result = try LoRATrainingRun.evaluate(model: model, adapter: adapter, data: data, batchSize: p.batchSize) { done, _ in progress.update(done) }
+            result = try LoRATrainingRun.evaluate(model: model, adapter: adapter, data: data, batchSize: p.batchSize, backend: backend) { done, _ in progress.update(done) }
         } catch {
             throw StepFailure(key: "data", error.description)
         }
@@ -337,6 +355,7 @@ public enum EvaluateStep: Step {
             Metric("loss", Format.number(result.loss, decimals: 4)),
             Metric("perplexity", Format.number(result.perplexity, decimals: 3)),
             Metric("tokens scored", Format.integer(result.tokens)),
+            Metric("mode", p.mode == .torch ? "torch (float)" : "disable (\(context.session.state.hybrid?.scheme.description ?? ""))"),
             Metric("time", Format.duration(Date().timeIntervalSince(started))),
         ]))
     }

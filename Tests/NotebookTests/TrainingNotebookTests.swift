@@ -175,6 +175,37 @@ import Testing
         #expect(abs(float - quantized) <= 0.01 * float, "16-bit disable loss \(quantized) vs float \(float)")
     }
 
+    /// quantization_study: the same start trained per scheme; 16-bit DTok-SC ends within 1 %
+    /// of float, 2-bit ST-ST visibly away from it, and the log-scale chart has every curve.
+    @Test func quantizationStudyComparesSchemes() throws {
+        var text = Self.notebook()
+        let cut = try #require(text.range(of: "```nb train id=train"))
+        text = String(text[..<cut.lowerBound]) + """
+        ```nb quantization_study id=study
+        schemes: [fp32, DTok-SC 16, ST-ST 2]
+        epochs: 2
+        batch_size: 2
+        learning_rate: 2e-3
+        max_length: 32
+        calibration_batches: 1
+        ```
+
+        """
+        let w = try Self.workspace(text)
+        let result = try Self.run(w)
+        #expect(result.code == 0, "\(result.stderr)")
+        let report = try w.read("outputs/nb.html")
+        #expect(report.contains("Training loss by precision scheme") && report.contains("Final loss (mean over the last epoch)"))
+        func row(_ name: String) throws -> [String] {
+            let start = try #require(report.range(of: "<tr><td>\(name)</td>"))
+            let end = try #require(report.range(of: "</tr>", range: start.upperBound..<report.endIndex))
+            return report[start.lowerBound..<end.lowerBound].components(separatedBy: "<td>").dropFirst().map { String($0.prefix { $0 != "<" }) }
+        }
+        let float = try #require(Double(try row("fp32")[3])), q16 = try #require(Double(try row("DTok-SC 16")[3])), q2 = try #require(Double(try row("ST-ST 2")[3]))
+        #expect(abs(q16 - float) <= 0.01 * float, "16-bit \(q16) vs float \(float)")
+        #expect(abs(q2 - float) > abs(q16 - float), "2-bit ST-ST \(q2) should be further from float \(float) than 16-bit \(q16)")
+    }
+
     @Test func emptyDataSetIsAClearError() throws {
         let w = try Self.workspace(Self.notebook())
         try w.write("qa.txt", "")

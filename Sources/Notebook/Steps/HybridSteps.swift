@@ -88,6 +88,30 @@ public enum CompileHybridStep: Step {
         }
     }
 
+    /// The ranges of the `modules`' inputs and output gradients over the first `batches`
+    /// batches of `data`, from a float forward and backward with the adapter active (its
+    /// gradients land in a copy). Returns the ranges and the number of batches seen.
+    static func calibrate(model: TrainableModel, adapter: LoRAAdapter?, data: CausalLMData, modules: [String], batches count: Int,
+                          batchSize: Int, context: StepContext) throws -> ([String: CalibrationRange], Int) {
+        let recorder = CalibrationRecorder(modules: modules)
+        var hooks = LinearHooks<Float>()
+        if let adapter {
+            let copy = LoRAAdapter(config: adapter.config, layers: adapter.layers)
+            copy.isTraining = true
+            hooks = copy.hooks()
+        }
+        hooks.backend = recorder
+        let batches = try data.batches(epoch: 0, batchSize: batchSize, seed: 0, shuffle: false).prefix(count)
+        let progress = context.progress("calibrate", total: batches.count)
+        for (i, batch) in batches.enumerated() {
+            _ = model.trainingLoss(tokens: batch.tokens, batchSize: batch.rowCount, targets: batch.shiftedTargets, hooks: hooks,
+                                   normalizer: nil, backward: true)
+            progress.update(i + 1)
+        }
+        progress.finish()
+        return (recorder.ranges, batches.count)
+    }
+
     /// Kinds whose input is shared with a sibling projection (q/k/v from one norm, gate/up from another).
     static let sharedInputKinds: Set<LinearModule.Kind> = [.attention, .query, .key, .value, .gate, .up]
 
@@ -112,25 +136,12 @@ public enum CompileHybridStep: Step {
         // Calibration: float forward and backward over a few batches, the adapter active.
         let data = try RowSettings(maxLength: p.calibration.maxLength, padding: .longest)
             .data(p.calibration.data, key: "calibration", context: context, loaded: loaded)
-        let recorder = CalibrationRecorder(modules: remote.map(\.name))
-        var hooks = LinearHooks<Float>()
-        if let adapter = try context.session.adapter() {
-            let copy = LoRAAdapter(config: adapter.config, layers: adapter.layers)  // gradients land in the copy
-            copy.isTraining = true
-            hooks = copy.hooks()
-        }
-        hooks.backend = recorder
-        let batches = try data.batches(epoch: 0, batchSize: p.calibration.batchSize, seed: 0, shuffle: false).prefix(p.calibration.batches)
-        let progress = context.progress("calibrate", total: batches.count)
-        for (i, batch) in batches.enumerated() {
-            _ = model.trainingLoss(tokens: batch.tokens, batchSize: batch.rowCount, targets: batch.shiftedTargets, hooks: hooks,
-                                   normalizer: nil, backward: true)
-            progress.update(i + 1)
-        }
-        progress.finish()
+        let (ranges, calibrated) = try calibrate(model: model, adapter: try context.session.adapter(), data: data,
+                                                 modules: remote.map(\.name), batches: p.calibration.batches,
+                                                 batchSize: p.calibration.batchSize, context: context)
 
         let scheme = p.resolvedScheme
-        let plan = HybridPlan(scheme: scheme, remoteModules: remote.map(\.name), ranges: recorder.ranges)
+        let plan = HybridPlan(scheme: scheme, remoteModules: remote.map(\.name), ranges: ranges)
         let backend: QuantizedLinearBackend
         do { backend = try QuantizedLinearBackend(plan: plan, model: model) } catch { throw StepFailure(key: "scheme", error.description) }
         context.session.state.hybrid = plan
@@ -139,7 +150,7 @@ public enum CompileHybridStep: Step {
         var worstBound = 0.0
         var rows: [[String]] = []
         for m in remote {
-            let r = recorder.ranges[m.name] ?? CalibrationRange()
+            let r = ranges[m.name] ?? CalibrationRange()
             let wq = backend.weightQuantizers(of: m.name) ?? []
             let scales = wq.map(\.scale)
             let input = AffineQuantizer(lo: r.inputLow, hi: r.inputHigh, bits: scheme.nBits, symmetric: scheme.symmetricActivations)
@@ -156,7 +167,7 @@ public enum CompileHybridStep: Step {
         context.emit(.metrics([
             Metric("scheme", scheme.description),
             Metric("remote modules", "\(remote.count) on the server, \(local) on the client"),
-            Metric("calibration", "\(batches.count) batches of \(p.calibration.data)"),
+            Metric("calibration", "\(calibrated) batches of \(p.calibration.data)"),
             Metric("largest integer sum", String(format: "≤ %.3g, exact in double-precision accumulation (< 2^53 ≈ 9.0e15)", worstBound)),
         ]))
         context.emit(.table(OutputTable(title: "Remote modules", columns: ["module", "in → out", "weight scale", "input range (calibration)", "gradient range (calibration)"], rows: rows)))
@@ -192,5 +203,131 @@ public enum WeightsReportStep: Step {
         ]))
         context.emit(.text("Parameters before and after removing the server's weights: \(Format.integer(split.total)) → \(Format.integer(split.client)), "
                            + String(format: "%.2f %% removed from the client.", 100 * split.removedShare)))
+    }
+}
+
+/// `nb quantization_study`: trains the session's adapter from the same start, on the same
+/// data, seed and batches, once per precision scheme, and compares the loss curves — the
+/// seed's table of FP32 against 8- and 16-bit ST-ST, DTen-ST and DTok-SC.
+///
+/// ```nb quantization_study
+/// schemes: [fp32, ST-ST 8, ST-ST 16, DTen-ST 8, DTen-ST 16, DTok-SC 8]
+/// data: train
+/// epochs: 2
+/// batch_size: 4
+/// learning_rate: 2e-3
+/// ```
+public enum QuantizationStudyStep: Step {
+    public static let name = "quantization_study"
+    public static let summary = "train from the same start under several quantization schemes and compare the losses"
+
+    public struct Parameters: StepParameters {
+        public enum Keys: String, CodingKey, CaseIterable {
+            case schemes, data, epochs, batchSize = "batch_size", learningRate = "learning_rate", warmupSteps = "warmup_steps"
+            case weightDecay = "weight_decay", maxLength = "max_length", padding, seed, calibrationBatches = "calibration_batches"
+        }
+        public typealias CodingKeys = Keys
+        public var schemes: [String]
+        public var data: String
+        public var epochs: Int
+        public var batchSize: Int
+        public var learningRate: Double
+        public var warmupSteps: Int
+        public var weightDecay: Double
+        public var maxLength: Int
+        public var padding: CausalLMDataOptions.Padding
+        public var seed: Int
+        public var calibrationBatches: Int
+
+        public static let defaultSchemes = ["fp32", "ST-ST 8", "ST-ST 16", "DTen-ST 8", "DTen-ST 16", "DTok-SC 8"]
+
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: Keys.self)
+            schemes = try c.decodeIfPresent([String].self, forKey: .schemes) ?? Self.defaultSchemes
+            data = try c.decodeIfPresent(String.self, forKey: .data) ?? "train"
+            epochs = try c.decodeIfPresent(Int.self, forKey: .epochs) ?? 1
+            batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? 4
+            learningRate = try c.decode(Double.self, forKey: .learningRate)
+            warmupSteps = try c.decodeIfPresent(Int.self, forKey: .warmupSteps) ?? 0
+            weightDecay = try c.decodeIfPresent(Double.self, forKey: .weightDecay) ?? 0.01
+            maxLength = try c.decodeIfPresent(Int.self, forKey: .maxLength) ?? 128
+            padding = try c.decodeChoice(CausalLMDataOptions.Padding.self, forKey: .padding) ?? .longest
+            seed = try c.decodeIfPresent(Int.self, forKey: .seed) ?? 0
+            calibrationBatches = try c.decodeIfPresent(Int.self, forKey: .calibrationBatches) ?? 2
+        }
+
+        public func validate() throws(ParameterError) {
+            if schemes.isEmpty { throw ParameterError("schemes", "name at least one scheme") }
+            for s in schemes where Self.parse(s) == nil && s.lowercased() != "fp32" {
+                throw ParameterError("schemes", "'\(s)' is not fp32 or '<\(QuantizationScheme.names.joined(separator: "|"))> <n_bits 2…16>'")
+            }
+            if !(1...1000).contains(epochs) { throw ParameterError("epochs", "\(epochs) is out of range 1...1000") }
+            if batchSize < 1 { throw ParameterError("batch_size", "\(batchSize) must be ≥ 1") }
+            if !(learningRate > 0 && learningRate.isFinite) { throw ParameterError("learning_rate", "\(learningRate) must be a positive number") }
+            if warmupSteps < 0 { throw ParameterError("warmup_steps", "\(warmupSteps) must be ≥ 0") }
+            if maxLength < 2 { throw ParameterError("max_length", "\(maxLength) must be ≥ 2") }
+            if seed < 0 { throw ParameterError("seed", "\(seed) must be ≥ 0") }
+            if calibrationBatches < 1 { throw ParameterError("calibration_batches", "\(calibrationBatches) must be ≥ 1") }
+        }
+
+        /// `DTok-SC 8` → the scheme; nil for fp32 or a bad name.
+        static func parse(_ text: String) -> QuantizationScheme? {
+            let parts = text.split(separator: " ")
+            guard parts.count == 2, let bits = Int(parts[1]), (2...16).contains(bits) else { return nil }
+            return QuantizationScheme(named: String(parts[0]), nBits: bits)
+        }
+    }
+
+    public static func run(_ p: Parameters, context: StepContext) throws {
+        let (loaded, model) = try context.session.trainableModel()
+        guard let start = try context.session.adapter() else { throw SessionError.noAdapter }
+        let data = try RowSettings(maxLength: p.maxLength, padding: p.padding).data(p.data, key: "data", context: context, loaded: loaded)
+        let remote = context.session.state.hybrid?.remoteModules ?? model.linearModules.map(\.name)
+        let (ranges, _) = try CompileHybridStep.calibrate(model: model, adapter: start, data: data, modules: remote,
+                                                           batches: p.calibrationBatches, batchSize: p.batchSize, context: context)
+        let settings = TrainingSettings(epochs: p.epochs, batchSize: p.batchSize, learningRate: p.learningRate, schedule: .linear,
+                                        warmupSteps: p.warmupSteps, weightDecay: p.weightDecay, seed: UInt64(p.seed))
+        var series: [LineChart.Series] = []
+        var rows: [[String]] = []
+        var reference: Double?
+        for name in p.schemes {
+            let adapter = LoRAAdapter(config: start.config, layers: start.layers)  // the same start for every scheme
+            let run: LoRATrainingRun
+            do { run = try LoRATrainingRun(model: model, adapter: adapter, data: data, settings: settings) } catch { throw StepFailure(key: "data", error.description) }
+            let scheme = Parameters.parse(name)
+            if let scheme {
+                do { run.backend = try QuantizedLinearBackend(plan: HybridPlan(scheme: scheme, remoteModules: remote, ranges: ranges), model: model) }
+                catch { throw StepFailure(key: "schemes", "\(name): \(error)") }
+            }
+            let progress = context.progress(name, total: run.totalSteps)
+            var losses: [Double] = []
+            var seconds = 0.0
+            var failure: String?
+            while !run.isFinished {
+                do {
+                    let r = try run.step()
+                    losses.append(Double(r.loss))
+                    seconds += r.seconds
+                    progress.update(r.step, metrics: String(format: "loss %.4f", r.loss))
+                } catch {
+                    failure = error.description
+                    break
+                }
+            }
+            progress.finish()
+            let perEpoch = run.stepsPerEpoch
+            let lastEpoch = losses.suffix(perEpoch)
+            let final = lastEpoch.isEmpty ? Double.nan : lastEpoch.reduce(0, +) / Double(lastEpoch.count)
+            if scheme == nil && reference == nil { reference = final }
+            series.append(LineChart.Series(name: name, points: losses.enumerated().filter { $0.element > 0 }.map { .init(Double($0.offset + 1), $0.element) }))
+            rows.append([name, scheme?.description ?? "Float32, no quantization", Format.number(losses.first ?? .nan, decimals: 4),
+                         Format.number(final, decimals: 4),
+                         reference.map { String(format: "%+.1f %%", 100 * (final - $0) / $0) } ?? "–",
+                         Format.duration(seconds / Double(max(losses.count, 1))), failure ?? ""])
+        }
+        context.emit(.chart(LineChart(title: "Training loss by precision scheme (same data, seed and batches)", xLabel: "optimizer step",
+                                      yLabel: "cross-entropy (nats, log scale)", yScale: .log, series: series)))
+        context.emit(.table(OutputTable(title: "Final loss (mean over the last epoch)",
+                                        columns: ["scheme", "quantization", "first loss", "final loss", "vs fp32", "time per step", "stopped"], rows: rows)))
     }
 }

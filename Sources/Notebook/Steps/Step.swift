@@ -100,6 +100,7 @@ public struct StepRegistry: Sendable {
         r.register(LoadAdapterStep.self)
         r.register(CompileHybridStep.self)
         r.register(WeightsReportStep.self)
+        r.register(QuantizationStudyStep.self)
         return r
     }()
 }

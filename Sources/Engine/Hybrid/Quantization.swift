@@ -179,6 +179,15 @@ public struct QuantizedRows: Sendable {
 }
 
 public enum IntegerMatmul {
+    /// The most columns whose raw products Σ x_q·w_q stay below 2^24 (exact in Float): 518
+    /// for 8-bit unsigned inputs and symmetric weights; 0 when a single product is too large.
+    public static func exactFloatChunk(_ x: QuantizedRows, _ w: QuantizedRows) -> Int {
+        let xMax = x.quantizers.map { max(abs($0.qMin), abs($0.qMax)) }.max() ?? 0
+        let wMax = w.quantizers.map { max(abs($0.qMin), abs($0.qMax)) }.max() ?? 0
+        let product = max(xMax * wMax, 1)
+        return Int((16_777_216 / product).rounded(.down))
+    }
+
     /// A bound on |Σ_k (x_q − x_zp)(w_q − w_zp)| and on the raw sums before correction.
     public static func accumulatorBound(_ x: QuantizedRows, _ w: QuantizedRows) -> Double {
         let xMax = x.quantizers.map { max(abs($0.qMin), abs($0.qMax)) }.max() ?? 0
@@ -187,7 +196,8 @@ public enum IntegerMatmul {
     }
 
     /// y (N, O) = x̂ · ŵᵀ where x̂, ŵ are the dequantized x (N, K) and w (O, K): the integer
-    /// products Σ_k x_q·w_q exactly (dgemm on integer-valued doubles, every sum < 2^53),
+    /// products Σ_k x_q·w_q exactly (sgemm over column chunks whose sums stay below 2^24 when
+    /// the bits allow — 8 bits and fewer — else dgemm on integer-valued doubles, every sum < 2^53),
     /// corrected for the zero points in integers,
     ///
     ///     acc = Σ x_q w_q − w_zp·Σ_k x_q − x_zp·Σ_k w_q + K·x_zp·w_zp = Σ_k (x_q − x_zp)(w_q − w_zp)
@@ -199,9 +209,29 @@ public enum IntegerMatmul {
         let N = x.rows, O = w.rows, K = x.columns
         var acc = [Double](repeating: 0, count: N * O)
         if N > 0 && O > 0 && K > 0 {
-            let xd = x.values.map(Double.init), wd = w.values.map(Double.init)
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(N), blasint(O), blasint(K), 1, xd, blasint(K),
-                        wd, blasint(K), 0, &acc, blasint(O))
+            let chunk = exactFloatChunk(x, w)
+            if chunk >= 64 {
+                // Each product is at most 2^24 / chunk, so every partial sum over `chunk`
+                // columns is an integer below 2^24: sgemm on Float computes it exactly, in
+                // any order. The chunks add up in Double.
+                var part = [Float](repeating: 0, count: N * O)
+                var k0 = 0
+                while k0 < K {
+                    let kc = min(chunk, K - k0)
+                    x.values.withUnsafeBufferPointer { xb in
+                        w.values.withUnsafeBufferPointer { wb in
+                            BLAS.sgemm(transposeA: false, transposeB: true, m: N, n: O, k: kc, a: xb.baseAddress! + k0, lda: K,
+                                       b: wb.baseAddress! + k0, ldb: K, c: &part, ldc: O)
+                        }
+                    }
+                    for i in 0..<(N * O) { acc[i] += Double(part[i]) }
+                    k0 += kc
+                }
+            } else {
+                let xd = x.values.map(Double.init), wd = w.values.map(Double.init)
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(N), blasint(O), blasint(K), 1, xd, blasint(K),
+                            wd, blasint(K), 0, &acc, blasint(O))
+            }
         }
         var y = [Float](repeating: 0, count: N * O)
         let k = Double(K)

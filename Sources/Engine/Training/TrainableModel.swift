@@ -29,30 +29,38 @@ public protocol TrainableModel: LanguageModel {
 extension GPT2Model: TrainableModel {
     public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
                              normalizer: Int?, backward: Bool) -> Float {
-        let rows = TrainingLoss.countedRows(targets)
-        if rows.isEmpty { return 0 }  // nothing to learn from: no logits, no gradient
-        let activations = forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: rows)
-        let (loss, dLogits) = TrainingLoss.crossEntropy(activations.logits, targets: rows.map { targets[$0] }, vocabularySize: config.vocabSize,
-                                                        normalizer: normalizer ?? rows.count, backward: backward)
-        if let dLogits { _ = self.backward(dLogits, activations: activations, hooks: hooks, keepLinearGradients: false) }
-        return loss
+        TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, normalizer: normalizer, backward: backward,
+                         forward: { forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: $0) },
+                         logits: \.logits,
+                         backwardPass: { _ = self.backward($1, activations: $0, hooks: hooks, keepLinearGradients: false) })
     }
 }
 
 extension LlamaModel: TrainableModel {
     public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
                              normalizer: Int?, backward: Bool) -> Float {
-        let rows = TrainingLoss.countedRows(targets)
-        if rows.isEmpty { return 0 }  // nothing to learn from: no logits, no gradient
-        let activations = forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: rows)
-        let (loss, dLogits) = TrainingLoss.crossEntropy(activations.logits, targets: rows.map { targets[$0] }, vocabularySize: config.vocabSize,
-                                                        normalizer: normalizer ?? rows.count, backward: backward)
-        if let dLogits { _ = self.backward(dLogits, activations: activations, hooks: hooks, keepLinearGradients: false) }
-        return loss
+        TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, normalizer: normalizer, backward: backward,
+                         forward: { forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: $0) },
+                         logits: \.logits,
+                         backwardPass: { _ = self.backward($1, activations: $0, hooks: hooks, keepLinearGradients: false) })
     }
 }
 
 enum TrainingLoss {
+    /// The loss of one batch for either model: the forward with logits only for the
+    /// counted rows, the cross-entropy, and the backward from dLogits when asked.
+    static func run<Activations>(targets: [Int], vocabularySize: Int, normalizer: Int?, backward: Bool,
+                                 forward: ([Int]) -> Activations, logits: KeyPath<Activations, [Float]>,
+                                 backwardPass: (Activations, [Float]) -> Void) -> Float {
+        let rows = countedRows(targets)
+        if rows.isEmpty { return 0 }  // nothing to learn from: no logits, no gradient
+        let activations = forward(rows)
+        let (loss, dLogits) = crossEntropy(activations[keyPath: logits], targets: rows.map { targets[$0] },
+                                           vocabularySize: vocabularySize, normalizer: normalizer ?? rows.count, backward: backward)
+        if let dLogits { backwardPass(activations, dLogits) }
+        return loss
+    }
+
     /// The rows whose target counts: the only rows the head computes logits for.
     static func countedRows(_ targets: [Int]) -> [Int] { targets.indices.filter { targets[$0] != Layers.ignoreIndex } }
 

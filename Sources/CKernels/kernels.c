@@ -262,3 +262,36 @@ float nb_max(const float *z, size_t n) { return nb_fast_activations() ? max_avx2
 float nb_exp_shifted(const float *z, float shift, float *out, size_t n) {
     return nb_fast_activations() ? exp_shifted_avx2(z, shift, out, n) : exp_shifted_generic(z, shift, out, n);
 }
+
+// ---------------------------------------------------------------------------------------
+// Quantization of activation rows (the `disable` backend's per-call work).
+
+void nb_row_min_max(const float *x, size_t rows, size_t cols, float *mins, float *maxs) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *row = x + r * cols;
+        float lo = INFINITY, hi = -INFINITY;
+        for (size_t c = 0; c < cols; c++) {
+            lo = row[c] < lo ? row[c] : lo;
+            hi = row[c] > hi ? row[c] : hi;
+        }
+        mins[r] = lo;
+        maxs[r] = hi;
+    }
+}
+
+void nb_quantize_rows(const float *x, size_t rows, size_t cols, const double *scale, const double *zero_point,
+                      double q_min, double q_max, int per_row, float *q, double *row_sums) {
+    for (size_t r = 0; r < rows; r++) {
+        double s = per_row ? scale[r] : scale[0], zp = per_row ? zero_point[r] : zero_point[0];
+        const float *row = x + r * cols;
+        float *out = q + r * cols;
+        double sum = 0;
+        for (size_t c = 0; c < cols; c++) {
+            double v = round((double)row[c] / s) + zp;
+            v = v < q_min ? q_min : (v > q_max ? q_max : v);
+            out[c] = (float)v;
+            sum += v;
+        }
+        row_sums[r] = sum;
+    }
+}

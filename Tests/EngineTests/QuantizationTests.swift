@@ -66,6 +66,23 @@ import Testing
         }
     }
 
+    /// The C kernels that quantize activations per call give the general initializer's integers.
+    @Test func activationKernelMatchesTheDefinition() {
+        for (rows, columns) in [(1, 1), (3, 17), (8, 576)] {
+            let x = Self.uniform(rows * columns, -3, 2, seed: UInt64(columns)).map(Float.init)
+            for bits in [2, 8, 16] {
+                for symmetric in [false, true] {
+                    for (perRow, range) in [(true, nil), (false, nil), (false, (-1.0, 1.5))] as [(Bool, (Double, Double)?)] {
+                        let general = QuantizedRows(rows: rows, columns: columns, bits: bits, symmetric: symmetric, perRow: perRow, range: range) { Double(x[$0 * columns + $1]) }
+                        let fast = x.withUnsafeBufferPointer { QuantizedRows(activations: $0, rows: rows, columns: columns, bits: bits, symmetric: symmetric, perRow: perRow, range: range) }
+                        #expect(fast.values == general.values && fast.rowSums == general.rowSums, "(\(rows), \(columns)) \(bits) bits")
+                        #expect((0..<rows).allSatisfy { fast.quantizer($0) == general.quantizer($0) })
+                    }
+                }
+            }
+        }
+    }
+
     @Test func accumulatorBoundIsChecked() {
         // 16 bits, K = 3072: |Σ| ≤ 3072·65535·32767·4 < 2^53 (the largest products nb makes: GPT-2's mlp.c_proj).
         let x = QuantizedRows(rows: 1, columns: 3072, bits: 16, symmetric: false, perRow: true) { _, k in Double(k) }

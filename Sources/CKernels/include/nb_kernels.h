@@ -31,4 +31,11 @@ float nb_max(const float *z, size_t n);
 /// out[i] = exp(z[i] − shift) for z[i] ≤ shift (out may be NULL); returns Σ out[i].
 float nb_exp_shifted(const float *z, float shift, float *out, size_t n);
 
+/// The smallest and largest value of each of `rows` rows of `cols` floats.
+void nb_row_min_max(const float *x, size_t rows, size_t cols, float *mins, float *maxs);
+/// q = clamp(round(x / scale) + zero_point, q_min, q_max) in double precision, with one
+/// (scale, zero point) per row when per_row, else the first for all; row_sums[r] = Σ_c q[r, c].
+void nb_quantize_rows(const float *x, size_t rows, size_t cols, const double *scale, const double *zero_point,
+                      double q_min, double q_max, int per_row, float *q, double *row_sums);
+
 #endif

@@ -111,8 +111,8 @@ public final class QuantizedLinearBackend: LinearBackend {
     func activations(_ values: UnsafeBufferPointer<Float>, rows: Int, columns: Int, range: (Double, Double)?) -> QuantizedRows {
         let s = plan.scheme
         let staticRange = s.activations == .staticPerTensor ? range : nil
-        return QuantizedRows(rows: rows, columns: columns, bits: s.nBits, symmetric: s.symmetricActivations,
-                             perRow: s.activations == .dynamicPerToken, range: staticRange) { Double(values[$0 * columns + $1]) }
+        return QuantizedRows(activations: values, rows: rows, columns: columns, bits: s.nBits, symmetric: s.symmetricActivations,
+                             perRow: s.activations == .dynamicPerToken, range: staticRange)
     }
 
     public func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool {

@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import Foundation
 
@@ -160,6 +161,36 @@ public struct QuantizedRows: Sendable {
                 s += v
             }
             sums[r] = s
+        }
+        (self.values, self.quantizers, self.rowSums) = (values, quantizers, sums)
+    }
+
+    /// Activation rows (rows, columns) of Float: one range per row (`perRow`), one for the
+    /// whole matrix from the data, or the given `range` (static). The same integers as the
+    /// general initializer, computed by the C kernels.
+    public init(activations x: UnsafeBufferPointer<Float>, rows: Int, columns: Int, bits: Int, symmetric: Bool, perRow: Bool,
+                range: (Double, Double)? = nil) {
+        precondition(x.count == rows * columns, "\(x.count) values are not (\(rows), \(columns))")
+        (self.rows, self.columns) = (rows, columns)
+        var quantizers: [AffineQuantizer]
+        if let range {
+            quantizers = [AffineQuantizer(lo: range.0, hi: range.1, bits: bits, symmetric: symmetric)]
+        } else {
+            var mins = [Float](repeating: 0, count: rows), maxs = mins
+            if rows > 0 && columns > 0 { nb_row_min_max(x.baseAddress!, rows, columns, &mins, &maxs) }
+            if perRow || rows == 0 {
+                quantizers = (0..<rows).map { AffineQuantizer(lo: columns > 0 ? Double(mins[$0]) : 0, hi: columns > 0 ? Double(maxs[$0]) : 0, bits: bits, symmetric: symmetric) }
+                if rows == 0 { quantizers = [AffineQuantizer(lo: 0, hi: 0, bits: bits, symmetric: symmetric)] }
+            } else {
+                let lo = columns > 0 ? Double(mins.min()!) : 0, hi = columns > 0 ? Double(maxs.max()!) : 0
+                quantizers = [AffineQuantizer(lo: lo, hi: hi, bits: bits, symmetric: symmetric)]
+            }
+        }
+        var values = [Float](repeating: 0, count: rows * columns), sums = [Double](repeating: 0, count: rows)
+        let scales = quantizers.map(\.scale), zeroPoints = quantizers.map(\.zeroPoint)
+        if rows > 0 && columns > 0 {
+            nb_quantize_rows(x.baseAddress!, rows, columns, scales, zeroPoints, quantizers[0].qMin, quantizers[0].qMax,
+                             quantizers.count == 1 ? 0 : 1, &values, &sums)
         }
         (self.values, self.quantizers, self.rowSums) = (values, quantizers, sums)
     }

@@ -137,6 +137,10 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
     let data = CausalLMData(examples: examples, options: CausalLMDataOptions(maxLength: 128), paddingTokenID: 0)
     let run = try LoRATrainingRun(model: model, adapter: adapter, data: data,
                                   settings: TrainingSettings(epochs: 1, batchSize: batch, learningRate: 2e-3, shuffle: false))
+    if CommandLine.arguments.contains("--disable") {  // every frozen layer in 8-bit DTok-SC integers
+        let plan = HybridPlan(scheme: QuantizationScheme(named: "DTok-SC", nBits: 8)!, remoteModules: model.linearModules.map(\.name))
+        run.backend = try QuantizedLinearBackend(plan: plan, model: model)
+    }
     var times: [Double] = []
     for k in 0..<13 {
         let t = now()
@@ -304,6 +308,15 @@ for (model, batch, targets, reference, target) in [("gpt2", 1, "c_attn", 0.45, 0
     rows.append(Row(name: "\(label) training \(batch)×128 peak RSS", value: f[1], unit: "MB",
                     baselineName: torchRSS == nil ? nil : "PyTorch + PEFT (this run)", baseline: torchRSS,
                     ratio: torchRSS.map { f[1] / $0 }, note: model == "gpt2" && batch == 4 ? "target ≤ 1500 MB" : nil))
+}
+
+// 6. The same GPT-2-shape step in `disable` mode (8-bit DTok-SC integers for every frozen layer), against float in this run.
+if let float = rows.first(where: { $0.name.hasPrefix("GPT-2-shape LoRA train step 1×128") })?.value,
+   let (code, out) = try? runProcess(selfURL, ["--train-step", "gpt2", "1", "--disable"], in: URL(fileURLWithPath: ".")), code == 0 {
+    let f = out.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    rows.append(Row(name: "GPT-2-shape LoRA train step 1×128, disable mode (8-bit DTok-SC)", value: f[0], unit: "s",
+                    baselineName: "float (mode torch), this run", baseline: float, ratio: f[0] / float,
+                    note: String(format: "peak RSS %.0f MB; Concrete ML's disable mode: 1.53 s (REFERENCE.md)", f[1])))
 }
 
 // Table and files.

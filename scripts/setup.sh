@@ -17,3 +17,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v swift >/dev/null || { echo "setup: swift is not on PATH (Swift 6 toolchain needed)" >&2; exit 1; }
 bash "$(dirname "$0")/fetch_models.sh"
+bash "$(dirname "$0")/fetch_fixtures.sh"

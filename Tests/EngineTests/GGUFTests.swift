@@ -9,6 +9,19 @@ func fixtureURL(_ name: String) -> URL {
     Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.appendingPathComponent(name)
 }
 
+/// A GGUF test fixture that `make setup` writes into the cache (scripts/fetch_fixtures.sh runs
+/// scripts/make_gguf_fixtures.py and checks the SHA-256): model files are not committed.
+func cachedFixtureURL(_ name: String) throws -> URL {
+    let cache = ProcessInfo.processInfo.environment["NB_CACHE"].map { URL(fileURLWithPath: $0) }
+        ?? URL(fileURLWithPath: NSHomeDirectory()).appendingPathComponent(".cache/nb")
+    let url = cache.appendingPathComponent("fixtures").appendingPathComponent(name)
+    guard FileManager.default.fileExists(atPath: url.path) else {
+        struct Missing: Error, CustomStringConvertible { var description: String }
+        throw Missing(description: "\(url.path) is missing: run `make setup` (scripts/fetch_fixtures.sh writes the GGUF test fixtures there)")
+    }
+    return url
+}
+
 /// Tensors as the generator script wrote them: Float32 bit patterns, so NaN and -0 compare exactly.
 struct ExpectedTensors: Decodable {
     struct Tensor: Decodable {
@@ -67,7 +80,7 @@ func removeTemporary(_ url: URL) { try? FileManager.default.removeItem(at: url.d
 @Suite struct GGUFMetadataTests {
     let file: GGUFFile
 
-    init() throws { file = try GGUFFile(url: fixtureURL("checkpoint.gguf")) }
+    init() throws { file = try GGUFFile(url: try cachedFixtureURL("checkpoint.gguf")) }
 
     @Test func header() {
         #expect(file.version == 3)
@@ -134,7 +147,7 @@ func removeTemporary(_ url: URL) { try? FileManager.default.removeItem(at: url.d
     let expected: [String: ExpectedTensors.Tensor]
 
     init() throws {
-        file = try GGUFFile(url: fixtureURL("checkpoint.gguf"))
+        file = try GGUFFile(url: try cachedFixtureURL("checkpoint.gguf"))
         expected = try ExpectedTensors.load("checkpoint_gguf_expected.json")
     }
 
@@ -215,7 +228,7 @@ func removeTemporary(_ url: URL) { try? FileManager.default.removeItem(at: url.d
 @Suite struct GGUFCorruptionTests {
     let original: Data
 
-    init() throws { original = try Data(contentsOf: fixtureURL("checkpoint.gguf")) }
+    init() throws { original = try Data(contentsOf: try cachedFixtureURL("checkpoint.gguf")) }
 
     /// Parses a patched copy of the fixture, and converts every tensor when it opens.
     func open(_ data: Data) -> (GGUFFile?, CheckpointError?) {
@@ -243,7 +256,7 @@ func removeTemporary(_ url: URL) { try? FileManager.default.removeItem(at: url.d
     func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian, Array.init) }
 
     @Test func truncatedAtEvery7thByte() throws {
-        let intact = try GGUFFile(url: fixtureURL("checkpoint.gguf"))
+        let intact = try GGUFFile(url: try cachedFixtureURL("checkpoint.gguf"))
         // gguf-py pads the last tensor to the alignment; cuts inside that padding leave a valid file.
         let needed = intact.tensorInfos.map { intact.dataOffset + $0.offset + $0.byteCount! }.max()!
         var cuts = 0

@@ -83,7 +83,7 @@ import Testing
 
     /// The same tiny LLaMA as a GGUF: llama.cpp names, Q/K rows permuted, interleaved RoPE.
     @Test func tinyLlamaFromGGUF() throws {
-        let loaded = try LoadedModel.load(try ModelCatalog.locate(Self.fixtures.appendingPathComponent("tiny-llama.gguf").path))
+        let loaded = try LoadedModel.load(try ModelCatalog.locate(try cachedFixtureURL("tiny-llama.gguf").path))
         #expect((loaded.model as? LlamaModel)?.ropeStyle == .interleaved)
         try checkLogits(loaded.model, fixture: "tiny-llama-logits.json")
         try checkGeneration(loaded.model, fixture: "tiny-llama-generation.json")

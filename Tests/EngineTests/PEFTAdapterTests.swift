@@ -134,7 +134,7 @@ import Testing
     /// on the GGUF copy of the tiny LLaMA gives PEFT's logits, and saving writes PEFT's bytes.
     @Test func ggufLlamaTakesPEFTAdaptersInHuggingFaceOrder() throws {
         let a = try #require(try Self.golden().adapters.first { $0.model == "tiny-llama" })
-        let loaded = try LoadedModel.load(try ModelCatalog.locate(Self.fixtures.appendingPathComponent("reference/tiny-llama.gguf").path))
+        let loaded = try LoadedModel.load(try ModelCatalog.locate(try cachedFixtureURL("tiny-llama.gguf").path))
         let model = try #require(loaded.model as? LlamaModel)
         #expect(model.ropeStyle == .interleaved)
         #expect(model.linearModules.filter { $0.ggufRoPEHeadDim != nil }.map(\.baseName) == ["q_proj", "k_proj", "q_proj", "k_proj"])

@@ -9,9 +9,10 @@ and Hugging Face's safetensors. Run from anywhere:
     ~/.cache/nb-venv-gguf/bin/python Tests/EngineTests/Fixtures/make_checkpoint_fixtures.py
 
 Outputs (next to this script):
-- checkpoint.gguf: metadata of every GGUF value type (nested arrays, unicode strings),
-  alignment 64, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1 (1-D to 3-D).
-- checkpoint_gguf_expected.json: each tensor read back with GGUFReader and dequantized by
+- checkpoint_gguf_expected.json: checkpoint.gguf (metadata of every GGUF value type, nested
+  arrays, unicode strings, alignment 64, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, 1-D to 3-D;
+  written by scripts/make_gguf_fixtures.py, which `make setup` runs into ~/.cache/nb/fixtures
+  — the file is not committed) with each tensor read back with GGUFReader and dequantized by
   gguf.quants.dequantize: type, row-major shape, Float32 bit patterns (exact, NaN-safe).
 - tensors.safetensors (+ _expected.json): F32, F16, BF16 and an I64 tensor, with metadata.
 - sharded/: model.safetensors.index.json and two shards.
@@ -24,6 +25,8 @@ GGUFTests mirrors the metadata values below; keep them in sync.
 import importlib.metadata
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import gguf
@@ -31,6 +34,9 @@ import numpy as np
 import safetensors
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+from make_gguf_fixtures import write_checkpoint_gguf  # noqa: E402  (the writer shared with `make setup`)
 
 FORMAT_VERSION = 1
 HERE = Path(__file__).resolve().parent
@@ -55,58 +61,10 @@ def write_json(name: str, obj) -> None:
 
 
 def make_gguf(rng: np.random.Generator) -> None:
-    path = HERE / "checkpoint.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")  # writes general.architecture = "llama"
-    w.add_custom_alignment(64)               # general.alignment (uint32) = 64
-    w.add_uint8("test.uint8", 200)
-    w.add_int8("test.int8", -100)
-    w.add_uint16("test.uint16", 60000)
-    w.add_int16("test.int16", -30000)
-    w.add_uint32("test.uint32", 4_000_000_000)
-    w.add_int32("test.int32", -2_000_000_000)
-    w.add_float32("test.float32", 0.1)
-    w.add_bool("test.bool", True)
-    w.add_bool("test.bool_false", False)
-    w.add_string("test.string", "héllo wörld ✓ 日本語 🦙")
-    w.add_uint64("test.uint64", 2**63 + 5)
-    w.add_int64("test.int64", -(2**62))
-    w.add_float64("test.float64", 3.141592653589793)
-    w.add_array("test.array_int32", [1, -2, 3])
-    w.add_array("test.array_float32", [0.5, -1.25])
-    w.add_array("test.array_bool", [True, False, True])
-    w.add_array("test.array_strings", ["a", "ü", "", "🦙 llama", "tab\there"])
-    w.add_key_value("test.array_uint64", [1, 2**64 - 1], V.ARRAY, sub_type=V.UINT64)
-    w.add_array("test.nested", [[1, 2], [3]])
-    w.add_array("test.nested_strings", [["x", "yé"], ["z"]])
-
-    f32 = np.arange(15, dtype=np.float32).reshape(3, 5) - 7.5
-    f32.flat[:6] = [np.inf, -np.inf, np.nan, -0.0, np.float32(1e-45), np.finfo(np.float32).max]
-    w.add_tensor("f32.matrix", f32)
-    w.add_tensor("f32.vector", np.linspace(-1, 1, 7, dtype=np.float32))
-    w.add_tensor("f32.cube", np.arange(24, dtype=np.float32).reshape(2, 3, 4) * 0.25)
-
-    f16 = (rng.standard_normal((4, 8)) * 3).astype(np.float16)
-    f16.flat[:6] = np.array([np.inf, -np.inf, np.nan, -0.0, 6e-8, 65504], dtype=np.float16)
-    w.add_tensor("f16.matrix", f16)
-
-    bf16_src = (rng.standard_normal((2, 16)) * 100).astype(np.float32)
-    bf16_src.flat[:3] = [np.inf, -0.0, 1e-40]
-    w.add_tensor("bf16.matrix", gguf.quants.quantize(bf16_src, Q.BF16), raw_dtype=Q.BF16)
-
-    for name, qtype, shape, offset in [
-        ("q8_0.matrix", Q.Q8_0, (4, 64), 0.0),
-        ("q8_0.cube", Q.Q8_0, (2, 2, 32), 0.0),
-        ("q4_0.matrix", Q.Q4_0, (3, 96), 0.0),
-        ("q4_1.matrix", Q.Q4_1, (5, 64), 0.7),
-    ]:
-        x = (rng.standard_normal(shape) + offset).astype(np.float32)
-        x.reshape(-1, 32)[1] = 0.0  # an all-zero block: d = 0
-        w.add_tensor(name, gguf.quants.quantize(x, qtype), raw_dtype=qtype)
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    # The file itself is not committed: scripts/make_gguf_fixtures.py writes it (with this
+    # same generator state) into the cache `make setup` fills; here it goes to a scratch file.
+    path = Path(tempfile.mkdtemp()) / "checkpoint.gguf"
+    write_checkpoint_gguf(path, rng)
 
     reader = gguf.GGUFReader(str(path))
     tensors = []

@@ -47,6 +47,9 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
                           GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM)
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[3] / "scripts"))
+from make_gguf_fixtures import bytes_to_unicode, write_llama_gguf  # noqa: E402  (shared with `make setup`)
+
 SMOLLM2_DEFAULT = Path.home() / ".cache/nb/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # The three fixed token-id sequences (ids < 300) used for every tiny model.
@@ -299,107 +302,10 @@ def make_llama(tied):
 # ---------------------------------------------------------------------------
 # (c) the untied tiny LLaMA as GGUF v3 (F32)
 
-def llama_cpp_permute(w, n_head, n_head_kv=None):
-    """llama.cpp convert_hf_to_gguf.py LlamaModel.permute (HF rotate-half rows -> interleaved pairs)."""
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2)
-            .reshape(w.shape))
-
-
-def bytes_to_unicode():
-    """GPT-2's byte -> printable unicode map (same as transformers' / llama.cpp's)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
-TOY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-TOY_MERGES = ["Ġ t", "h e", "Ġ a", "i n", "Ġt he", "e r", "o n", "Ġ s", "r e", "a t", "e n", "Ġ w",
-              "o r", "Ġ c", "i s", "Ġ o", "i t", "Ġ f", "a n", "e s", "Ġ b", "Ġ p", "Ġ m", "a l",
-              "Ġ i", "o u", "Ġ d", "l l", "a r", "e d", "Ġ h", "i c", "Ġ is", "Ġ in", "Ġ Ġ", "Ġo f",
-              "Ġa n", "Ġan d", "Ġ C", "Ċ Ċ", "Ġ R"]
-TOY_CHAT_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-                     "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-                     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-
-
-def toy_tokenizer():
-    """300 tokens: ids 0-2 control tokens (as in SmolLM2), 3-258 the 256 byte tokens in byte
-    order, 259-299 the tokens made by the 41 merges, in merge order."""
-    b2u = bytes_to_unicode()
-    tokens = TOY_SPECIALS + [b2u[b] for b in range(256)]
-    vocab = set(tokens)
-    for m in TOY_MERGES:
-        a, b = m.split(" ")
-        assert a in vocab and b in vocab and (a + b) not in vocab, m
-        tokens.append(a + b)
-        vocab.add(a + b)
-    assert len(tokens) == 300 and len(set(tokens)) == 300
-    types = [int(gguf.TokenType.CONTROL)] * len(TOY_SPECIALS) + [int(gguf.TokenType.NORMAL)] * (300 - len(TOY_SPECIALS))
-    return tokens, types
-
-
 def write_gguf(model, path):
-    cfg = model.config
-    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    """The writer `make setup` uses too (scripts/make_gguf_fixtures.py), on this model's weights."""
     sd = {k: v.detach().to(torch.float32).numpy() for k, v in model.state_dict().items()}
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_type("model")
-    w.add_name("tiny-llama")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_rope_dimension_count(cfg.head_dim)
-    tokens, types = toy_tokenizer()
-    w.add_add_space_prefix(False)
-    w.add_add_bos_token(False)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(TOY_MERGES)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_pad_token_id(2)
-    w.add_chat_template(TOY_CHAT_TEMPLATE)
-
-    def t(name, arr):
-        w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
-
-    t("token_embd.weight", sd["model.embed_tokens.weight"])
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        t(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
-        t(f"blk.{i}.attn_q.weight", llama_cpp_permute(sd[p + "self_attn.q_proj.weight"], n_head, n_head))
-        t(f"blk.{i}.attn_k.weight", llama_cpp_permute(sd[p + "self_attn.k_proj.weight"], n_head, n_kv))
-        t(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
-        t(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
-        t(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
-        t(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
-        t(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
-        t(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
-    t("output_norm.weight", sd["model.norm.weight"])
-    t("output.weight", sd["lm_head.weight"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_llama_gguf(sd, model.config.to_dict(), path)
 
 
 def numpy_llama_from_gguf(path, ids, interleaved=True):
@@ -457,7 +363,9 @@ def numpy_llama_from_gguf(path, ids, interleaved=True):
 
 def make_gguf(model, seqs):
     log("(c) tiny-llama.gguf")
-    path = HERE / "tiny-llama.gguf"
+    # Not committed: `make setup` writes the same bytes into ~/.cache/nb/fixtures.
+    path = Path(os.environ.get("NB_CACHE", Path.home() / ".cache/nb")) / "fixtures/tiny-llama.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_gguf(model, path)
     log(f"  wrote tiny-llama.gguf ({path.stat().st_size} B)")
 

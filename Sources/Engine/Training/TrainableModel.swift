@@ -98,9 +98,6 @@ extension CausalLMBatch {
 
     /// The tokens before the padding, summed over the rows.
     public var realTokenCount: Int { lengths.reduce(0, +) }
-
-    /// How many targets the loss counts.
-    public var countedTargets: Int { shiftedTargets.reduce(0) { $0 + ($1 == Layers.ignoreIndex ? 0 : 1) } }
 }
 
 extension LoRAAdapter {

@@ -77,10 +77,7 @@ extension LinearHooks {
             }
         }
         if Real.self == Float.self, let backend,
-           x.withUnsafeBufferPointer({ xb in y.withUnsafeMutableBufferPointer { yb in
-               backend.forward(layer, x: UnsafeBufferPointer(start: UnsafeRawPointer(xb.baseAddress!).assumingMemoryBound(to: Float.self), count: xb.count),
-                               y: UnsafeMutableBufferPointer(start: UnsafeMutableRawPointer(yb.baseAddress!).assumingMemoryBound(to: Float.self), count: yb.count))
-           } }) {
+           x.withUnsafeBufferPointer({ xb in y.withUnsafeMutableBufferPointer { backend.forward(layer, x: xb.floats, y: $0.floats) } }) {
             if let bias { for r in 0..<N { for j in 0..<n { y[r * n + j] += bias[j] } } }
         } else if let bias { bias.withUnsafeBufferPointer { run($0.baseAddress!) } } else { run(nil) }
         if let hook = forward[layer.name] {
@@ -95,10 +92,8 @@ extension LinearHooks {
         let N = x.count / layer.inFeatures, (k, n) = (layer.inFeatures, layer.outFeatures)
         precondition(dY.count == N * n && dInput.count == N * k, "\(layer.name): dY \(dY.count), dX \(dInput.count) for N = \(N)")
         var dX = [Real](repeating: 0, count: N * k)
-        let remote = Real.self == Float.self && backend != nil && dY.withUnsafeBufferPointer { gb in dX.withUnsafeMutableBufferPointer { xb in
-            backend!.backward(layer, dY: UnsafeBufferPointer(start: UnsafeRawPointer(gb.baseAddress!).assumingMemoryBound(to: Float.self), count: gb.count),
-                              dX: UnsafeMutableBufferPointer(start: UnsafeMutableRawPointer(xb.baseAddress!).assumingMemoryBound(to: Float.self), count: xb.count))
-        } }
+        let remote = Real.self == Float.self && backend != nil
+            && dY.withUnsafeBufferPointer { gb in dX.withUnsafeMutableBufferPointer { backend!.backward(layer, dY: gb.floats, dX: $0.floats) } }
         if !remote {
             switch layout {
             case .outIn: Layers.linearBackward(dY, x: nil, weight: weight, dX: &dX, rows: N, inFeatures: k, outFeatures: n)
@@ -112,5 +107,18 @@ extension LinearHooks {
         }
         Layers.add(&dInput, dX, count: N * k)
         kept?[layer.name] = LinearGradient(input: dX, output: dY)
+    }
+}
+
+// The backend runs Float passes only; these view a buffer of `Real` (checked to be Float) as Float.
+private extension UnsafeBufferPointer where Element: TrainingScalar {
+    var floats: UnsafeBufferPointer<Float> {
+        UnsafeBufferPointer<Float>(start: baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: Float.self) }, count: count)
+    }
+}
+
+private extension UnsafeMutableBufferPointer where Element: TrainingScalar {
+    var floats: UnsafeMutableBufferPointer<Float> {
+        UnsafeMutableBufferPointer<Float>(start: baseAddress.map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Float.self) }, count: count)
     }
 }

@@ -27,10 +27,22 @@ let package = Package(
         // Small C kernels with a run-time CPU check and a portable fallback.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
 
+        // The encrypted matmul's kernels: limb GEMM, bit packing, noise, FFTW negacyclic
+        // products (Debian: libfftw3-dev).
+        .target(name: "CFHEKernels", cSettings: [.unsafeFlags(["-O3"])],
+                linkerSettings: [.linkedLibrary("fftw3"), .linkedLibrary("m")]),
+
+        // Token-packed GLWE over Z_2^64: keys, encryption, the server's product, wire format.
+        .target(
+            name: "FHE",
+            dependencies: ["CFHEKernels", .product(name: "Crypto", package: "swift-crypto"),
+                           .product(name: "_CryptoExtras", package: "swift-crypto")],
+            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
+
         // Tensors, data sets, models, training (grows with the engine issues).
         .target(
             name: "Engine",
-            dependencies: ["COpenBLAS", "CKernels", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["COpenBLAS", "CKernels", "FHE", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
 
         // Markdown -> cells -> steps -> state -> HTML report.
@@ -55,6 +67,7 @@ let package = Package(
 
         .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine"],
                     exclude: ["Support/png_stats.py"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "FHETests", dependencies: ["FHE", "CFHEKernels"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CKernels"], resources: [.copy("Fixtures")]),
     ]
 )

@@ -3,7 +3,7 @@
 # Later issues add model downloads into a cache outside the repository.
 set -euo pipefail
 
-packages=(pkg-config libcmark-gfm-dev libcmark-gfm-extensions-dev libopenblas-dev chromium)
+packages=(pkg-config libcmark-gfm-dev libcmark-gfm-extensions-dev libopenblas-dev libfftw3-dev chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,175 @@
+import CFHEKernels
+import XCTest
+
+@testable import FHE
+
+/// A small deterministic generator for test data (not for keys).
+struct TestRNG: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+final class FHEPrimitivesTests: XCTestCase {
+    func hex(_ s: String) -> [UInt8] {
+        var out: [UInt8] = []
+        var i = s.startIndex
+        while i < s.endIndex {
+            let j = s.index(i, offsetBy: 2)
+            out.append(UInt8(s[i..<j], radix: 16)!)
+            i = j
+        }
+        return out
+    }
+
+    /// NIST SP 800-38A, F.5.5 CTR-AES256.Encrypt: the keystream XOR the plaintext blocks.
+    func testAESCounterModeKnownAnswer() {
+        let key = hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+        let counter = hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+        let plain = hex("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e5130c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710")
+        let cipher = hex("601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c52b0930daa23de94ce87017ba2d84988ddfc9c58db67aada613c2dd08457941a6")
+        let stream = MaskExpander.keystream(key: key, counter: counter, count: 64)
+        XCTAssertEqual(zip(stream, plain).map { $0 ^ $1 }, cipher)
+    }
+
+    /// The mask of (group, feature) is the AES-256-CTR keystream from the documented counter
+    /// block; masks of different positions or seeds differ.
+    func testMaskExpansionLayout() {
+        let seed = MaskSeed(bytes: (0..<32).map { UInt8($0 * 7 & 0xFF) })
+        var expander = MaskExpander(seed: seed)
+        var mask = [UInt64](repeating: 0, count: 64)
+        mask.withUnsafeMutableBufferPointer { expander.expand(group: 3, feature: 258, into: $0) }
+        let counter: [UInt8] = [0, 0, 0, 3, 0, 0, 1, 2] + [UInt8](repeating: 0, count: 8)
+        let stream = MaskExpander.keystream(key: seed.bytes, counter: counter, count: 512)
+        let words = (0..<64).map { i in (0..<8).reduce(UInt64(0)) { $0 | UInt64(stream[8 * i + $1]) << (8 * UInt64($1)) } }
+        XCTAssertEqual(mask, words)
+        var other = [UInt64](repeating: 0, count: 64)
+        other.withUnsafeMutableBufferPointer { expander.expand(group: 3, feature: 259, into: $0) }
+        XCTAssertNotEqual(mask, other)
+        var fresh = MaskExpander(seed: MaskSeed.fresh())
+        other.withUnsafeMutableBufferPointer { fresh.expand(group: 3, feature: 258, into: $0) }
+        XCTAssertNotEqual(mask, other)
+        XCTAssertNotEqual(MaskSeed.fresh(), MaskSeed.fresh())
+    }
+
+    /// FFT products equal the schoolbook negacyclic product mod 2^64 bit for bit, for full
+    /// 64-bit operands and for operands kept to their top bits.
+    func testNegacyclicProductIsExact() {
+        var rng = TestRNG(state: 1)
+        for n in [16, 256, 1024] {
+            let ring = NegacyclicRing.shared(degree: n)
+            let s = (0..<n).map { _ in Int8(Int(rng.next() % 3) - 1) }
+            let spectrum = ring.spectrum(of: s)
+            let ws = ring.workspace()
+            for bits in [64, 48, 36, 20] {
+                let shift = UInt64(64 - bits)
+                var a = (0..<n).map { _ in bits == 64 ? rng.next() : (rng.next() >> shift) << shift }
+                if bits == 48 { a[0] = UInt64.max << shift; a[1] = 1 << 63 }  // extremes
+                var c = [UInt64](repeating: 0, count: n)
+                ring.multiply(a, bits: bits, spectrum: spectrum, into: &c, workspace: ws)
+                XCTAssertEqual(c, NegacyclicRing.schoolbook(a, s), "n = \(n), bits = \(bits)")
+            }
+            // All coefficients ±1 and a = all ones: the largest sums.
+            let ones = [Int8](repeating: 1, count: n), big = [UInt64](repeating: UInt64.max, count: n)
+            var c = [UInt64](repeating: 0, count: n)
+            ring.multiply(big, bits: 64, spectrum: ring.spectrum(of: ones), into: &c, workspace: ws)
+            XCTAssertEqual(c, NegacyclicRing.schoolbook(big, ones))
+        }
+    }
+
+    func testBitPackingRoundTripAndRounding() {
+        var rng = TestRNG(state: 2)
+        for bits in [1, 7, 16, 33, 36, 48, 63, 64] {
+            let n = 1001
+            let drop = UInt64(64 - bits)
+            let exact = (0..<n).map { _ in bits == 64 ? rng.next() : (rng.next() >> drop) << drop }
+            var packed = [UInt8](repeating: 0, count: (n * bits + 7) / 8)
+            nb_fhe_pack_bits(exact, n, UInt32(bits), &packed)
+            var back = [UInt64](repeating: 0, count: n)
+            nb_fhe_unpack_bits(packed, n, UInt32(bits), &back)
+            XCTAssertEqual(back, exact, "bits = \(bits)")
+            if bits < 64 {
+                // Unrounded values come back as the nearest multiple of 2^(64 − bits), mod 2^64.
+                let raw = (0..<n).map { _ in rng.next() }
+                nb_fhe_pack_bits(raw, n, UInt32(bits), &packed)
+                nb_fhe_unpack_bits(packed, n, UInt32(bits), &back)
+                for (v, r) in zip(raw, back) {
+                    let d = Int64(bitPattern: v &- r)
+                    XCTAssertLessThanOrEqual(d.magnitude, UInt64(1) << (drop - 1))
+                }
+            }
+        }
+    }
+
+    /// The limb GEMM equals the wrapping UInt64 product of W by the values rounded to their
+    /// top 16·limbs bits, on shapes with edge tiles and extreme weights.
+    func testLimbGEMMIsExactModulo2To64() {
+        var rng = TestRNG(state: 3)
+        for (o, k, c) in [(6, 2, 16), (13, 7, 37), (12, 300, 48), (7, 257, 5)] {
+            for limbs in 1...4 {
+                let drop = UInt64(64 - 16 * limbs)
+                let values = (0..<(k * c)).map { _ in rng.next() }
+                let kp = k + (k & 1)
+                var w = [Int16](repeating: 0, count: o * kp)
+                for r in 0..<o { for j in 0..<k { w[r * kp + j] = Int16(Int(rng.next() % 257) - 128) } }
+                if o > 6 { for j in 0..<k { w[j] = 128; w[kp + j] = -128 } }
+                var packed = [Int16](repeating: 0, count: limbs * ((k + 1) / 2) * c * 2)
+                nb_fhe_pack_limbs(values, k, c, limbs, &packed)
+                var out = [UInt64](repeating: 0, count: o * c)
+                nb_fhe_limb_gemm(w, kp, packed, c, limbs, &out, 0, o)
+                for r in 0..<o {
+                    for col in 0..<c {
+                        var expect: UInt64 = 0
+                        for j in 0..<k {
+                            let v = values[j * c + col]
+                            let rounded = drop == 0 ? v : ((v &+ (1 << (drop - 1))) >> drop) << drop
+                            expect &+= UInt64(bitPattern: Int64(w[r * kp + j])) &* rounded
+                        }
+                        XCTAssertEqual(out[r * c + col], expect, "o \(r) c \(col) limbs \(limbs) shape \(o)×\(k)×\(c)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rounded Gaussian noise: mean 0 and the requested σ (within sampling error).
+    func testGaussianNoiseStatistics() {
+        let n = 200_000
+        var words = [UInt64](repeating: 0, count: n)
+        words.withUnsafeMutableBufferPointer { SystemRandom.fill(words: $0) }
+        var out = [Int64](repeating: 0, count: n)
+        nb_fhe_gaussian(words, n, 3.2, &out)
+        let mean = out.reduce(0.0) { $0 + Double($1) } / Double(n)
+        let variance = out.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(n)
+        XCTAssertEqual(mean, 0, accuracy: 0.05)
+        XCTAssertEqual(variance, 3.2 * 3.2 + 1.0 / 12, accuracy: 0.15)
+    }
+
+    func testSecretKeysAreTernaryFreshAndSavedPrivately() throws {
+        let p = FHEParameters.glwe2048
+        let a = SecretKey.generate(p), b = SecretKey.generate(p)
+        XCTAssertEqual(a.coefficients.count, p.ringDegree)
+        XCTAssertNotEqual(a.coefficients, b.coefficients)
+        let counts = Dictionary(grouping: a.coefficients, by: { $0 }).mapValues(\.count)
+        for v: Int8 in [-1, 0, 1] { XCTAssertEqual(Double(counts[v] ?? 0), Double(p.ringDegree) / 3, accuracy: 150) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("nb-key-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ring = Keyring(keys: [a])
+        let url = dir.appendingPathComponent("secret.key")
+        try ring.save(to: url)
+        let mode = (try FileManager.default.attributesOfItem(atPath: url.path)[.posixPermissions] as! NSNumber).intValue
+        XCTAssertEqual(mode, 0o600)
+        XCTAssertEqual(try Keyring.load(from: url).key(for: p).coefficients, a.coefficients)
+        chmod(url.path, 0o644)
+        XCTAssertThrowsError(try Keyring.load(from: url)) { XCTAssertTrue("\($0)".contains("0600"), "\($0)") }
+        var bytes = ring.serialized()
+        bytes[bytes.count - 1] = 7  // a coefficient outside {−1, 0, 1}
+        XCTAssertThrowsError(try Keyring(serialized: bytes)) { XCTAssertTrue("\($0)".contains("coefficient"), "\($0)") }
+        XCTAssertThrowsError(try Keyring(serialized: Array(bytes.prefix(20))))
+    }
+}

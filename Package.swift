@@ -62,7 +62,7 @@ let package = Package(
             ]),
 
         .executableTarget(
-            name: "Benchmarks", dependencies: ["Notebook", "Engine", "CCmarkGFM"], path: "Benchmarks",
+            name: "Benchmarks", dependencies: ["Notebook", "Engine", "FHE", "CCmarkGFM", "COpenBLAS"], path: "Benchmarks",
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
 
         .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine"],

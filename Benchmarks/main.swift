@@ -1,7 +1,9 @@
 // `make bench`: speed of nb, each figure next to a baseline measured in the same run.
 // Writes outputs/bench.md and outputs/bench.json.
 import CCmarkGFM
+import COpenBLAS
 import Engine
+import FHE
 import Foundation
 import Notebook
 
@@ -105,6 +107,38 @@ func torchBaseline(_ args: [String]) -> [String: Any]? {
           let json = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(7).utf8)) as? [String: Any]
     else { return nil }
     return json
+}
+
+/// Child mode: `--fhe-product [ROWS K OUT]`: the encrypted product (8-bit inputs, 8-bit
+/// weights) against the float sgemm of the same shape, and an exactness count against dgemm.
+/// Prints: sgemm s, encrypt s, server s, decrypt s, input bytes/value, output bytes/value,
+/// values checked, mismatches, plan.
+if let i = CommandLine.arguments.firstIndex(of: "--fhe-product") {
+    let args = CommandLine.arguments.dropFirst(i + 1).prefix(3).compactMap { Int($0) }
+    let (rows, k, o) = args.count == 3 ? (args[0], args[1], args[2]) : (4096, 768, 2304)
+    var rng = SeededGenerator(seed: 5)
+    let x = (0..<(rows * k)).map { _ in Int64(rng.next() % 256) }
+    let wv = (0..<(o * k)).map { _ in Int(rng.next() % 255) - 127 }
+    let weights = try ServerWeights(outputs: o, inputs: k) { wv[$0 * k + $1] }
+    let plan = try CallPlan.choose(for: weights.shape(rows: rows, maxAbsInput: 255))
+    let xf = x.map(Float.init), wf = wv.map(Float.init)
+    var yf = [Float](repeating: 0, count: rows * o)
+    let sgemm = time(3) { BLAS.sgemm(transposeA: false, transposeB: true, m: rows, n: o, k: k, a: xf, lda: k, b: wf, ldb: k, c: &yf, ldc: o) }
+    let client = FHEClient()
+    var request: [UInt8] = [], response: [UInt8] = []
+    let encrypt = time(3) { request = client.encrypt(x, rows: rows, features: k, plan: plan).serialized() }
+    let server = try time(3) { response = try FHEServer.handle(request: request, weights: weights) }
+    let product = try EncryptedProduct(serialized: response)
+    var y: [Int64] = []
+    let decrypt = time(3) { y = client.decrypt(product, plan: plan) }
+    // Exact reference: dgemm on integer-valued doubles (every sum < 2^53).
+    let xd = x.map(Double.init), wd = wv.map(Double.init)
+    var yd = [Double](repeating: 0, count: rows * o)
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(rows), blasint(o), blasint(k), 1, xd, blasint(k), wd, blasint(k), 0, &yd, blasint(o))
+    let mismatches = zip(y, yd).reduce(0) { $0 + (Double($1.0) == $1.1 ? 0 : 1) }
+    print(String(format: "%.4f %.4f %.4f %.4f %.3f %.3f %d %d", sgemm, encrypt, server, decrypt,
+                 Double(request.count) / Double(rows * k), Double(response.count) / Double(rows * o), y.count, mismatches), plan)
+    exit(0)
 }
 
 // Child mode: load SmolLM2 and print load seconds and peak RSS.

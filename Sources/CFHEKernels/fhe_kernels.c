@@ -42,32 +42,39 @@ static inline uint64_t round_top(uint64_t v, unsigned drop) {
 }
 
 void nb_fhe_pack_limbs(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *packed) {
-    const size_t pairs = (rows + 1) / 2;
+    const size_t pairs = (rows + 1) / 2, tiles = (columns + 15) / 16;
     const unsigned drop = (unsigned)(64 - 16 * limbs);
+    memset(packed, 0, sizeof(int16_t) * nb_fhe_packed_limbs_count(rows, columns, limbs));
     for (size_t p = 0; p < pairs; p++) {
         for (size_t e = 0; e < 2; e++) {
             const size_t row = 2 * p + e;
+            if (row >= rows) continue;
             for (size_t c = 0; c < columns; c++) {
-                uint64_t x = row < rows ? round_top(values[row * columns + c], drop) : 0;
+                uint64_t x = round_top(values[row * columns + c], drop);
                 for (size_t t = 0; t < limbs; t++) {
                     const int16_t d = (int16_t)(uint16_t)(x & 0xFFFF);
                     x = (x - (uint64_t)(int64_t)d) >> 16;
-                    packed[((t * pairs + p) * columns + c) * 2 + e] = d;
+                    packed[(((t * tiles + c / 16) * pairs + p) * 16 + c % 16) * 2 + e] = d;
                 }
             }
         }
     }
 }
 
+size_t nb_fhe_packed_limbs_count(size_t rows, size_t columns, size_t limbs) {
+    return limbs * ((columns + 15) / 16) * ((rows + 1) / 2) * 32;
+}
+
 enum { MR = 6, NR = 16, PAIR_CHUNK = 128, COLUMN_BLOCK = 256 };
 
-static void micro_scalar(const int16_t *w, size_t kp, size_t rows, const int16_t *l, size_t columns, size_t pairs,
-                         size_t cols, uint64_t *out, unsigned shift) {
+// One tile of `rows` x `cols`: l points at the tile's row pairs (32 int16 each).
+static void micro_scalar(const int16_t *w, size_t kp, size_t rows, const int16_t *l, size_t pairs, size_t cols,
+                         uint64_t *out, size_t columns, unsigned shift) {
     for (size_t r = 0; r < rows; r++) {
         for (size_t j = 0; j < cols; j++) {
             int64_t s = 0;
             for (size_t p = 0; p < pairs; p++) {
-                const int16_t *d = l + (p * columns + j) * 2;
+                const int16_t *d = l + p * 32 + j * 2;
                 s += (int64_t)w[r * kp + 2 * p] * d[0] + (int64_t)w[r * kp + 2 * p + 1] * d[1];
             }
             out[r * columns + j] += (uint64_t)s << shift;
@@ -84,20 +91,21 @@ static inline void flush_avx2(__m256i v, uint64_t *out, __m128i count) {
     _mm256_storeu_si256((__m256i *)(out + 4), _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(out + 4)), hi));
 }
 
-// A 6 x 16 tile: 12 accumulators of 8 int32 sums, one vpmaddwd per (row, 8 columns, row pair).
+// A 6 x 16 tile: 12 accumulators of 8 int32 sums, one vpmaddwd per (row, 8 columns, row pair);
+// the tile's digits are contiguous (64 bytes per row pair).
 __attribute__((target("avx2")))
-static void micro_avx2(const int16_t *w, size_t kp, const int16_t *l, size_t columns, size_t pairs, uint64_t *out,
+static void micro_avx2(const int16_t *w, size_t kp, const int16_t *l, size_t pairs, uint64_t *out, size_t columns,
                        unsigned shift) {
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const int16_t *w0 = w, *w1 = w + kp, *w2 = w + 2 * kp, *w3 = w + 3 * kp, *w4 = w + 4 * kp, *w5 = w + 5 * kp;
     for (size_t p = 0; p < pairs; p++) {
-        const int16_t *lp = l + p * columns * 2;
-        const __m256i b0 = _mm256_loadu_si256((const __m256i *)lp);
-        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(lp + 16));
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(l + p * 32));
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(l + p * 32 + 16));
 #define NB_ROW(r)                                                                  \
         {                                                                          \
             int32_t s;                                                             \
-            memcpy(&s, w + (r) * kp + 2 * p, sizeof s);                            \
+            memcpy(&s, w##r + 2 * p, sizeof s);                                    \
             const __m256i a = _mm256_set1_epi32(s);                                \
             c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(a, b0));         \
             c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(a, b1));         \
@@ -117,29 +125,29 @@ static void micro_avx2(const int16_t *w, size_t kp, const int16_t *l, size_t col
 
 void nb_fhe_limb_gemm(const int16_t *w, size_t k_padded, const int16_t *packed, size_t columns, size_t limbs,
                       uint64_t *out, size_t o_begin, size_t o_end) {
-    const size_t pairs = k_padded / 2;
+    const size_t pairs = k_padded / 2, tiles = (columns + 15) / 16;
     const int avx = nb_fhe_has_avx2();
     for (size_t t = 0; t < limbs; t++) {
         const unsigned shift = (unsigned)(64 - 16 * limbs + 16 * t);
-        const int16_t *limb = packed + t * pairs * columns * 2;
+        const int16_t *limb = packed + t * tiles * pairs * 32;
         for (size_t p0 = 0; p0 < pairs; p0 += PAIR_CHUNK) {
             const size_t pc = pairs - p0 < PAIR_CHUNK ? pairs - p0 : PAIR_CHUNK;
-            for (size_t c0 = 0; c0 < columns; c0 += COLUMN_BLOCK) {
-                const size_t cb = columns - c0 < COLUMN_BLOCK ? columns - c0 : COLUMN_BLOCK;
+            for (size_t t0 = 0; t0 < tiles; t0 += COLUMN_BLOCK / 16) {
+                const size_t t1 = t0 + COLUMN_BLOCK / 16 < tiles ? t0 + COLUMN_BLOCK / 16 : tiles;
                 for (size_t o = o_begin; o < o_end; o += MR) {
                     const size_t rows = o_end - o < MR ? o_end - o : MR;
                     const int16_t *wt = w + o * k_padded + 2 * p0;
-                    for (size_t c = c0; c < c0 + cb; c += NR) {
-                        const size_t cols = c0 + cb - c < NR ? c0 + cb - c : NR;
-                        const int16_t *lt = limb + (p0 * columns + c) * 2;
+                    for (size_t ct = t0; ct < t1; ct++) {
+                        const size_t c = ct * 16, cols = columns - c < NR ? columns - c : NR;
+                        const int16_t *lt = limb + (ct * pairs + p0) * 32;
                         uint64_t *ot = out + o * columns + c;
 #if defined(__x86_64__)
                         if (avx && rows == MR && cols == NR) {
-                            micro_avx2(wt, k_padded, lt, columns, pc, ot, shift);
+                            micro_avx2(wt, k_padded, lt, pc, ot, columns, shift);
                             continue;
                         }
 #endif
-                        micro_scalar(wt, k_padded, rows, lt, columns, pc, cols, ot, shift);
+                        micro_scalar(wt, k_padded, rows, lt, pc, cols, ot, columns, shift);
                     }
                 }
             }
@@ -201,6 +209,32 @@ void nb_fhe_unpack_bits(const uint8_t *in, size_t n, unsigned bits, uint64_t *va
     }
 }
 
+// MARK: - Encoding
+
+void nb_fhe_encode(uint64_t *body, const uint64_t *product, const int64_t *noise, const int64_t *x, size_t x_stride, size_t count,
+                   uint64_t delta) {
+    for (size_t k = 0; k < count; k++) body[k] = product[k] + (uint64_t)noise[k] + (uint64_t)x[k * x_stride] * delta;
+}
+
+void nb_fhe_decode(const uint64_t *body, const uint64_t *product, size_t count, unsigned message_bits, int64_t *out, size_t out_stride) {
+    const unsigned shift = 64 - message_bits;
+    const uint64_t half = 1ULL << (shift - 1), modulus = message_bits == 64 ? 0 : 1ULL << message_bits;
+    const uint64_t top = 1ULL << (message_bits - 1);
+    for (size_t k = 0; k < count; k++) {
+        const uint64_t u = (body[k] - product[k] + half) >> shift;
+        out[k * out_stride] = u >= top ? (int64_t)(u - modulus) : (int64_t)u;
+    }
+}
+
+void nb_fhe_noise(const uint64_t *body, const uint64_t *product, size_t count, unsigned message_bits, const int64_t *expected,
+                  double *errors, size_t stride) {
+    const uint64_t delta = 1ULL << (64 - message_bits);
+    for (size_t k = 0; k < count; k++) {
+        const uint64_t e = body[k] - product[k] - (uint64_t)expected[k * stride] * delta;
+        errors[k * stride] = (double)(int64_t)e;
+    }
+}
+
 // MARK: - Noise
 
 void nb_fhe_gaussian(const uint64_t *random, size_t n, double sigma, int64_t *out) {
@@ -256,12 +290,14 @@ double *nb_negacyclic_work(const nb_negacyclic *p) { return fftw_malloc(sizeof(d
 void nb_negacyclic_free_work(double *work) { fftw_free(work); }
 
 // z_j = (x_j + i x_{j+n/2}) * exp(i pi j / n), then the forward transform into `out`.
-static void transform_digits(const nb_negacyclic *p, const double *x_lo, const double *x_hi, fftw_complex *in,
-                             fftw_complex *out) {
+static inline __attribute__((always_inline)) void transform_digits(const nb_negacyclic *p, const double *x_lo, const double *x_hi,
+                                                                   fftw_complex *in, fftw_complex *out) {
+    double *restrict z = (double *)in;
+    const double *restrict tr = p->twist_re, *restrict ti = p->twist_im;
+    const double *restrict lo = x_lo, *restrict hi = x_hi;
     for (size_t j = 0; j < p->half; j++) {
-        const double re = x_lo[j], im = x_hi[j];
-        in[j][0] = re * p->twist_re[j] - im * p->twist_im[j];
-        in[j][1] = re * p->twist_im[j] + im * p->twist_re[j];
+        z[2 * j] = lo[j] * tr[j] - hi[j] * ti[j];
+        z[2 * j + 1] = lo[j] * ti[j] + hi[j] * tr[j];
     }
     fftw_execute_dft(p->forward, in, out);
 }
@@ -275,6 +311,13 @@ void nb_negacyclic_spectrum(const nb_negacyclic *p, const int64_t *poly, double 
     free(lo);
 }
 
+#if defined(__x86_64__) && defined(__clang__)
+#define NB_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define NB_CLONES
+#endif
+
+NB_CLONES
 double nb_negacyclic_mul(const nb_negacyclic *p, const uint64_t *a, unsigned bits, unsigned limb_bits,
                          const double *spectrum, uint64_t *c, double *work) {
     const size_t n = p->n, half = p->half;
@@ -283,6 +326,9 @@ double nb_negacyclic_mul(const nb_negacyclic *p, const uint64_t *a, unsigned bit
     const unsigned drop = 64 - bits;
     const unsigned limbs = (bits + limb_bits - 1) / limb_bits;
     const double inv = 1.0 / (double)half;
+    // Rounding to nearest and conversion to an integer by the 1.5·2^52 trick (|x| < 2^51).
+    const double magic = 6755399441055744.0;
+    const int64_t magic_bits = 0x4338000000000000LL;
     double worst = 0;
     memset(c, 0, sizeof(uint64_t) * n);
     // Digits of each coefficient, limb by limb: x = round(a / 2^drop) = sum_t d_t 2^(limb_bits t).
@@ -292,33 +338,42 @@ double nb_negacyclic_mul(const nb_negacyclic *p, const uint64_t *a, unsigned bit
     const uint64_t limb_mask = (1ULL << limb_bits) - 1, sign = 1ULL << (limb_bits - 1);
     for (unsigned t = 0; t < limbs; t++) {
         for (size_t j = 0; j < n; j++) {
-            const uint64_t low = rest[j] & limb_mask;
-            const int64_t d = (int64_t)low - ((low & sign) ? (int64_t)(limb_mask + 1) : 0);
+            // The low limb, centred: d = ((x + sign) mod 2^limb_bits) − sign, |d| ≤ 2^21.
+            const int32_t d = (int32_t)((rest[j] + sign) & limb_mask) - (int32_t)sign;
             digits[j] = (double)d;
-            rest[j] = (rest[j] - (uint64_t)d) >> limb_bits;
+            rest[j] = (rest[j] - (uint64_t)(int64_t)d) >> limb_bits;
         }
         transform_digits(p, digits, digits + half, in, out);
-        for (size_t k = 0; k < half; k++) {
-            const double re = out[k][0] * s[k][0] - out[k][1] * s[k][1];
-            const double im = out[k][0] * s[k][1] + out[k][1] * s[k][0];
-            in[k][0] = re;
-            in[k][1] = im;
+        {
+            const double *restrict f = (const double *)out, *restrict sp = (const double *)s;
+            double *restrict g = (double *)in;
+            for (size_t k = 0; k < half; k++) {
+                g[2 * k] = f[2 * k] * sp[2 * k] - f[2 * k + 1] * sp[2 * k + 1];
+                g[2 * k + 1] = f[2 * k] * sp[2 * k + 1] + f[2 * k + 1] * sp[2 * k];
+            }
         }
         fftw_execute_dft(p->inverse, in, out);
         const unsigned shift = drop + limb_bits * t;
+        if (shift >= 64) continue;
+        const double *restrict f = (const double *)out;
+        const double *restrict tr = p->twist_re, *restrict ti = p->twist_im;
+        uint64_t *restrict clo = c, *restrict chi = c + half;
+        double *restrict err = digits;  // free until the next limb
         for (size_t j = 0; j < half; j++) {
-            const double re = out[j][0] * inv, im = out[j][1] * inv;
+            const double re = f[2 * j] * inv, im = f[2 * j + 1] * inv;
             // Undo the twist: multiply by exp(-i pi j / n).
-            const double lo = re * p->twist_re[j] + im * p->twist_im[j];
-            const double hi = im * p->twist_re[j] - re * p->twist_im[j];
-            const double rlo = nearbyint(lo), rhi = nearbyint(hi);
-            const double e = fmax(fabs(lo - rlo), fabs(hi - rhi));
-            if (e > worst) worst = e;
-            if (shift < 64) {
-                c[j] += (uint64_t)(int64_t)rlo << shift;
-                c[j + half] += (uint64_t)(int64_t)rhi << shift;
-            }
+            const double lo = re * tr[j] + im * ti[j];
+            const double hi = im * tr[j] - re * ti[j];
+            const double slo = lo + magic, shi = hi + magic;
+            const double elo = fabs(lo - (slo - magic)), ehi = fabs(hi - (shi - magic));
+            err[j] = elo > ehi ? elo : ehi;
+            int64_t ilo, ihi;
+            memcpy(&ilo, &slo, 8);
+            memcpy(&ihi, &shi, 8);
+            clo[j] += (uint64_t)(ilo - magic_bits) << shift;
+            chi[j] += (uint64_t)(ihi - magic_bits) << shift;
         }
+        for (size_t j = 0; j < half; j++) worst = err[j] > worst ? err[j] : worst;
     }
     return worst;
 }

@@ -54,11 +54,9 @@ public final class FHEClient: @unchecked Sendable {
                             for g in 0..<groups {
                                 a.withUnsafeMutableBufferPointer { expander.expand(group: g, feature: i, into: $0) }
                                 ring.multiply(a, bits: 64, spectrum: spectrum.baseAddress!, into: &product, workspace: ws)
-                                let tokens = min(n, rows - g * n)
-                                for k in 0..<tokens {
-                                    let r = g * n + k, at = i * rows + r
-                                    out[at] = product[k] &+ UInt64(bitPattern: e[at]) &+ UInt64(bitPattern: x[r * features + i]) &* delta
-                                }
+                                let tokens = min(n, rows - g * n), at = i * rows + g * n
+                                nb_fhe_encode(out.baseAddress! + at, product, e.baseAddress! + at, x.baseAddress! + g * n * features + i,
+                                              features, tokens, delta)
                             }
                         }
                     }
@@ -80,10 +78,10 @@ public final class FHEClient: @unchecked Sendable {
     /// The product's integers (rows × outputs, row-major), decoded mod 2^b and centred.
     public func decrypt(_ y: EncryptedProduct, plan: CallPlan) -> [Int64] {
         var out = [Int64](repeating: 0, count: y.rows * y.outputs)
-        phases(y) { r, j, v in
-            let b = UInt64(plan.messageBits)
-            let u = (v &+ (plan.delta >> 1)) >> (64 - b)
-            out[r * y.outputs + j] = u >= (1 << (b - 1)) ? Int64(bitPattern: u) - Int64(bitPattern: 1 << b) : Int64(bitPattern: u)
+        out.withUnsafeMutableBufferPointer { o in
+            phases(y) { r, j, count, body, product in
+                nb_fhe_decode(body, product, count, UInt32(plan.messageBits), o.baseAddress! + r * y.outputs + j, y.outputs)
+            }
         }
         return out
     }
@@ -92,16 +90,20 @@ public final class FHEClient: @unchecked Sendable {
     /// noise before decoding, for measuring it against the formula.
     public func decryptionErrors(_ y: EncryptedProduct, expected: [Int64], plan: CallPlan) -> [Double] {
         var out = [Double](repeating: 0, count: y.rows * y.outputs)
-        phases(y) { r, j, v in
-            let e = v &- UInt64(bitPattern: expected[r * y.outputs + j]) &* plan.delta
-            out[r * y.outputs + j] = Double(Int64(bitPattern: e))
+        out.withUnsafeMutableBufferPointer { o in
+            expected.withUnsafeBufferPointer { m in
+                phases(y) { r, j, count, body, product in
+                    nb_fhe_noise(body, product, count, UInt32(plan.messageBits), m.baseAddress! + r * y.outputs + j,
+                                 o.baseAddress! + r * y.outputs + j, y.outputs)
+                }
+            }
         }
         return out
     }
 
-    /// Calls `visit(row, output, b' − a'·s)` for every value (in parallel over outputs; each
-    /// call writes its own index).
-    private func phases(_ y: EncryptedProduct, _ visit: (Int, Int, UInt64) -> Void) {
+    /// Calls `visit(first row, output, count, bodies, a'·s)` for each output and ciphertext
+    /// group (in parallel over outputs; each call writes its own values).
+    private func phases(_ y: EncryptedProduct, _ visit: (Int, Int, Int, UnsafePointer<UInt64>, UnsafePointer<UInt64>) -> Void) {
         let p = y.parameters, n = p.ringDegree, groups = y.groups
         let key = keyring.key(for: p), ring = NegacyclicRing.shared(degree: n)
         var masks = [UInt64](repeating: 0, count: y.outputs * groups * n)
@@ -120,10 +122,7 @@ public final class FHEClient: @unchecked Sendable {
                                 for g in 0..<groups {
                                     ring.multiply(m.baseAddress! + (j * groups + g) * n, bits: y.outputMaskBits, spectrum: spectrum.baseAddress!,
                                                   into: &product, workspace: ws)
-                                    for k in 0..<min(n, rows - g * n) {
-                                        let r = g * n + k
-                                        visit(r, j, b[j * rows + r] &- product[k])
-                                    }
+                                    visit(g * n, j, min(n, rows - g * n), b.baseAddress! + j * rows + g * n, product)
                                 }
                             }
                         }

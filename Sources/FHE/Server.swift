@@ -77,7 +77,7 @@ public enum FHEServer {
         var body = [UInt64](repeating: 0, count: k * rows)
         nb_fhe_unpack_bits(input.body, body.count, UInt32(16 * input.bodyLimbs), &body)
         let pairs = (k + 1) / 2
-        var bodyDigits = [Int16](repeating: 0, count: input.bodyLimbs * pairs * rows * 2)
+        var bodyDigits = [Int16](repeating: 0, count: nb_fhe_packed_limbs_count(k, rows, input.bodyLimbs))
         nb_fhe_pack_limbs(body, k, rows, input.bodyLimbs, &bodyDigits)
         body = []
         // Masks: K × (groups·N), expanded from the seed.
@@ -93,7 +93,7 @@ public enum FHEServer {
                 }
             }
         }
-        var maskDigits = [Int16](repeating: 0, count: input.maskLimbs * pairs * columns * 2)
+        var maskDigits = [Int16](repeating: 0, count: nb_fhe_packed_limbs_count(k, columns, input.maskLimbs))
         nb_fhe_pack_limbs(masks, k, columns, input.maskLimbs, &maskDigits)
         masks = []
         var outMask = [UInt64](repeating: 0, count: o * columns), outBody = [UInt64](repeating: 0, count: o * rows)

@@ -118,7 +118,7 @@ final class FHEPrimitivesTests: XCTestCase {
                 var w = [Int16](repeating: 0, count: o * kp)
                 for r in 0..<o { for j in 0..<k { w[r * kp + j] = Int16(Int(rng.next() % 257) - 128) } }
                 if o > 6 { for j in 0..<k { w[j] = 128; w[kp + j] = -128 } }
-                var packed = [Int16](repeating: 0, count: limbs * ((k + 1) / 2) * c * 2)
+                var packed = [Int16](repeating: 0, count: nb_fhe_packed_limbs_count(k, c, limbs))
                 nb_fhe_pack_limbs(values, k, c, limbs, &packed)
                 var out = [UInt64](repeating: 0, count: o * c)
                 nb_fhe_limb_gemm(w, kp, packed, c, limbs, &out, 0, o)

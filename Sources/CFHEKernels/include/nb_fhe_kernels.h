@@ -16,9 +16,11 @@ int nb_fhe_has_avx2(void);
 /// Splits `rows` x `columns` values (row-major, mod 2^64) into `limbs` balanced 16-bit digits
 /// of their top 16*limbs bits, rounding the rest away first:
 ///   round(v / 2^s) = sum_t d_t 2^(16 t)  (mod 2^(64-s)),  s = 64 - 16*limbs,  d_t in [-2^15, 2^15).
-/// Output layout, for the GEMM below: [limb][row pair][column][2] as int16 (a row pair's
-/// two digits side by side; an odd last row is paired with zeros).
+/// Output layout, for the GEMM below: [limb][16-column tile][row pair][16 columns][2] as int16
+/// (a row pair's two digits side by side, so one tile row pair is one 64-byte line; an odd last
+/// row and the last tile's missing columns are zeros). nb_fhe_packed_limbs_count int16s.
 void nb_fhe_pack_limbs(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *packed);
+size_t nb_fhe_packed_limbs_count(size_t rows, size_t columns, size_t limbs);
 
 /// out[o][c] += sum_t 2^(s + 16 t) * sum_k w[o][k] * d_t[k][c]   (mod 2^64), s = 64 - 16*limbs,
 /// for o in [o_begin, o_end). w is (O x k_padded) int16, row-major, k_padded even, |w| <= 128;
@@ -32,6 +34,16 @@ void nb_fhe_limb_gemm(const int16_t *w, size_t k_padded, const int16_t *packed, 
 void nb_fhe_pack_bits(const uint64_t *values, size_t n, unsigned bits, uint8_t *out);
 /// The inverse: v = x << (64 - bits).
 void nb_fhe_unpack_bits(const uint8_t *in, size_t n, unsigned bits, uint64_t *values);
+
+/// Encryption of one ciphertext row's tokens: body[k] = product[k] + noise[k] + delta * x[k * x_stride].
+void nb_fhe_encode(uint64_t *body, const uint64_t *product, const int64_t *noise, const int64_t *x, size_t x_stride, size_t count,
+                   uint64_t delta);
+/// Decryption of one output row's tokens: v = body[k] - product[k]; out[k * out_stride] = the centred
+/// round(v / 2^(64 - message_bits)) mod 2^message_bits; with errors != NULL, also errors[k * out_stride]
+/// = v - delta * expected[k * out_stride] (the noise, for tests).
+void nb_fhe_decode(const uint64_t *body, const uint64_t *product, size_t count, unsigned message_bits, int64_t *out, size_t out_stride);
+void nb_fhe_noise(const uint64_t *body, const uint64_t *product, size_t count, unsigned message_bits, const int64_t *expected,
+                  double *errors, size_t stride);
 
 /// Rounded Gaussian samples of standard deviation sigma from uniform random words (Box-Muller,
 /// two samples per two words; n even).

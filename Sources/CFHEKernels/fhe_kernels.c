@@ -41,16 +41,15 @@ static inline uint64_t round_top(uint64_t v, unsigned drop) {
     return drop == 0 ? v : (v + (1ULL << (drop - 1))) >> drop;
 }
 
-void nb_fhe_pack_limbs(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *packed) {
+void nb_fhe_pack_limbs_range(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *packed,
+                             size_t pair_begin, size_t pair_end) {
     const size_t pairs = (rows + 1) / 2, tiles = (columns + 15) / 16;
     const unsigned drop = (unsigned)(64 - 16 * limbs);
-    memset(packed, 0, sizeof(int16_t) * nb_fhe_packed_limbs_count(rows, columns, limbs));
-    for (size_t p = 0; p < pairs; p++) {
+    for (size_t p = pair_begin; p < pair_end && p < pairs; p++) {
         for (size_t e = 0; e < 2; e++) {
             const size_t row = 2 * p + e;
-            if (row >= rows) continue;
             for (size_t c = 0; c < columns; c++) {
-                uint64_t x = round_top(values[row * columns + c], drop);
+                uint64_t x = row < rows ? round_top(values[row * columns + c], drop) : 0;
                 for (size_t t = 0; t < limbs; t++) {
                     const int16_t d = (int16_t)(uint16_t)(x & 0xFFFF);
                     x = (x - (uint64_t)(int64_t)d) >> 16;
@@ -59,6 +58,11 @@ void nb_fhe_pack_limbs(const uint64_t *values, size_t rows, size_t columns, size
             }
         }
     }
+}
+
+void nb_fhe_pack_limbs(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *packed) {
+    memset(packed, 0, sizeof(int16_t) * nb_fhe_packed_limbs_count(rows, columns, limbs));
+    nb_fhe_pack_limbs_range(values, rows, columns, limbs, packed, 0, (rows + 1) / 2);
 }
 
 size_t nb_fhe_packed_limbs_count(size_t rows, size_t columns, size_t limbs) {

@@ -33,40 +33,42 @@ public final class FHEClient: @unchecked Sendable {
         let key = keyring.key(for: p), ring = NegacyclicRing.shared(degree: n)
         let seed = MaskSeed.fresh()
         let count = rows * features
-        // Noise: rounded Gaussian from OS random words (two words per two samples).
-        var noise = [Int64](repeating: 0, count: count + (count & 1))
-        do {
-            var words = [UInt64](repeating: 0, count: noise.count)
-            words.withUnsafeMutableBufferPointer { SystemRandom.fill(words: $0) }
-            nb_fhe_gaussian(words, words.count, p.noiseStandardDeviation, &noise)
-            words.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
-        }
+        // x feature-major (K × R), so each ciphertext's tokens are contiguous.
+        var xt = [Int64](repeating: 0, count: count)
+        xt.withUnsafeMutableBufferPointer { Parallel.transpose(x.baseAddress!, rows: rows, columns: features, into: $0.baseAddress!) }
         var bodies = [UInt64](repeating: 0, count: count)
-        let delta = plan.delta
+        let delta = plan.delta, sigma = p.noiseStandardDeviation
         bodies.withUnsafeMutableBufferPointer { out in
-            noise.withUnsafeBufferPointer { e in
+            xt.withUnsafeBufferPointer { xs in
                 key.spectrum.withUnsafeBufferPointer { spectrum in
                     parallelChunks(features) { range in
                         let ws = ring.workspace()
                         var expander = MaskExpander(seed: seed)
                         var a = [UInt64](repeating: 0, count: n), product = a
+                        // Noise for this thread's ciphertexts: rounded Gaussian from OS random words.
+                        let samples = range.count * rows + 1
+                        var words = [UInt64](repeating: 0, count: samples & ~1 + 2), noise = [Int64](repeating: 0, count: words.count)
+                        words.withUnsafeMutableBufferPointer { SystemRandom.fill(words: $0) }
+                        nb_fhe_gaussian(words, words.count, sigma, &noise)
                         for i in range {
                             for g in 0..<groups {
                                 a.withUnsafeMutableBufferPointer { expander.expand(group: g, feature: i, into: $0) }
                                 ring.multiply(a, bits: 64, spectrum: spectrum.baseAddress!, into: &product, workspace: ws)
                                 let tokens = min(n, rows - g * n), at = i * rows + g * n
-                                nb_fhe_encode(out.baseAddress! + at, product, e.baseAddress! + at, x.baseAddress! + g * n * features + i,
-                                              features, tokens, delta)
+                                noise.withUnsafeBufferPointer { e in
+                                    nb_fhe_encode(out.baseAddress! + at, product, e.baseAddress! + (i - range.lowerBound) * rows + g * n,
+                                                  xs.baseAddress! + at, 1, tokens, delta)
+                                }
                             }
                         }
+                        words.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
+                        noise.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
                     }
                 }
             }
         }
-        noise.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
-        let bits = 16 * plan.bodyLimbs
-        var packed = [UInt8](repeating: 0, count: packedByteCount(count, bits: bits))
-        nb_fhe_pack_bits(bodies, count, UInt32(bits), &packed)
+        xt.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
+        let packed = bodies.withUnsafeBufferPointer { Parallel.packBits($0, bits: 16 * plan.bodyLimbs) }
         return EncryptedMatrix(parametersID: p.id, bodyLimbs: plan.bodyLimbs, maskLimbs: plan.maskLimbs, outputBodyBits: plan.outputBodyBits,
                                outputMaskBits: plan.outputMaskBits, rows: rows, features: features, seed: seed, body: packed)
     }
@@ -77,11 +79,16 @@ public final class FHEClient: @unchecked Sendable {
 
     /// The product's integers (rows × outputs, row-major), decoded mod 2^b and centred.
     public func decrypt(_ y: EncryptedProduct, plan: CallPlan) -> [Int64] {
+        // Decoded output-major (O × R), then transposed to rows × outputs.
+        var byOutput = [Int64](repeating: 0, count: y.rows * y.outputs)
+        byOutput.withUnsafeMutableBufferPointer { o in
+            phases(y) { r, j, count, body, product in
+                nb_fhe_decode(body, product, count, UInt32(plan.messageBits), o.baseAddress! + j * y.rows + r, 1)
+            }
+        }
         var out = [Int64](repeating: 0, count: y.rows * y.outputs)
         out.withUnsafeMutableBufferPointer { o in
-            phases(y) { r, j, count, body, product in
-                nb_fhe_decode(body, product, count, UInt32(plan.messageBits), o.baseAddress! + r * y.outputs + j, y.outputs)
-            }
+            byOutput.withUnsafeBufferPointer { Parallel.transpose($0.baseAddress!, rows: y.outputs, columns: y.rows, into: o.baseAddress!) }
         }
         return out
     }
@@ -106,10 +113,8 @@ public final class FHEClient: @unchecked Sendable {
     private func phases(_ y: EncryptedProduct, _ visit: (Int, Int, Int, UnsafePointer<UInt64>, UnsafePointer<UInt64>) -> Void) {
         let p = y.parameters, n = p.ringDegree, groups = y.groups
         let key = keyring.key(for: p), ring = NegacyclicRing.shared(degree: n)
-        var masks = [UInt64](repeating: 0, count: y.outputs * groups * n)
-        nb_fhe_unpack_bits(y.masks, masks.count, UInt32(y.outputMaskBits), &masks)
-        var bodies = [UInt64](repeating: 0, count: y.outputs * y.rows)
-        nb_fhe_unpack_bits(y.bodies, bodies.count, UInt32(y.outputBodyBits), &bodies)
+        let masks = Parallel.unpackBits(y.masks, count: y.outputs * groups * n, bits: y.outputMaskBits)
+        let bodies = Parallel.unpackBits(y.bodies, count: y.outputs * y.rows, bits: y.outputBodyBits)
         let rows = y.rows
         withoutActuallyEscaping(visit) { visit in
             masks.withUnsafeBufferPointer { m in

@@ -73,29 +73,32 @@ public enum FHEServer {
         }
         let p = input.parameters, n = p.ringDegree, groups = input.groups
         let (rows, k, o) = (input.rows, input.features, w.outputs)
-        // Bodies: K × R values at 16·bodyLimbs bits.
-        var body = [UInt64](repeating: 0, count: k * rows)
-        nb_fhe_unpack_bits(input.body, body.count, UInt32(16 * input.bodyLimbs), &body)
-        let pairs = (k + 1) / 2
-        var bodyDigits = [Int16](repeating: 0, count: nb_fhe_packed_limbs_count(k, rows, input.bodyLimbs))
-        nb_fhe_pack_limbs(body, k, rows, input.bodyLimbs, &bodyDigits)
-        body = []
-        // Masks: K × (groups·N), expanded from the seed.
+        // Bodies: K × R values at 16·bodyLimbs bits, split into limb digits.
+        let bodyDigits = Parallel.unpackBits(input.body, count: k * rows, bits: 16 * input.bodyLimbs).withUnsafeBufferPointer {
+            Parallel.packLimbs($0, rows: k, columns: rows, limbs: input.bodyLimbs)
+        }
+        // Masks: K × (groups·N), expanded from the seed two features at a time straight into
+        // their limb digits.
         let columns = groups * n
-        var masks = [UInt64](repeating: 0, count: k * columns)
-        masks.withUnsafeMutableBufferPointer { m in
-            parallelChunks(k) { range in
+        var maskDigits = [Int16](repeating: 0, count: nb_fhe_packed_limbs_count(k, columns, input.maskLimbs))
+        maskDigits.withUnsafeMutableBufferPointer { digits in
+            parallelChunks((k + 1) / 2) { pairs in
                 var expander = MaskExpander(seed: input.seed)
-                for i in range {
-                    for g in 0..<groups {
-                        expander.expand(group: g, feature: i, into: UnsafeMutableBufferPointer(rebasing: m[(i * columns + g * n)..<(i * columns + g * n + n)]))
+                var two = [UInt64](repeating: 0, count: 2 * columns)
+                two.withUnsafeMutableBufferPointer { t in
+                    for pair in pairs {
+                        for e in 0..<2 where 2 * pair + e < k {
+                            for g in 0..<groups {
+                                let at = e * columns + g * n
+                                expander.expand(group: g, feature: 2 * pair + e, into: UnsafeMutableBufferPointer(rebasing: t[at..<(at + n)]))
+                            }
+                        }
+                        // Rows 2·pair and 2·pair + 1 of the K × columns matrix live in `two`.
+                        nb_fhe_pack_limbs_range(t.baseAddress! - 2 * pair * columns, k, columns, input.maskLimbs, digits.baseAddress!, pair, pair + 1)
                     }
                 }
             }
         }
-        var maskDigits = [Int16](repeating: 0, count: nb_fhe_packed_limbs_count(k, columns, input.maskLimbs))
-        nb_fhe_pack_limbs(masks, k, columns, input.maskLimbs, &maskDigits)
-        masks = []
         var outMask = [UInt64](repeating: 0, count: o * columns), outBody = [UInt64](repeating: 0, count: o * rows)
         w.values.withUnsafeBufferPointer { wv in
             outMask.withUnsafeMutableBufferPointer { om in
@@ -107,10 +110,8 @@ public enum FHEServer {
                 }
             }
         }
-        var packedMasks = [UInt8](repeating: 0, count: packedByteCount(outMask.count, bits: input.outputMaskBits))
-        nb_fhe_pack_bits(outMask, outMask.count, UInt32(input.outputMaskBits), &packedMasks)
-        var packedBodies = [UInt8](repeating: 0, count: packedByteCount(outBody.count, bits: input.outputBodyBits))
-        nb_fhe_pack_bits(outBody, outBody.count, UInt32(input.outputBodyBits), &packedBodies)
+        let packedMasks = outMask.withUnsafeBufferPointer { Parallel.packBits($0, bits: input.outputMaskBits) }
+        let packedBodies = outBody.withUnsafeBufferPointer { Parallel.packBits($0, bits: input.outputBodyBits) }
         return EncryptedProduct(parametersID: p.id, outputBodyBits: input.outputBodyBits, outputMaskBits: input.outputMaskBits, rows: rows,
                                 outputs: o, masks: packedMasks, bodies: packedBodies)
     }

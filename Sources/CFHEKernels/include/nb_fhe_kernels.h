@@ -21,6 +21,10 @@ int nb_fhe_has_avx2(void);
 /// row and the last tile's missing columns are zeros). nb_fhe_packed_limbs_count int16s.
 void nb_fhe_pack_limbs(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *packed);
 size_t nb_fhe_packed_limbs_count(size_t rows, size_t columns, size_t limbs);
+/// The same for row pairs [pair_begin, pair_end) only (threads split the pairs); `packed` must be
+/// zeroed beforehand where the last tile has missing columns.
+void nb_fhe_pack_limbs_range(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *packed,
+                             size_t pair_begin, size_t pair_end);
 
 /// out[o][c] += sum_t 2^(s + 16 t) * sum_k w[o][k] * d_t[k][c]   (mod 2^64), s = 64 - 16*limbs,
 /// for o in [o_begin, o_end). w is (O x k_padded) int16, row-major, k_padded even, |w| <= 128;

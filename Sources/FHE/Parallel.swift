@@ -1,0 +1,55 @@
+import CFHEKernels
+import Foundation
+
+/// The kernels' whole-matrix operations split over threads.
+enum Parallel {
+    /// Packs values at `bits` bits each (chunks of a multiple of 8 values start on byte boundaries).
+    static func packBits(_ values: UnsafeBufferPointer<UInt64>, bits: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: packedByteCount(values.count, bits: bits))
+        out.withUnsafeMutableBufferPointer { o in
+            parallelChunks(values.count, align: 8) { r in
+                nb_fhe_pack_bits(values.baseAddress! + r.lowerBound, r.count, UInt32(bits), o.baseAddress! + r.lowerBound * bits / 8)
+            }
+        }
+        return out
+    }
+
+    static func unpackBits(_ bytes: [UInt8], count: Int, bits: Int) -> [UInt64] {
+        var out = [UInt64](repeating: 0, count: count)
+        bytes.withUnsafeBufferPointer { b in
+            out.withUnsafeMutableBufferPointer { o in
+                parallelChunks(count, align: 8) { r in
+                    nb_fhe_unpack_bits(b.baseAddress! + r.lowerBound * bits / 8, r.count, UInt32(bits), o.baseAddress! + r.lowerBound)
+                }
+            }
+        }
+        return out
+    }
+
+    /// Limb digits of a rows × columns matrix, for the GEMM.
+    static func packLimbs(_ values: UnsafeBufferPointer<UInt64>, rows: Int, columns: Int, limbs: Int) -> [Int16] {
+        var out = [Int16](repeating: 0, count: nb_fhe_packed_limbs_count(rows, columns, limbs))
+        out.withUnsafeMutableBufferPointer { o in
+            parallelChunks((rows + 1) / 2) { r in
+                nb_fhe_pack_limbs_range(values.baseAddress!, rows, columns, limbs, o.baseAddress!, r.lowerBound, r.upperBound)
+            }
+        }
+        return out
+    }
+
+    /// out (columns × rows) = inᵀ for in (rows × columns), in cache blocks.
+    static func transpose<T>(_ input: UnsafePointer<T>, rows: Int, columns: Int, into out: UnsafeMutablePointer<T>) {
+        let block = 32
+        parallelChunks((rows + block - 1) / block) { blocks in
+            for rb in blocks {
+                let r0 = rb * block, r1 = min(rows, r0 + block)
+                var c0 = 0
+                while c0 < columns {
+                    let c1 = min(columns, c0 + block)
+                    for r in r0..<r1 { for c in c0..<c1 { out[c * rows + r] = input[r * columns + c] } }
+                    c0 = c1
+                }
+            }
+        }
+    }
+}

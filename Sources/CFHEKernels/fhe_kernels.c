@@ -13,6 +13,17 @@
 #include <sys/random.h>
 #endif
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+void nb_fhe_tune_allocator(void) {
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
+
 long nb_fhe_os_random(void *buffer, size_t count) {
 #if defined(__linux__)
     return (long)getrandom(buffer, count, 0);

@@ -19,12 +19,25 @@ public enum FHEThreads {
     nonisolated(unsafe) public static var count = max(1, ProcessInfo.processInfo.activeProcessorCount)
 }
 
+/// glibc serves every allocation above 32 MiB (up to 128 MiB, adaptively) with a fresh mmap, so
+/// each encrypted call's large buffers would be page-faulted and zeroed by the kernel again. Up to
+/// 1 GiB, keep freed memory in the heap for the next call instead (done once, on first use).
+enum AllocatorTuning {
+    static let applied: Bool = {
+        nb_fhe_tune_allocator()
+        return true
+    }()
+}
+
 /// The client side: encrypts quantized integer matrices under its secret keys and decrypts
 /// the server's products. The key never leaves this object except through ``Keyring/save(to:)``.
 public final class FHEClient: @unchecked Sendable {
     public let keyring: Keyring
 
-    public init(keyring: Keyring = Keyring()) { self.keyring = keyring }
+    public init(keyring: Keyring = Keyring()) {
+        self.keyring = keyring
+        _ = AllocatorTuning.applied
+    }
 
     /// Encrypts x (rows × features, row-major, integers with |x| < 2^(b−1)) for `plan`.
     public func encrypt(_ x: UnsafeBufferPointer<Int64>, rows: Int, features: Int, plan: CallPlan) -> EncryptedMatrix {

@@ -68,6 +68,7 @@ public struct ServerWeights: Sendable {
 /// `vpmaddwd`), recombined mod 2^64. Then it rounds the results to the requested bits.
 public enum FHEServer {
     public static func multiply(_ input: EncryptedMatrix, by w: ServerWeights) throws(FHEServerError) -> EncryptedProduct {
+        _ = AllocatorTuning.applied
         guard input.features == w.inputs else {
             throw .shapeMismatch("the ciphertext has \(input.features) features; this matrix takes \(w.inputs)")
         }

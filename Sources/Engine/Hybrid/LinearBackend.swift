@@ -81,7 +81,7 @@ public final class QuantizedLinearBackend: LinearBackend {
         var backward: QuantizedRows  // Wᵀ (in, out)
         var range: CalibrationRange?
     }
-    private var layers: [String: Layer] = [:]
+    private(set) var layers: [String: Layer] = [:]
 
     public init(plan: HybridPlan, model: TrainableModel) throws(QuantizationError) {
         try plan.scheme.validate()
@@ -115,22 +115,28 @@ public final class QuantizedLinearBackend: LinearBackend {
                              perRow: s.activations == .dynamicPerToken, range: staticRange)
     }
 
+    /// The quantized input of a forward call, as `disable` and the encrypted modes see it.
+    func quantizedInput(_ l: Layer, _ layer: LinearLayer, _ x: UnsafeBufferPointer<Float>) -> QuantizedRows {
+        let r = l.range.map { ($0.inputLow, $0.inputHigh) }
+        return activations(x, rows: x.count / layer.inFeatures, columns: layer.inFeatures, range: r)
+    }
+
+    /// The quantized output gradient of a backward call.
+    func quantizedGradient(_ l: Layer, _ layer: LinearLayer, _ dY: UnsafeBufferPointer<Float>) -> QuantizedRows {
+        let r = l.range.flatMap { $0.hasGradients ? ($0.gradientLow, $0.gradientHigh) : nil }
+        return activations(dY, rows: dY.count / layer.outFeatures, columns: layer.outFeatures, range: r)
+    }
+
     public func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool {
         guard let l = layers[layer.name] else { return false }
-        let N = x.count / layer.inFeatures
-        let r = l.range.map { ($0.inputLow, $0.inputHigh) }
-        let xq = activations(x, rows: N, columns: layer.inFeatures, range: r)
-        let product = IntegerMatmul.multiply(xq, l.forward).y
+        let product = IntegerMatmul.multiply(quantizedInput(l, layer, x), l.forward).y
         _ = y.update(fromContentsOf: product)
         return true
     }
 
     public func backward(_ layer: LinearLayer, dY: UnsafeBufferPointer<Float>, dX: UnsafeMutableBufferPointer<Float>) -> Bool {
         guard let l = layers[layer.name] else { return false }
-        let N = dY.count / layer.outFeatures
-        let r = l.range.flatMap { $0.hasGradients ? ($0.gradientLow, $0.gradientHigh) : nil }
-        let gq = activations(dY, rows: N, columns: layer.outFeatures, range: r)
-        let product = IntegerMatmul.multiply(gq, l.backward).y
+        let product = IntegerMatmul.multiply(quantizedGradient(l, layer, dY), l.backward).y
         _ = dX.update(fromContentsOf: product)
         return true
     }

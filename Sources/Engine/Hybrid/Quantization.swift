@@ -264,6 +264,15 @@ public enum IntegerMatmul {
                             wd, blasint(K), 0, &acc, blasint(O))
             }
         }
+        let y = finish(raw: &acc, x, w)
+        return (y, acc)
+    }
+
+    /// From the raw integer products Σ_k x_q·w_q (N × O, however computed: sgemm chunks, dgemm
+    /// or the encrypted product) to y: the zero-point correction in integers, then the scales.
+    /// Replaces `raw` by the corrected accumulators.
+    public static func finish(raw acc: inout [Double], _ x: QuantizedRows, _ w: QuantizedRows) -> [Float] {
+        let N = x.rows, O = w.rows, K = x.columns
         var y = [Float](repeating: 0, count: N * O)
         let k = Double(K)
         for n in 0..<N {
@@ -275,6 +284,6 @@ public enum IntegerMatmul {
                 y[n * O + o] = Float(corrected * qx.scale * qw.scale)
             }
         }
-        return (y, acc)
+        return y
     }
 }

@@ -1,0 +1,219 @@
+import FHE
+import Foundation
+
+/// Which product of a remote module a request asks for.
+public enum ProductDirection: String, Codable, Sendable {
+    /// y = x·Wᵀ.
+    case forward
+    /// dX = dY·W (the product by Wᵀ).
+    case backward
+}
+
+/// What the client may know of a remote module's weights to plan its calls: shapes and the
+/// largest row norms (public metadata, the same for every replica of the server).
+public struct PublicWeightInfo: Codable, Equatable, Sendable {
+    public var outputs: Int
+    public var inputs: Int
+    public var maxRowL1: Double
+    public var maxRowL2: Double
+
+    public init(_ w: ServerWeights) { (outputs, inputs, maxRowL1, maxRowL2) = (w.outputs, w.inputs, w.maxRowL1, w.maxRowL2) }
+
+    func shape(rows: Int, maxAbsInput: Double) -> ProductShape {
+        ProductShape(rows: rows, innerDimension: inputs, maxAbsInput: maxAbsInput, maxRowL1: maxRowL1, maxRowL2: maxRowL2)
+    }
+}
+
+/// Where encrypted requests go: the in-process server (`execute`) or an HTTP server (`remote`).
+public protocol EncryptedTransport: AnyObject {
+    /// The serialized ``EncryptedProduct`` for a serialized ``EncryptedMatrix``.
+    func multiply(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8]
+}
+
+/// The server's side of a hybrid model: the remote modules' quantized weights, W for the
+/// forward and Wᵀ for the backward, as the FHE server multiplies them. No key, no client data.
+public final class RemoteModuleWeights: @unchecked Sendable {
+    public let modules: [String: (forward: ServerWeights, backward: ServerWeights)]
+
+    public init(modules: [String: (forward: ServerWeights, backward: ServerWeights)]) { self.modules = modules }
+
+    /// The integer weights of `backend`'s quantization (symmetric, at most 8 bits).
+    public convenience init(from backend: QuantizedLinearBackend) throws(EncryptedBackendError) {
+        var modules: [String: (forward: ServerWeights, backward: ServerWeights)] = [:]
+        for (name, l) in backend.layers {
+            func integers(_ q: QuantizedRows) throws(EncryptedBackendError) -> ServerWeights {
+                do { return try ServerWeights(outputs: q.rows, inputs: q.columns) { Int(q.values[$0 * q.columns + $1]) } } catch {
+                    throw .unsupportedWeights(module: name, reason: error.description)
+                }
+            }
+            modules[name] = (try integers(l.forward), try integers(l.backward))
+        }
+        self.init(modules: modules)
+    }
+
+    public func info(_ name: String, _ direction: ProductDirection) -> PublicWeightInfo? {
+        modules[name].map { PublicWeightInfo(direction == .forward ? $0.forward : $0.backward) }
+    }
+
+    /// One request: the handling shared by the in-process server and the HTTP server.
+    public func handle(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+        guard let m = modules[module] else { throw EncryptedBackendError.unknownModule(module) }
+        return try FHEServer.handle(request: request, weights: direction == .forward ? m.forward : m.backward)
+    }
+}
+
+/// The in-process server of the `execute` mode.
+public final class InProcessTransport: EncryptedTransport {
+    public let weights: RemoteModuleWeights
+    public init(weights: RemoteModuleWeights) { self.weights = weights }
+    public func multiply(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+        try weights.handle(module: module, direction: direction, request: request)
+    }
+}
+
+public enum EncryptedBackendError: Error, CustomStringConvertible {
+    case unsupportedScheme(String)
+    case unsupportedWeights(module: String, reason: String)
+    case noPlan(module: String, direction: ProductDirection, reason: String)
+    case unknownModule(String)
+    case failed(module: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .unsupportedScheme(let s): return s
+        case .unsupportedWeights(let m, let r): return "\(m): \(r)"
+        case .noPlan(let m, let d, let r): return "\(m) (\(d.rawValue)): no FHE parameters fit: \(r)"
+        case .unknownModule(let m): return "the server has no remote module named \(m)"
+        case .failed(let m, let r): return "\(m): the encrypted product failed: \(r)"
+        }
+    }
+}
+
+/// Counters of the encrypted products: calls, bytes on the wire and where the time went.
+public struct FHEStatistics: Codable, Equatable, Sendable {
+    public var calls = 0
+    /// Input values encrypted and output values decrypted.
+    public var inputValues = 0
+    public var outputValues = 0
+    public var bytesSent = 0
+    public var bytesReceived = 0
+    public var encryptSeconds = 0.0
+    public var serverSeconds = 0.0
+    public var decryptSeconds = 0.0
+    /// Names of the parameter sets used.
+    public var parameterSets: [String] = []
+
+    public init() {}
+
+    /// self − earlier (counters since `earlier`).
+    public func since(_ earlier: FHEStatistics) -> FHEStatistics {
+        var d = self
+        d.calls -= earlier.calls; d.inputValues -= earlier.inputValues; d.outputValues -= earlier.outputValues
+        d.bytesSent -= earlier.bytesSent; d.bytesReceived -= earlier.bytesReceived
+        d.encryptSeconds -= earlier.encryptSeconds; d.serverSeconds -= earlier.serverSeconds; d.decryptSeconds -= earlier.decryptSeconds
+        return d
+    }
+}
+
+/// The `execute` (and `remote`) modes: every remote module's forward and backward product
+/// is quantized as in `disable`, encrypted under the client's key, multiplied by the server,
+/// decrypted, and finished (zero points, scales) in clear — the same integers as `disable`,
+/// hence the same floats.
+public final class EncryptedLinearBackend: LinearBackend {
+    public let quantized: QuantizedLinearBackend
+    public let client: FHEClient
+    public let transport: EncryptedTransport
+    let infos: [String: (forward: PublicWeightInfo, backward: PublicWeightInfo)]
+    public private(set) var statistics = FHEStatistics()
+    /// The plan of the most recent call (for reports).
+    public private(set) var lastPlan: CallPlan?
+    /// The first failure of a call (the training pass cannot throw through the backend; the
+    /// step checks this after each pass).
+    public private(set) var failure: EncryptedBackendError?
+
+    /// `infos`: the server's public metadata per module (from the server, or from `weights`
+    /// for the in-process server).
+    public init(quantized: QuantizedLinearBackend, client: FHEClient, transport: EncryptedTransport,
+                infos: [String: (forward: PublicWeightInfo, backward: PublicWeightInfo)]) throws(EncryptedBackendError) {
+        let s = quantized.plan.scheme
+        guard s.symmetricWeights, s.nBits <= 8 else {
+            throw .unsupportedScheme("encrypted modes take symmetric weights of at most 8 bits; the plan's scheme is \(s.nBits)-bit \(s.description). Compile with n_bits ≤ 8 (or use mode: disable)")
+        }
+        (self.quantized, self.client, self.transport, self.infos) = (quantized, client, transport, infos)
+        // Every module must have a plan for the widest inputs its scheme produces.
+        let widest = Double(s.symmetricActivations ? (1 << (s.nBits - 1)) - 1 : (1 << s.nBits) - 1)
+        for name in quantized.moduleNames {
+            guard let i = infos[name] else { throw .unknownModule(name) }
+            for (d, info) in [(ProductDirection.forward, i.forward), (.backward, i.backward)] {
+                do { _ = try CallPlan.choose(for: info.shape(rows: 1, maxAbsInput: widest)) } catch {
+                    throw .noPlan(module: name, direction: d, reason: error.description)
+                }
+            }
+        }
+    }
+
+    /// The `execute` mode: the in-process server on this model's quantized weights.
+    public convenience init(plan: HybridPlan, model: TrainableModel, keyring: Keyring) throws {
+        let q = try QuantizedLinearBackend(plan: plan, model: model)
+        let weights = try RemoteModuleWeights(from: q)
+        var infos: [String: (forward: PublicWeightInfo, backward: PublicWeightInfo)] = [:]
+        for (name, m) in weights.modules { infos[name] = (PublicWeightInfo(m.forward), PublicWeightInfo(m.backward)) }
+        try self.init(quantized: q, client: FHEClient(keyring: keyring), transport: InProcessTransport(weights: weights), infos: infos)
+    }
+
+    public func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool {
+        guard let l = quantized.layers[layer.name], let info = infos[layer.name]?.forward else { return false }
+        let xq = quantized.quantizedInput(l, layer, x)
+        let product = encryptedProduct(layer.name, .forward, xq, l.forward, info)
+        _ = y.update(fromContentsOf: product)
+        return true
+    }
+
+    public func backward(_ layer: LinearLayer, dY: UnsafeBufferPointer<Float>, dX: UnsafeMutableBufferPointer<Float>) -> Bool {
+        guard let l = quantized.layers[layer.name], let info = infos[layer.name]?.backward else { return false }
+        let gq = quantized.quantizedGradient(l, layer, dY)
+        let product = encryptedProduct(layer.name, .backward, gq, l.backward, info)
+        _ = dX.update(fromContentsOf: product)
+        return true
+    }
+
+    /// x̂·ŵᵀ through the encrypted product: the raw Σ x_q·w_q come back from the server.
+    func encryptedProduct(_ name: String, _ direction: ProductDirection, _ x: QuantizedRows, _ w: QuantizedRows,
+                          _ info: PublicWeightInfo) -> [Float] {
+        let rows = x.rows
+        var acc: [Double]
+        do {
+            let maxAbs = x.quantizers.map { max(abs($0.qMin), abs($0.qMax)) }.max() ?? 0
+            let plan = try CallPlan.choose(for: info.shape(rows: rows, maxAbsInput: maxAbs))
+            var t = ProcessInfo.processInfo.systemUptime
+            let integers = x.values.map { Int64($0) }
+            let request = client.encrypt(integers, rows: rows, features: x.columns, plan: plan).serialized()
+            var now = ProcessInfo.processInfo.systemUptime
+            statistics.encryptSeconds += now - t
+            t = now
+            let response = try transport.multiply(module: name, direction: direction, request: request)
+            now = ProcessInfo.processInfo.systemUptime
+            statistics.serverSeconds += now - t
+            t = now
+            let product = try EncryptedProduct(serialized: response)
+            guard product.rows == rows, product.outputs == w.rows else {
+                throw EncryptedBackendError.failed(module: name, reason: "the server returned \(product.rows) × \(product.outputs) values for \(rows) × \(w.rows)")
+            }
+            acc = client.decrypt(product, plan: plan).map { Double($0) }
+            statistics.decryptSeconds += ProcessInfo.processInfo.systemUptime - t
+            statistics.calls += 1
+            statistics.inputValues += rows * x.columns
+            statistics.outputValues += rows * w.rows
+            statistics.bytesSent += request.count
+            statistics.bytesReceived += response.count
+            if !statistics.parameterSets.contains(plan.parameters.name) { statistics.parameterSets.append(plan.parameters.name) }
+            lastPlan = plan
+        } catch {
+            // Nothing falls back to clear computation: record the failure, return zeros, and let
+            // the step stop on it.
+            if failure == nil { failure = (error as? EncryptedBackendError) ?? .failed(module: name, reason: "\(error)") }
+            return [Float](repeating: 0, count: rows * w.rows)
+        }
+        return IntegerMatmul.finish(raw: &acc, x, w)
+    }
+}

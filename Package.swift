@@ -49,7 +49,7 @@ let package = Package(
         .target(
             name: "Notebook",
             dependencies: [
-                "CCmarkGFM", "Engine",
+                "CCmarkGFM", "Engine", "FHE",
                 .product(name: "Yams", package: "Yams"),
             ]),
 

@@ -171,17 +171,28 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
     let data = CausalLMData(examples: examples, options: CausalLMDataOptions(maxLength: 128), paddingTokenID: 0)
     let run = try LoRATrainingRun(model: model, adapter: adapter, data: data,
                                   settings: TrainingSettings(epochs: 1, batchSize: batch, learningRate: 2e-3, shuffle: false))
+    let plan = HybridPlan(scheme: QuantizationScheme(named: "DTok-SC", nBits: 8)!, remoteModules: model.linearModules.map(\.name))
     if CommandLine.arguments.contains("--disable") {  // every frozen layer in 8-bit DTok-SC integers
-        let plan = HybridPlan(scheme: QuantizationScheme(named: "DTok-SC", nBits: 8)!, remoteModules: model.linearModules.map(\.name))
         run.backend = try QuantizedLinearBackend(plan: plan, model: model)
     }
+    if CommandLine.arguments.contains("--execute") {  // the same integers, encrypted, in-process server
+        run.backend = try EncryptedLinearBackend(plan: plan, model: model, keyring: Keyring())
+    }
+    // Large batches: 1 warm-up and 2 timed steps (an encrypted 32×128 step takes minutes).
+    let (warmup, timed) = batch >= 16 ? (1, 2) : (3, 10)
     var times: [Double] = []
-    for k in 0..<13 {
+    for k in 0..<(warmup + timed) {
         let t = now()
         try run.step()
-        if k >= 3 { times.append(now() - t) }
+        if k >= warmup { times.append(now() - t) }
     }
-    print(String(format: "%.4f %.1f %d", median(times), peakRSSMB(), adapter.parameterCount))
+    var extra = ""
+    if let e = run.backend as? EncryptedLinearBackend {
+        let s = e.statistics, steps = Double(warmup + timed)
+        extra = String(format: " %.4f %.4f %.4f %.0f %.0f", s.encryptSeconds / steps, s.serverSeconds / steps, s.decryptSeconds / steps,
+                       Double(s.bytesSent) / steps, Double(s.bytesReceived) / steps)
+    }
+    print(String(format: "%.4f %.1f %d", median(times), peakRSSMB(), adapter.parameterCount) + extra)
     exit(0)
 }
 
@@ -351,6 +362,40 @@ if let float = rows.first(where: { $0.name.hasPrefix("GPT-2-shape LoRA train ste
     rows.append(Row(name: "GPT-2-shape LoRA train step 1×128, disable mode (8-bit DTok-SC)", value: f[0], unit: "s",
                     baselineName: "float (mode torch), this run", baseline: float, ratio: f[0] / float,
                     note: String(format: "peak RSS %.0f MB; Concrete ML's disable mode: 1.53 s (REFERENCE.md)", f[1])))
+}
+
+// 7. The encrypted product alone: (4096 tokens × 768)·(768 × 2304), 8-bit, against the float sgemm of that shape.
+if let (code, out) = try? runProcess(selfURL, ["--fhe-product", "4096", "768", "2304"], in: URL(fileURLWithPath: ".")), code == 0 {
+    let parts = out.split(separator: " ", maxSplits: 8).map(String.init)
+    let f = parts.prefix(8).compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    let planText = parts.count > 8 ? parts[8].trimmingCharacters(in: .whitespacesAndNewlines) : ""
+    let (sgemm, enc, server, dec) = (f[0], f[1], f[2], f[3])
+    rows.append(Row(name: "encrypted product, server, (4096×768)·(768×2304) 8-bit", value: server, unit: "s",
+                    baselineName: "float sgemm of the same shape, this run", baseline: sgemm, ratio: server / sgemm,
+                    note: "target ≤ 8×; \(planText)"))
+    rows.append(Row(name: "encrypted product, client encrypt + decrypt", value: enc + dec, unit: "s",
+                    baselineName: "float sgemm of the same shape, this run", baseline: sgemm, ratio: (enc + dec) / sgemm,
+                    note: String(format: "target ≤ 2×; encrypt %.3f s, decrypt %.3f s", enc, dec)))
+    rows.append(Row(name: "encrypted product, bytes per input value", value: f[4], unit: "B", note: "target ≤ 6 B"))
+    rows.append(Row(name: "encrypted product, bytes per output value", value: f[5], unit: "B", note: "target ≤ 10 B"))
+    rows.append(Row(name: "encrypted product, values checked against dgemm", value: f[6], unit: "values",
+                    note: String(format: "%.0f mismatches", f[7])))
+}
+
+// 8. GPT-2-shape training step with 4096 tokens (32×128) in `execute` mode, against float on the same batch.
+if ProcessInfo.processInfo.environment["NB_BENCH_EXECUTE"] != "0",
+   let (c1, floatOut) = try? runProcess(selfURL, ["--train-step", "gpt2", "32"], in: URL(fileURLWithPath: ".")), c1 == 0,
+   let (c2, execOut) = try? runProcess(selfURL, ["--train-step", "gpt2", "32", "--execute"], in: URL(fileURLWithPath: ".")), c2 == 0 {
+    let fl = floatOut.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    let ex = execOut.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    rows.append(Row(name: "GPT-2-shape LoRA train step 32×128 (4096 tokens), execute mode (encrypted, 8-bit DTok-SC)", value: ex[0], unit: "s",
+                    baselineName: "float (mode torch) on the same batch, this run", baseline: fl[0], ratio: ex[0] / fl[0],
+                    note: String(format: "target ≤ 10×; per step: encrypt %.1f s, server %.1f s, decrypt %.1f s, sent %.0f MB, received %.0f MB; peak RSS %.0f MB",
+                                 ex[3], ex[4], ex[5], ex[6] / 1e6, ex[7] / 1e6, ex[1])))
+    // Concrete ML's own figure: GPT-2 inference ≈ 300 s per token on CPU (REFERENCE.md).
+    let perToken = ex[0] / 4096
+    rows.append(Row(name: "execute training step, seconds per token (forward + backward)", value: perToken, unit: "s",
+                    baselineName: "Concrete ML GPT-2 inference per token (its figure)", baseline: 300, ratio: perToken / 300))
 }
 
 // Table and files.

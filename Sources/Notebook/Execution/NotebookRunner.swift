@@ -193,6 +193,7 @@ public final class NotebookRunner: @unchecked Sendable {
         var state = SessionState()
         state.parameters = parameters
         let session = Session(state: state)
+        session.keyDirectory = stateRoot.appendingPathComponent("keys", isDirectory: true)
         var failure: String?
         // The verified payload of the last reused snapshot: its state is decoded only if a
         // later cell has to run on it.

@@ -1,4 +1,5 @@
 import Engine
+import FHE
 import Foundation
 
 /// A data set the session has loaded: a reference to an immutable file and its digest.
@@ -76,6 +77,10 @@ public final class Session {
     private var loadedModels: [String: LoadedModel] = [:]
     fileprivate var loadedAdapters: [String: LoRAAdapter] = [:]
     fileprivate var backends: [HybridPlan: QuantizedLinearBackend] = [:]
+    fileprivate var encryptedBackends: [HybridPlan: EncryptedLinearBackend] = [:]
+    fileprivate var keyring: Keyring?
+    /// Where the client's secret key is kept (mode 0600); nil: in memory only.
+    public var keyDirectory: URL?
 
     public init(state: SessionState = SessionState()) {
         self.state = state
@@ -165,7 +170,8 @@ extension Session {
     }
 
     /// Where the frozen layers run in `mode`: nil for float on the client; the quantized
-    /// backend of the session's `compile_hybrid` plan for `disable`.
+    /// backend of the session's `compile_hybrid` plan for `disable`; for `execute`, the same
+    /// integers through encryption under the session's key and the in-process server.
     public func backend(for mode: ExecutionMode) throws -> LinearBackend? {
         switch mode {
         case .torch: return nil
@@ -176,7 +182,32 @@ extension Session {
             let backend = try QuantizedLinearBackend(plan: plan, model: model)
             backends[plan] = backend
             return backend
+        case .execute:
+            guard let plan = state.hybrid else { throw SessionError.noHybridPlan(mode.rawValue) }
+            if let cached = encryptedBackends[plan] { return cached }
+            let (_, model) = try trainableModel()
+            let backend = try EncryptedLinearBackend(plan: plan, model: model, keyring: try clientKeyring())
+            encryptedBackends[plan] = backend
+            return backend
         }
+    }
+
+    /// The client's keys: read from ``keyDirectory`` when an earlier run saved them, else made
+    /// once for this session (from the OS CSPRNG) and saved there with mode 0600.
+    public func clientKeyring() throws -> Keyring {
+        if let keyring { return keyring }
+        var made = Keyring()
+        if let dir = keyDirectory {
+            let url = dir.appendingPathComponent("secret.key")
+            if FileManager.default.fileExists(atPath: url.path) {
+                made = try Keyring.load(from: url)
+            } else {
+                _ = made.serialized(all: true)  // one key per parameter set, made now
+                try made.save(to: url)
+            }
+        }
+        keyring = made
+        return made
     }
 
     /// The session's model as a ``TrainableModel``.

@@ -90,6 +90,8 @@ public enum GenerateStep: Step {
         }
         let backend: LinearBackend?
         do { backend = try context.session.backend(for: p.mode) } catch { throw StepFailure(key: "mode", "\(error)") }
+        let statsAtStart = (backend as? EncryptedLinearBackend)?.statistics ?? FHEStatistics()
+        let generationStarted = Date()
         if let backend, let model = loaded.model as? TrainableModel {
             // The remote layers run quantized, through the training pass (no KV cache).
             var hooks = adapter?.hooks() ?? LinearHooks<Float>()
@@ -108,6 +110,7 @@ public enum GenerateStep: Step {
                              "\(tokens.count) (\(tokens.last.map(stops.contains) == true ? "stop token" : "max tokens"))",
                              Format.number(Double(tokens.count) / max(seconds, 1e-9), decimals: 1)])
                 progress.update(i + 1)
+                try FHEReport.check(backend)
             }
         } else if let adapter, let model = loaded.model as? TrainableModel {
             adapter.withMerged(into: model, generateAll)
@@ -116,7 +119,8 @@ public enum GenerateStep: Step {
         }
         progress.finish()
         var with = adapter == nil ? "" : " + LoRA adapter (\(context.session.state.adapter?.trainedSteps ?? 0) steps trained)"
-        if p.mode == .disable { with += ", remote layers quantized (\(context.session.state.hybrid?.scheme.description ?? ""))" }
+        if p.mode == .execute { with += ", remote layers encrypted" }
+        if p.mode != .torch { with += ", remote layers quantized (\(context.session.state.hybrid?.scheme.description ?? ""))" }
         context.emit(.table(OutputTable(title: "Generations with \(context.session.state.model?.name ?? "the model")\(with)",
                                         columns: ["prompt", "completion", "tokens", "tokens/s"], rows: rows)))
         context.emit(.metrics([
@@ -124,6 +128,10 @@ public enum GenerateStep: Step {
             Metric("tokens generated", String(generated)),
             Metric("decode speed", decodeSeconds > 0 ? "\(Format.number(Double(generated - p.prompts.count) / decodeSeconds, decimals: 1)) tokens/s" : "–"),
         ]))
+        if let encrypted = backend as? EncryptedLinearBackend {
+            FHEReport.emit(encrypted, stats: encrypted.statistics.since(statsAtStart), steps: max(generated, 1), stepName: "token",
+                           seconds: Date().timeIntervalSince(generationStarted), context: context)
+        }
     }
 }
 

@@ -7,6 +7,9 @@ public enum ExecutionMode: String, Codable, CaseIterable, Sendable {
     case torch
     /// The remote layers' products in quantized integers, in clear (`compile_hybrid`'s scheme).
     case disable
+    /// The same integers, encrypted under the client's key and multiplied by the in-process
+    /// server (token-packed GLWE); decrypted and finished on the client.
+    case execute
 }
 
 /// How a step turns a loaded data set into training rows: the keys `max_length` and `padding`.
@@ -221,6 +224,14 @@ public enum TrainStep: Step {
 
         let progress = context.progress("train", total: run.totalSteps)
         progress.update(run.position.step)
+        let encrypted = run.backend as? EncryptedLinearBackend
+        let statsAtStart = encrypted?.statistics ?? FHEStatistics()
+        let firstStep = run.position.step
+        let started = ProcessInfo.processInfo.systemUptime
+        func emitEncrypted() {
+            FHEReport.emit(run.backend, stats: (encrypted?.statistics ?? FHEStatistics()).since(statsAtStart), steps: run.position.step - firstStep,
+                           stepName: "step", seconds: ProcessInfo.processInfo.systemUptime - started, context: context)
+        }
         while !run.isFinished {
             let record: TrainingStepRecord
             do {
@@ -232,6 +243,11 @@ public enum TrainStep: Step {
                 let key: String? = { if case .nonFiniteLoss = error { return "learning_rate" }; if case .nonFiniteGradient = error { return "learning_rate" }; return nil }()
                 emitSummary(run, resumedAt: resumedAt, samples: samples, context: context)
                 throw StepFailure(key: key, "\(error.description); \(kept)")
+            }
+            do { try FHEReport.check(run.backend) } catch {
+                progress.finish()
+                emitSummary(run, resumedAt: resumedAt, samples: samples, context: context)
+                throw error
             }
             let step = run.position.step
             progress.update(step, metrics: String(format: "loss %.4f  lr %.2e  %.0f tok/s", record.loss, record.learningRate,
@@ -247,6 +263,7 @@ public enum TrainStep: Step {
         progress.finish()
         try context.session.register(adapter, in: context.adapterStore, trainedSteps: reference.trainedSteps + run.totalSteps, origin: "train")
         emitSummary(run, resumedAt: resumedAt, samples: samples, context: context)
+        emitEncrypted()
         // The trained adapter is in the session (and its snapshot): the checkpoint is done.
         try? FileManager.default.removeItem(at: checkpoints)
     }
@@ -341,6 +358,7 @@ public enum EvaluateStep: Step {
         do { backend = try context.session.backend(for: p.mode) } catch { throw StepFailure(key: "mode", "\(error)") }
         let progress = context.progress("evaluate", total: data.batchesPerEpoch(batchSize: p.batchSize))
         let started = Date()
+        let statsAtStart = (backend as? EncryptedLinearBackend)?.statistics ?? FHEStatistics()
         let result: EvaluationResult
         do {
             result = try LoRATrainingRun.evaluate(model: model, adapter: adapter, data: data, batchSize: p.batchSize, backend: backend) { done, _ in progress.update(done) }
@@ -348,6 +366,7 @@ public enum EvaluateStep: Step {
             throw StepFailure(key: "data", error.description)
         }
         progress.finish()
+        try FHEReport.check(backend)
         let what = adapter == nil ? "base model" : "with the adapter (\(context.session.state.adapter?.trainedSteps ?? 0) steps trained)"
         context.emit(.metrics([
             Metric("data", "\(p.data) (\(result.examples) examples)"),
@@ -355,8 +374,12 @@ public enum EvaluateStep: Step {
             Metric("loss", Format.number(result.loss, decimals: 4)),
             Metric("perplexity", Format.number(result.perplexity, decimals: 3)),
             Metric("tokens scored", Format.integer(result.tokens)),
-            Metric("mode", p.mode == .torch ? "torch (float)" : "disable (\(context.session.state.hybrid?.scheme.description ?? ""))"),
+            Metric("mode", p.mode == .torch ? "torch (float)" : "\(p.mode.rawValue) (\(context.session.state.hybrid?.scheme.description ?? ""))"),
             Metric("time", Format.duration(Date().timeIntervalSince(started))),
         ]))
+        if let encrypted = backend as? EncryptedLinearBackend {
+            FHEReport.emit(encrypted, stats: encrypted.statistics.since(statsAtStart), steps: data.batchesPerEpoch(batchSize: p.batchSize),
+                           stepName: "batch", seconds: Date().timeIntervalSince(started), context: context)
+        }
     }
 }

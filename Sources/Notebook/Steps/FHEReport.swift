@@ -1,0 +1,52 @@
+import Engine
+import FHE
+import Foundation
+
+/// The report of an encrypted run: parameters and their security, bytes on the wire and
+/// where the time went.
+enum FHEReport {
+    static func bytes(_ n: Double) -> String {
+        if n >= 1e9 { return String(format: "%.2f GB", n / 1e9) }
+        if n >= 1e6 { return String(format: "%.1f MB", n / 1e6) }
+        if n >= 1e3 { return String(format: "%.1f kB", n / 1e3) }
+        return String(format: "%.0f B", n)
+    }
+
+    /// Stops the step when an encrypted call failed (nothing falls back to clear computation).
+    static func check(_ backend: LinearBackend?) throws {
+        if let b = backend as? EncryptedLinearBackend, let failure = b.failure { throw StepFailure(key: "mode", failure.description) }
+    }
+
+    /// `stats`: the counters of this cell; `steps`: optimizer steps (or passes) they cover;
+    /// `seconds`: the cell's wall time over those steps (for the clear work's share).
+    static func emit(_ backend: LinearBackend?, stats: FHEStatistics, steps: Int, stepName: String, seconds: Double, context: StepContext) {
+        guard let b = backend as? EncryptedLinearBackend, stats.calls > 0 else { return }
+        let perStep = 1 / Double(max(steps, 1))
+        let fhe = stats.encryptSeconds + stats.serverSeconds + stats.decryptSeconds
+        let clear = max(0, seconds - fhe)
+        func share(_ x: Double) -> String { seconds > 0 ? String(format: "%@ (%.0f %%)", Format.duration(x * perStep), 100 * x / seconds) : "–" }
+        context.emit(.metrics([
+            Metric("encrypted products", Format.integer(stats.calls)),
+            Metric("sent per \(stepName)", bytes(Double(stats.bytesSent) * perStep)),
+            Metric("received per \(stepName)", bytes(Double(stats.bytesReceived) * perStep)),
+            Metric("bytes per input value", String(format: "%.2f", Double(stats.bytesSent) / Double(max(stats.inputValues, 1)))),
+            Metric("bytes per output value", String(format: "%.2f", Double(stats.bytesReceived) / Double(max(stats.outputValues, 1)))),
+        ]))
+        context.emit(.table(OutputTable(
+            title: "Time per \(stepName), encrypted mode",
+            columns: ["client encrypt", "server product", "client decrypt", "clear work (client)", "total"],
+            rows: [[share(stats.encryptSeconds), share(stats.serverSeconds), share(stats.decryptSeconds), share(clear),
+                    Format.duration(seconds * perStep)]])))
+        var lines: [String] = []
+        for name in stats.parameterSets {
+            if let p = FHEParameters.all.first(where: { $0.name == name }) { lines.append(p.description) }
+        }
+        if let plan = b.lastPlan {
+            lines.append("Last call: \(plan.description). Each call's plan keeps the failure probability per value at or below 2^-64 "
+                + "(formula: the noise's variance from σ, the rounding steps and the weights' largest row norm).")
+        }
+        lines.append("The server saw only ciphertexts: seeds, rounded bodies and the products' masks and bodies; "
+            + "the secret key (mode 0600 under the notebook's state directory) never left the client.")
+        context.emit(.text(lines.joined(separator: "\n")))
+    }
+}

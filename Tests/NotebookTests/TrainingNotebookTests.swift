@@ -129,6 +129,57 @@ import Testing
         }
     }
 
+    /// `mode: execute` on SmolLM2 with four remote modules: training gives the same losses as
+    /// `disable` (same integers), the report states the parameters, security, bytes and time
+    /// split, and the secret key is saved with mode 0600 and nowhere in the report.
+    @Test func executeModeTrainsLikeDisable() throws {
+        func report(_ mode: String) throws -> (String, Workspace) {
+            let w = try Self.workspace(Self.notebook(train: Self.train + "\nmode: \(mode)") + """
+            ```nb generate id=gen
+            prompts: ["What is FHE?"]
+            max_tokens: 2
+            qa: true
+            mode: \(mode)
+            ```
+
+            """)
+            var text = try String(contentsOf: w.root.appendingPathComponent("nb.md"), encoding: .utf8)
+            text = text.replacingOccurrences(of: "```nb train id=train", with: """
+            ```nb compile_hybrid id=hybrid
+            scheme: DTok-SC
+            n_bits: 8
+            include: [model.layers.0.self_attn.q_proj, model.layers.0.self_attn.v_proj, model.layers.0.mlp.down_proj, model.layers.1.mlp.up_proj]
+            calibration: {batches: 1, batch_size: 2, max_length: 32}
+            ```
+
+            ```nb train id=train
+            """)
+            try w.write("nb.md", text)
+            let result = try Self.run(w)
+            #expect(result.code == 0, "\(result.stderr)")
+            return (try w.read("outputs/nb.html"), w)
+        }
+        let (execute, w) = try report("execute")
+        let (disable, _) = try report("disable")
+        func metric(_ html: String, _ name: String) -> String? {
+            guard let r = html.range(of: "<span class=\"metric-name\">\(name)</span><span class=\"metric-value\">") else { return nil }
+            return String(html[r.upperBound...].prefix { $0 != "<" })
+        }
+        for name in ["first loss", "final loss"] {
+            #expect(metric(execute, name) != nil && metric(execute, name) == metric(disable, name), "\(name): \(metric(execute, name) ?? "-") vs \(metric(disable, name) ?? "-")")
+        }
+        for fact in ["nb-glwe-2048", "≥ 128-bit security", "2^-64", "client encrypt", "server product", "client decrypt", "sent per step",
+                     "remote layers encrypted"] {
+            #expect(execute.contains(fact), "report lacks \(fact)")
+        }
+        let key = w.root.appendingPathComponent("outputs/.nb/nb/keys/secret.key")
+        let mode = (try FileManager.default.attributesOfItem(atPath: key.path)[.posixPermissions] as! NSNumber).intValue
+        #expect(mode == 0o600)
+        let keyBytes = try Data(contentsOf: key)
+        #expect(keyBytes.count > 4096)
+        #expect(!execute.contains(keyBytes.base64EncodedString().prefix(64)))
+    }
+
     /// compile_hybrid, weights_report and the quantized `disable` mode on SmolLM2: the
     /// evaluation loss in 16-bit DTok-SC is within 1 % of float's, and 8-bit stays close.
     @Test func hybridDisableModeTrainsAndEvaluates() throws {

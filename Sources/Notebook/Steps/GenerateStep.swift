@@ -119,8 +119,7 @@ public enum GenerateStep: Step {
         }
         progress.finish()
         var with = adapter == nil ? "" : " + LoRA adapter (\(context.session.state.adapter?.trainedSteps ?? 0) steps trained)"
-        if p.mode == .execute { with += ", remote layers encrypted" }
-        if p.mode != .torch { with += ", remote layers quantized (\(context.session.state.hybrid?.scheme.description ?? ""))" }
+        if p.mode != .torch { with += ", remote layers \(p.mode == .execute ? "encrypted" : "quantized") (\(context.session.state.hybrid?.scheme.description ?? ""))" }
         context.emit(.table(OutputTable(title: "Generations with \(context.session.state.model?.name ?? "the model")\(with)",
                                         columns: ["prompt", "completion", "tokens", "tokens/s"], rows: rows)))
         context.emit(.metrics([

@@ -67,7 +67,7 @@ let package = Package(
 
         .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine"],
                     exclude: ["Support/png_stats.py"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "FHETests", dependencies: ["FHE", "CFHEKernels"]),
+        .testTarget(name: "FHETests", dependencies: ["FHE", "CFHEKernels", "COpenBLAS"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CKernels"], resources: [.copy("Fixtures")]),
     ]
 )

@@ -60,9 +60,9 @@ public final class FHEClient: @unchecked Sendable {
                         var a = [UInt64](repeating: 0, count: n), product = a
                         // Noise for this thread's ciphertexts: rounded Gaussian from OS random words.
                         let samples = range.count * rows + 1
-                        var words = [UInt64](repeating: 0, count: samples & ~1 + 2), noise = [Int64](repeating: 0, count: words.count)
+                        var noise = [Int64](repeating: 0, count: samples & ~1 + 2), words = [UInt64](repeating: 0, count: noise.count / 2)
                         words.withUnsafeMutableBufferPointer { SystemRandom.fill(words: $0) }
-                        nb_fhe_gaussian(words, words.count, sigma, &noise)
+                        nb_fhe_gaussian(words, noise.count, sigma, &noise)
                         for i in range {
                             for g in 0..<groups {
                                 a.withUnsafeMutableBufferPointer { expander.expand(group: g, feature: i, into: $0) }

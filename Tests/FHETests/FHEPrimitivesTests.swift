@@ -140,7 +140,7 @@ final class FHEPrimitivesTests: XCTestCase {
     /// Rounded Gaussian noise: mean 0 and the requested σ (within sampling error).
     func testGaussianNoiseStatistics() {
         let n = 200_000
-        var words = [UInt64](repeating: 0, count: n)
+        var words = [UInt64](repeating: 0, count: n / 2)
         words.withUnsafeMutableBufferPointer { SystemRandom.fill(words: $0) }
         var out = [Int64](repeating: 0, count: n)
         nb_fhe_gaussian(words, n, 3.2, &out)
@@ -148,6 +148,11 @@ final class FHEPrimitivesTests: XCTestCase {
         let variance = out.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(n)
         XCTAssertEqual(mean, 0, accuracy: 0.05)
         XCTAssertEqual(variance, 3.2 * 3.2 + 1.0 / 12, accuracy: 0.15)
+        // Large σ: the rounded samples' spread and the 6.66 σ cut.
+        nb_fhe_gaussian(words, n, 65536, &out)
+        let sd = (out.reduce(0.0) { $0 + Double($1) * Double($1) } / Double(n)).squareRoot()
+        XCTAssertEqual(sd / 65536, 1, accuracy: 0.01)
+        XCTAssertLessThanOrEqual(out.map { abs(Double($0)) }.max()!, 6.67 * 65536)
     }
 
     func testSecretKeysAreTernaryFreshAndSavedPrivately() throws {

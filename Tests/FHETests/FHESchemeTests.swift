@@ -1,3 +1,4 @@
+import COpenBLAS
 import XCTest
 
 @testable import FHE
@@ -63,6 +64,24 @@ final class FHESchemeTests: XCTestCase {
             let (yt, _, _) = try roundTrip(client, g, rows: c.rows, wt, maxAbsInput: maxAbs)
             XCTAssertEqual(yt, clearProduct(g, rows: c.rows, wt), "\(c.bits)-bit backward")
         }
+    }
+
+    /// More than 10^7 output values of one GPT-2-sized product, (4096 × 768)·(768 × 2560) with
+    /// random 8-bit inputs and weights, every one equal to the exact product (dgemm on
+    /// integer-valued doubles, exact below 2^53).
+    func testTenMillionProductsWithoutAFailure() throws {
+        var rng = TestRNG(state: 13)
+        let (rows, k, o) = (4096, 768, 2560)
+        let x = randomMatrix(rows * k, 0, 255, &rng)
+        let wv = randomMatrix(o * k, -127, 127, &rng)
+        let w = try ServerWeights(outputs: o, inputs: k) { Int(wv[$0 * k + $1]) }
+        let (y, plan, _) = try roundTrip(FHEClient(), x, rows: rows, w, maxAbsInput: 255)
+        let xd = x.map(Double.init), wd = wv.map(Double.init)
+        var exact = [Double](repeating: 0, count: rows * o)
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(rows), blasint(o), blasint(k), 1, xd, blasint(k), wd, blasint(k), 0, &exact, blasint(o))
+        XCTAssertGreaterThanOrEqual(y.count, 10_000_000)
+        let failures = zip(y, exact).reduce(0) { $0 + (Double($1.0) == $1.1 ? 0 : 1) }
+        XCTAssertEqual(failures, 0, "\(failures) of \(y.count) values differ with \(plan)")
     }
 
     /// The measured standard deviation of E = (b' − a'·s) − Δ·m is within 10 % of the formula,

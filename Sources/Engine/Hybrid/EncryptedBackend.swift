@@ -162,18 +162,20 @@ public final class EncryptedLinearBackend: LinearBackend {
     }
 
     public func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool {
-        guard let l = quantized.layers[layer.name], let info = infos[layer.name]?.forward else { return false }
-        let xq = quantized.quantizedInput(l, layer, x)
-        let product = encryptedProduct(layer.name, .forward, xq, l.forward, info)
-        _ = y.update(fromContentsOf: product)
-        return true
+        run(layer, .forward, input: x, output: y)
     }
 
     public func backward(_ layer: LinearLayer, dY: UnsafeBufferPointer<Float>, dX: UnsafeMutableBufferPointer<Float>) -> Bool {
-        guard let l = quantized.layers[layer.name], let info = infos[layer.name]?.backward else { return false }
-        let gq = quantized.quantizedGradient(l, layer, dY)
-        let product = encryptedProduct(layer.name, .backward, gq, l.backward, info)
-        _ = dX.update(fromContentsOf: product)
+        run(layer, .backward, input: dY, output: dX)
+    }
+
+    private func run(_ layer: LinearLayer, _ direction: ProductDirection, input: UnsafeBufferPointer<Float>,
+                     output: UnsafeMutableBufferPointer<Float>) -> Bool {
+        guard let l = quantized.layers[layer.name], let info = infos[layer.name] else { return false }
+        let forward = direction == .forward
+        let q = forward ? quantized.quantizedInput(l, layer, input) : quantized.quantizedGradient(l, layer, input)
+        let product = encryptedProduct(layer.name, direction, q, forward ? l.forward : l.backward, forward ? info.forward : info.backward)
+        _ = output.update(fromContentsOf: product)
         return true
     }
 

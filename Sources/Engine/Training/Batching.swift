@@ -76,6 +76,26 @@ public struct CausalLMBatch: Equatable, Sendable {
     public var lengths: [Int]
     /// (B) which examples (indices into ``CausalLMData/examples``) the rows hold.
     public var exampleIndices: [Int]
+
+    /// The rows of `batches` one after another, each right-padded to the longest row length
+    /// (tokens with `paddingTokenID`, labels with the ignore index): the micro-batches of one
+    /// optimizer step as one batch. Attention is causal and padding comes last, so each
+    /// row's real tokens compute what they did in their own batch.
+    public static func concatenating(_ batches: [CausalLMBatch], paddingTokenID: Int) -> CausalLMBatch {
+        let length = batches.map(\.rowLength).max() ?? 0
+        var out = CausalLMBatch(rowCount: 0, rowLength: length, tokens: [], labels: [], lengths: [], exampleIndices: [])
+        for b in batches {
+            for r in 0..<b.rowCount {
+                let row = r * b.rowLength, pad = length - b.rowLength
+                out.tokens += b.tokens[row..<(row + b.rowLength)] + [Int](repeating: paddingTokenID, count: pad)
+                out.labels += b.labels[row..<(row + b.rowLength)] + [Int](repeating: Layers.ignoreIndex, count: pad)
+            }
+            out.rowCount += b.rowCount
+            out.lengths += b.lengths
+            out.exampleIndices += b.exampleIndices
+        }
+        return out
+    }
 }
 
 /// Training rows for a causal language model, built from a ``Dataset`` and a tokenizer.

@@ -16,13 +16,34 @@ public struct TrainingSettings: Codable, Equatable, Sendable {
     /// Shuffling of each epoch (the adapter's dropout has its own seed, in its config).
     public var seed: UInt64
     public var shuffle: Bool
+    /// Run the micro-batches of a step as one batch (rows padded to the longest, each
+    /// micro-batch's loss normalized on its own): the same loss, one call per layer per step,
+    /// so an encrypted backend fills its ciphertexts. The dropout masks are drawn in another
+    /// order than with separate micro-batches, so the numbers differ from theirs in the last bits.
+    public var fuseMicroBatches: Bool
 
     public init(epochs: Int, batchSize: Int, gradientAccumulation: Int = 1, learningRate: Double,
                 schedule: LearningRateSchedule.Kind = .linear, warmupSteps: Int = 0, weightDecay: Double = 0.01,
-                maxGradientNorm: Double? = nil, seed: UInt64 = 0, shuffle: Bool = true) {
+                maxGradientNorm: Double? = nil, seed: UInt64 = 0, shuffle: Bool = true, fuseMicroBatches: Bool = false) {
         (self.epochs, self.batchSize, self.gradientAccumulation, self.learningRate) = (epochs, batchSize, gradientAccumulation, learningRate)
         (self.schedule, self.warmupSteps, self.weightDecay, self.maxGradientNorm) = (schedule, warmupSteps, weightDecay, maxGradientNorm)
-        (self.seed, self.shuffle) = (seed, shuffle)
+        (self.seed, self.shuffle, self.fuseMicroBatches) = (seed, shuffle, fuseMicroBatches)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case epochs, batchSize, gradientAccumulation, learningRate, schedule, warmupSteps, weightDecay, maxGradientNorm, seed, shuffle
+        case fuseMicroBatches
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(epochs: try c.decode(Int.self, forKey: .epochs), batchSize: try c.decode(Int.self, forKey: .batchSize),
+                  gradientAccumulation: try c.decode(Int.self, forKey: .gradientAccumulation),
+                  learningRate: try c.decode(Double.self, forKey: .learningRate),
+                  schedule: try c.decode(LearningRateSchedule.Kind.self, forKey: .schedule), warmupSteps: try c.decode(Int.self, forKey: .warmupSteps),
+                  weightDecay: try c.decode(Double.self, forKey: .weightDecay), maxGradientNorm: try c.decodeIfPresent(Double.self, forKey: .maxGradientNorm),
+                  seed: try c.decode(UInt64.self, forKey: .seed), shuffle: try c.decode(Bool.self, forKey: .shuffle),
+                  fuseMicroBatches: try c.decodeIfPresent(Bool.self, forKey: .fuseMicroBatches) ?? false)
     }
 }
 
@@ -161,7 +182,19 @@ public final class LoRATrainingRun {
         adapter.zeroGradients()
         var lossSum: Float = 0
         var tokens = 0
-        for batch in batches {
+        if settings.fuseMicroBatches && batches.count > 1 {
+            let fused = CausalLMBatch.concatenating(batches, paddingTokenID: data.paddingTokenID)
+            // Each micro-batch's mean over its counted tokens, divided by the micro-batch count.
+            let segments = batches.map { b in
+                let counted = b.shiftedTargets.reduce(0) { $0 + ($1 == Layers.ignoreIndex ? 0 : 1) }
+                return LossSegment(countedRows: counted, normalizer: counted * batches.count)
+            }
+            let loss = model.trainingLoss(tokens: fused.tokens, batchSize: fused.rowCount, targets: fused.shiftedTargets, hooks: hooks,
+                                          segments: segments, backward: true)
+            lossSum = loss * Float(batches.count)
+            tokens = fused.realTokenCount
+        }
+        for batch in batches where !(settings.fuseMicroBatches && batches.count > 1) {
             let targets = batch.shiftedTargets
             let counted = targets.reduce(0) { $0 + ($1 == Layers.ignoreIndex ? 0 : 1) }
             // (loss / k).backward(): the micro-batch mean divided by the micro-batch count.

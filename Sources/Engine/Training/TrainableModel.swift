@@ -24,12 +24,35 @@ public protocol TrainableModel: LanguageModel {
     /// - Returns: the loss as normalized.
     func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
                       normalizer: Int?, backward: Bool) -> Float
+
+    /// The same with the counted rows in consecutive segments, each normalized on its own;
+    /// the loss is the sum over segments (the micro-batches of one step run as one batch).
+    func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
+                      segments: [LossSegment], backward: Bool) -> Float
+}
+
+/// Consecutive counted rows (targets not ignored, in row order) whose losses add up and are
+/// divided by `normalizer`.
+public struct LossSegment: Equatable, Sendable {
+    public var countedRows: Int
+    public var normalizer: Int
+    public init(countedRows: Int, normalizer: Int) { (self.countedRows, self.normalizer) = (countedRows, normalizer) }
 }
 
 extension GPT2Model: TrainableModel {
     public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
                              normalizer: Int?, backward: Bool) -> Float {
-        TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, normalizer: normalizer, backward: backward,
+        trainingLoss(tokens: tokens, batchSize: batchSize, targets: targets, hooks: hooks, segments: nil, normalizer: normalizer, backward: backward)
+    }
+
+    public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
+                             segments: [LossSegment], backward: Bool) -> Float {
+        trainingLoss(tokens: tokens, batchSize: batchSize, targets: targets, hooks: hooks, segments: segments, normalizer: nil, backward: backward)
+    }
+
+    func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
+                      segments: [LossSegment]?, normalizer: Int?, backward: Bool) -> Float {
+        TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, segments: segments, normalizer: normalizer, backward: backward,
                          forward: { forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: $0) },
                          logits: \.logits,
                          backwardPass: { _ = self.backward($1, activations: $0, hooks: hooks, keepLinearGradients: false) })
@@ -39,7 +62,17 @@ extension GPT2Model: TrainableModel {
 extension LlamaModel: TrainableModel {
     public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
                              normalizer: Int?, backward: Bool) -> Float {
-        TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, normalizer: normalizer, backward: backward,
+        trainingLoss(tokens: tokens, batchSize: batchSize, targets: targets, hooks: hooks, segments: nil, normalizer: normalizer, backward: backward)
+    }
+
+    public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
+                             segments: [LossSegment], backward: Bool) -> Float {
+        trainingLoss(tokens: tokens, batchSize: batchSize, targets: targets, hooks: hooks, segments: segments, normalizer: nil, backward: backward)
+    }
+
+    func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
+                      segments: [LossSegment]?, normalizer: Int?, backward: Bool) -> Float {
+        TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, segments: segments, normalizer: normalizer, backward: backward,
                          forward: { forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: $0) },
                          logits: \.logits,
                          backwardPass: { _ = self.backward($1, activations: $0, hooks: hooks, keepLinearGradients: false) })
@@ -49,14 +82,38 @@ extension LlamaModel: TrainableModel {
 enum TrainingLoss {
     /// The loss of one batch for either model: the forward with logits only for the
     /// counted rows, the cross-entropy, and the backward from dLogits when asked.
-    static func run<Activations>(targets: [Int], vocabularySize: Int, normalizer: Int?, backward: Bool,
+    static func run<Activations>(targets: [Int], vocabularySize: Int, segments: [LossSegment]? = nil, normalizer: Int?, backward: Bool,
                                  forward: ([Int]) -> Activations, logits: KeyPath<Activations, [Float]>,
                                  backwardPass: (Activations, [Float]) -> Void) -> Float {
         let rows = countedRows(targets)
         if rows.isEmpty { return 0 }  // nothing to learn from: no logits, no gradient
         let activations = forward(rows)
-        let (loss, dLogits) = crossEntropy(activations[keyPath: logits], targets: rows.map { targets[$0] },
-                                           vocabularySize: vocabularySize, normalizer: normalizer ?? rows.count, backward: backward)
+        let compact = rows.map { targets[$0] }
+        guard let segments else {
+            let (loss, dLogits) = crossEntropy(activations[keyPath: logits], targets: compact,
+                                               vocabularySize: vocabularySize, normalizer: normalizer ?? rows.count, backward: backward)
+            if let dLogits { backwardPass(activations, dLogits) }
+            return loss
+        }
+        precondition(segments.reduce(0) { $0 + $1.countedRows } == rows.count, "segments cover \(segments.reduce(0) { $0 + $1.countedRows }) of \(rows.count) counted rows")
+        let V = vocabularySize, all = activations[keyPath: logits]
+        var dLogits: [Float]? = backward ? [Float](repeating: 0, count: rows.count * V) : nil
+        var loss: Float = 0, start = 0
+        for s in segments where s.countedRows > 0 {
+            let part = Array(compact[start..<(start + s.countedRows)])
+            all.withUnsafeBufferPointer { z in
+                if dLogits != nil {
+                    dLogits!.withUnsafeMutableBufferPointer { d in
+                        loss += Layers.crossEntropy(logits: z.baseAddress! + start * V, targets: part, dLogits: d.baseAddress! + start * V,
+                                                    rows: s.countedRows, vocabularySize: V, normalizer: s.normalizer)
+                    }
+                } else {
+                    loss += Layers.crossEntropy(logits: z.baseAddress! + start * V, targets: part, dLogits: nil, rows: s.countedRows,
+                                                vocabularySize: V, normalizer: s.normalizer)
+                }
+            }
+            start += s.countedRows
+        }
         if let dLogits { backwardPass(activations, dLogits) }
         return loss
     }

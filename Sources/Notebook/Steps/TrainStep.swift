@@ -158,7 +158,9 @@ public enum TrainStep: Step {
         let settings = TrainingSettings(
             epochs: p.epochs, batchSize: p.batchSize, gradientAccumulation: p.gradientAccumulation, learningRate: p.learningRate,
             schedule: p.schedule, warmupSteps: p.warmupSteps, weightDecay: p.weightDecay, maxGradientNorm: p.maxGradNorm,
-            seed: UInt64(p.seed), shuffle: p.shuffle)
+            seed: UInt64(p.seed), shuffle: p.shuffle,
+            // Quantized modes: one call per remote layer per step (an encrypted call fills its ciphertexts).
+            fuseMicroBatches: p.mode != .torch)
         let run: LoRATrainingRun
         do { run = try LoRATrainingRun(model: model, adapter: adapter, data: data, settings: settings) } catch {
             switch error {

@@ -127,6 +127,8 @@ public final class EncryptedLinearBackend: LinearBackend {
     public private(set) var statistics = FHEStatistics()
     /// The plan of the most recent call (for reports).
     public private(set) var lastPlan: CallPlan?
+    /// Real-token rows of the current pass (padding rows are not sent).
+    private var realRows: [Bool]?
     /// The first failure of a call (the training pass cannot throw through the backend; the
     /// step checks this after each pass).
     public private(set) var failure: EncryptedBackendError?
@@ -169,13 +171,38 @@ public final class EncryptedLinearBackend: LinearBackend {
         run(layer, .backward, input: dY, output: dX)
     }
 
+    public func setRealRows(_ rows: [Bool]?) { realRows = rows }
+
     private func run(_ layer: LinearLayer, _ direction: ProductDirection, input: UnsafeBufferPointer<Float>,
                      output: UnsafeMutableBufferPointer<Float>) -> Bool {
         guard let l = quantized.layers[layer.name], let info = infos[layer.name] else { return false }
         let forward = direction == .forward
-        let q = forward ? quantized.quantizedInput(l, layer, input) : quantized.quantizedGradient(l, layer, input)
-        let product = encryptedProduct(layer.name, direction, q, forward ? l.forward : l.backward, forward ? info.forward : info.backward)
-        _ = output.update(fromContentsOf: product)
+        let (inWidth, outWidth) = forward ? (layer.inFeatures, layer.outFeatures) : (layer.outFeatures, layer.inFeatures)
+        let rows = input.count / inWidth
+        // Padding rows are not sent when the quantization is per row or static (a per-tensor
+        // dynamic range would see them): their results stay zero, which no real token reads.
+        var keep: [Int]?
+        if let mask = realRows, mask.count == rows, quantized.plan.scheme.activations != .dynamicPerTensor, mask.contains(false) {
+            keep = mask.indices.filter { mask[$0] }
+        }
+        func product(_ x: UnsafeBufferPointer<Float>) -> [Float] {
+            let q = forward ? quantized.quantizedInput(l, layer, x) : quantized.quantizedGradient(l, layer, x)
+            return encryptedProduct(layer.name, direction, q, forward ? l.forward : l.backward, forward ? info.forward : info.backward)
+        }
+        guard let keep else {
+            _ = output.update(fromContentsOf: product(input))
+            return true
+        }
+        output.update(repeating: 0)
+        guard !keep.isEmpty else { return true }
+        var compact = [Float](repeating: 0, count: keep.count * inWidth)
+        for (i, r) in keep.enumerated() {
+            for c in 0..<inWidth { compact[i * inWidth + c] = input[r * inWidth + c] }
+        }
+        let y = compact.withUnsafeBufferPointer { product($0) }
+        for (i, r) in keep.enumerated() {
+            for c in 0..<outWidth { output[r * outWidth + c] = y[i * outWidth + c] }
+        }
         return true
     }
 

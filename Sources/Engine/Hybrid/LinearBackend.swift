@@ -12,6 +12,21 @@ public protocol LinearBackend: AnyObject {
     func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool
     /// dX (N, in) = dY (N, out)·W for `layer`; false when this backend does not run it.
     func backward(_ layer: LinearLayer, dY: UnsafeBufferPointer<Float>, dX: UnsafeMutableBufferPointer<Float>) -> Bool
+    /// Which rows of the coming passes hold real tokens (nil: all). With causal attention and
+    /// right padding, a padding row's products reach no real token and its gradients are
+    /// zero, so a backend may skip those rows (returning zeros there).
+    func setRealRows(_ rows: [Bool]?)
+}
+
+extension LinearBackend {
+    public func setRealRows(_ rows: [Bool]?) {}
+}
+
+extension CausalLMBatch {
+    /// (B·T) whether each position holds a token before the row's padding.
+    public var realRows: [Bool] {
+        (0..<(rowCount * rowLength)).map { $0 % rowLength < lengths[$0 / rowLength] }
+    }
 }
 
 /// The observed range of a remote layer's inputs and output gradients (static quantization).

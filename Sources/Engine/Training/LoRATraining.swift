@@ -189,6 +189,8 @@ public final class LoRATrainingRun {
                 let counted = b.shiftedTargets.reduce(0) { $0 + ($1 == Layers.ignoreIndex ? 0 : 1) }
                 return LossSegment(countedRows: counted, normalizer: counted * batches.count)
             }
+            backend?.setRealRows(fused.realRows)
+            defer { backend?.setRealRows(nil) }
             let loss = model.trainingLoss(tokens: fused.tokens, batchSize: fused.rowCount, targets: fused.shiftedTargets, hooks: hooks,
                                           segments: segments, backward: true)
             lossSum = loss * Float(batches.count)
@@ -198,6 +200,8 @@ public final class LoRATrainingRun {
             let targets = batch.shiftedTargets
             let counted = targets.reduce(0) { $0 + ($1 == Layers.ignoreIndex ? 0 : 1) }
             // (loss / k).backward(): the micro-batch mean divided by the micro-batch count.
+            backend?.setRealRows(batch.realRows)
+            defer { backend?.setRealRows(nil) }
             let scaled = model.trainingLoss(tokens: batch.tokens, batchSize: batch.rowCount, targets: targets, hooks: hooks,
                                             normalizer: counted * batches.count, backward: true)
             lossSum += scaled * Float(batches.count)
@@ -336,6 +340,8 @@ extension LoRATrainingRun {
             let targets = batch.shiftedTargets
             let n = targets.reduce(0) { $0 + ($1 == Layers.ignoreIndex ? 0 : 1) }
             // normalizer 1: the sum of the token losses.
+            backend?.setRealRows(batch.realRows)
+            defer { backend?.setRealRows(nil) }
             sum += Double(model.trainingLoss(tokens: batch.tokens, batchSize: batch.rowCount, targets: targets, hooks: hooks,
                                              normalizer: 1, backward: false))
             counted += n

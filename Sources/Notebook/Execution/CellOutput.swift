@@ -53,4 +53,7 @@ public enum Format {
     }
 
     public static func number(_ x: Double, decimals: Int = 2) -> String { String(format: "%.\(decimals)f", x) }
+
+    /// A rate with one decimal, or three significant digits below 1 (encrypted decoding: 0.0497).
+    public static func rate(_ x: Double) -> String { x >= 1 || x == 0 ? number(x, decimals: 1) : String(format: "%.3g", x) }
 }

@@ -108,7 +108,7 @@ public enum GenerateStep: Step {
                 decodeSeconds += seconds
                 rows.append([prompt, loaded.tokenizer.decode(tokens.filter { !stops.contains($0) }),
                              "\(tokens.count) (\(tokens.last.map(stops.contains) == true ? "stop token" : "max tokens"))",
-                             Format.number(Double(tokens.count) / max(seconds, 1e-9), decimals: 1)])
+                             Format.rate(Double(tokens.count) / max(seconds, 1e-9))])
                 progress.update(i + 1)
                 try FHEReport.check(backend)
             }
@@ -125,7 +125,7 @@ public enum GenerateStep: Step {
         context.emit(.metrics([
             Metric("sampling", p.temperature == 0 ? "greedy" : "T=\(p.temperature), top-k \(p.topK), top-p \(p.topP), seed \(p.seed)"),
             Metric("tokens generated", String(generated)),
-            Metric("decode speed", decodeSeconds > 0 ? "\(Format.number(Double(generated - p.prompts.count) / decodeSeconds, decimals: 1)) tokens/s" : "–"),
+            Metric("decode speed", decodeSeconds > 0 ? "\(Format.rate(Double(generated - p.prompts.count) / decodeSeconds)) tokens/s" : "–"),
         ]))
         if let encrypted = backend as? EncryptedLinearBackend {
             FHEReport.emit(encrypted, stats: encrypted.statistics.since(statsAtStart), steps: max(generated, 1), stepName: "token",

@@ -47,9 +47,9 @@ public final class FHEClient: @unchecked Sendable {
         let seed = MaskSeed.fresh()
         let count = rows * features
         // x feature-major (K × R), so each ciphertext's tokens are contiguous.
-        var xt = [Int64](repeating: 0, count: count)
-        xt.withUnsafeMutableBufferPointer { Parallel.transpose(x.baseAddress!, rows: rows, columns: features, into: $0.baseAddress!) }
-        var bodies = [UInt64](repeating: 0, count: count)
+        var xt: [Int64] = Parallel.uninitialized(count) { Parallel.transpose(x.baseAddress!, rows: rows, columns: features, into: $0.baseAddress!) }
+        // Every (feature, token) body is written below.
+        var bodies: [UInt64] = Parallel.uninitialized(count) { _ in }
         let delta = plan.delta, sigma = p.noiseStandardDeviation
         bodies.withUnsafeMutableBufferPointer { out in
             xt.withUnsafeBufferPointer { xs in
@@ -93,17 +93,15 @@ public final class FHEClient: @unchecked Sendable {
     /// The product's integers (rows × outputs, row-major), decoded mod 2^b and centred.
     public func decrypt(_ y: EncryptedProduct, plan: CallPlan) -> [Int64] {
         // Decoded output-major (O × R), then transposed to rows × outputs.
-        var byOutput = [Int64](repeating: 0, count: y.rows * y.outputs)
-        byOutput.withUnsafeMutableBufferPointer { o in
+        // Every value is decoded (each output's groups cover all rows), then transposed.
+        let byOutput: [Int64] = Parallel.uninitialized(y.rows * y.outputs) { o in
             phases(y) { r, j, count, body, product in
                 nb_fhe_decode(body, product, count, UInt32(plan.messageBits), o.baseAddress! + j * y.rows + r, 1)
             }
         }
-        var out = [Int64](repeating: 0, count: y.rows * y.outputs)
-        out.withUnsafeMutableBufferPointer { o in
-            byOutput.withUnsafeBufferPointer { Parallel.transpose($0.baseAddress!, rows: y.outputs, columns: y.rows, into: o.baseAddress!) }
+        return byOutput.withUnsafeBufferPointer { b in
+            Parallel.uninitialized(y.rows * y.outputs) { Parallel.transpose(b.baseAddress!, rows: y.outputs, columns: y.rows, into: $0.baseAddress!) }
         }
-        return out
     }
 
     /// E = (b' − a'·s) − Δ·m for each value, given the true products m (rows × outputs): the

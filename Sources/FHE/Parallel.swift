@@ -3,27 +3,33 @@ import Foundation
 
 /// The kernels' whole-matrix operations split over threads.
 enum Parallel {
+    /// An array of `count` trivial values that `fill` writes completely (no zeroing pass over
+    /// tens of megabytes first).
+    static func uninitialized<T: BitwiseCopyable>(_ count: Int, _ fill: (UnsafeMutableBufferPointer<T>) -> Void) -> [T] {
+        Array(unsafeUninitializedCapacity: count) { buffer, initialized in
+            fill(buffer)
+            initialized = count
+        }
+    }
+
     /// Packs values at `bits` bits each (chunks of a multiple of 8 values start on byte boundaries).
     static func packBits(_ values: UnsafeBufferPointer<UInt64>, bits: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: packedByteCount(values.count, bits: bits))
-        out.withUnsafeMutableBufferPointer { o in
+        uninitialized(packedByteCount(values.count, bits: bits)) { (o: UnsafeMutableBufferPointer<UInt8>) in
+            // Every chunk writes its bytes, the last one its final partial byte.
             parallelChunks(values.count, align: 8) { r in
                 nb_fhe_pack_bits(values.baseAddress! + r.lowerBound, r.count, UInt32(bits), o.baseAddress! + r.lowerBound * bits / 8)
             }
         }
-        return out
     }
 
     static func unpackBits(_ bytes: [UInt8], count: Int, bits: Int) -> [UInt64] {
-        var out = [UInt64](repeating: 0, count: count)
         bytes.withUnsafeBufferPointer { b in
-            out.withUnsafeMutableBufferPointer { o in
+            uninitialized(count) { (o: UnsafeMutableBufferPointer<UInt64>) in
                 parallelChunks(count, align: 8) { r in
                     nb_fhe_unpack_bits(b.baseAddress! + r.lowerBound * bits / 8, r.count, UInt32(bits), o.baseAddress! + r.lowerBound)
                 }
             }
         }
-        return out
     }
 
     /// Limb digits of a rows × columns matrix, for the GEMM.

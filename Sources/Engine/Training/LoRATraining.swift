@@ -192,7 +192,7 @@ public final class LoRATrainingRun {
             backend?.setRealRows(fused.realRows)
             defer { backend?.setRealRows(nil) }
             let loss = model.trainingLoss(tokens: fused.tokens, batchSize: fused.rowCount, targets: fused.shiftedTargets, hooks: hooks,
-                                          segments: segments, backward: true)
+                                          normalization: .segments(segments), backward: true)
             lossSum = loss * Float(batches.count)
             tokens = fused.realTokenCount
         }

@@ -19,16 +19,31 @@ public protocol TrainableModel: LanguageModel {
     ///
     /// - tokens: (B, T) flattened; targets: (B, T) already shifted (target r is the label of
     ///   the token after input r) with ``Layers/ignoreIndex`` where nothing is learnt.
-    /// - normalizer: the loss is Σ token losses / normalizer (nil: the counted tokens).
+    /// - normalization: what the summed token losses are divided by.
     /// - backward: run the backward pass; `hooks` then receive every linear layer's (x, dY).
     /// - Returns: the loss as normalized.
     func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
-                      normalizer: Int?, backward: Bool) -> Float
+                      normalization: LossNormalization, backward: Bool) -> Float
+}
 
-    /// The same with the counted rows in consecutive segments, each normalized on its own;
-    /// the loss is the sum over segments (the micro-batches of one step run as one batch).
-    func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
-                      segments: [LossSegment], backward: Bool) -> Float
+/// What a batch's summed token losses are divided by.
+public enum LossNormalization: Equatable, Sendable {
+    /// The counted tokens (targets not ignored).
+    case counted
+    /// A given count (e.g. the counted tokens of all micro-batches of one optimizer step).
+    case by(Int)
+    /// Consecutive segments of counted rows, each divided by its own normalizer; the loss is
+    /// the sum over segments (the micro-batches of one step run as one batch).
+    case segments([LossSegment])
+}
+
+extension TrainableModel {
+    /// The loss divided by `normalizer` (nil: the counted tokens).
+    public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
+                             normalizer: Int?, backward: Bool) -> Float {
+        trainingLoss(tokens: tokens, batchSize: batchSize, targets: targets, hooks: hooks,
+                     normalization: normalizer.map { .by($0) } ?? .counted, backward: backward)
+    }
 }
 
 /// Consecutive counted rows (targets not ignored, in row order) whose losses add up and are
@@ -41,18 +56,8 @@ public struct LossSegment: Equatable, Sendable {
 
 extension GPT2Model: TrainableModel {
     public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
-                             normalizer: Int?, backward: Bool) -> Float {
-        trainingLoss(tokens: tokens, batchSize: batchSize, targets: targets, hooks: hooks, segments: nil, normalizer: normalizer, backward: backward)
-    }
-
-    public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
-                             segments: [LossSegment], backward: Bool) -> Float {
-        trainingLoss(tokens: tokens, batchSize: batchSize, targets: targets, hooks: hooks, segments: segments, normalizer: nil, backward: backward)
-    }
-
-    func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
-                      segments: [LossSegment]?, normalizer: Int?, backward: Bool) -> Float {
-        TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, segments: segments, normalizer: normalizer, backward: backward,
+                             normalization: LossNormalization, backward: Bool) -> Float {
+        TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, normalization: normalization, backward: backward,
                          forward: { forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: $0) },
                          logits: \.logits,
                          backwardPass: { _ = self.backward($1, activations: $0, hooks: hooks, keepLinearGradients: false) })
@@ -61,18 +66,8 @@ extension GPT2Model: TrainableModel {
 
 extension LlamaModel: TrainableModel {
     public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
-                             normalizer: Int?, backward: Bool) -> Float {
-        trainingLoss(tokens: tokens, batchSize: batchSize, targets: targets, hooks: hooks, segments: nil, normalizer: normalizer, backward: backward)
-    }
-
-    public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
-                             segments: [LossSegment], backward: Bool) -> Float {
-        trainingLoss(tokens: tokens, batchSize: batchSize, targets: targets, hooks: hooks, segments: segments, normalizer: nil, backward: backward)
-    }
-
-    func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
-                      segments: [LossSegment]?, normalizer: Int?, backward: Bool) -> Float {
-        TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, segments: segments, normalizer: normalizer, backward: backward,
+                             normalization: LossNormalization, backward: Bool) -> Float {
+        TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, normalization: normalization, backward: backward,
                          forward: { forwardForTraining(tokens: tokens, batchSize: batchSize, hooks: hooks, headRows: $0) },
                          logits: \.logits,
                          backwardPass: { _ = self.backward($1, activations: $0, hooks: hooks, keepLinearGradients: false) })
@@ -82,16 +77,17 @@ extension LlamaModel: TrainableModel {
 enum TrainingLoss {
     /// The loss of one batch for either model: the forward with logits only for the
     /// counted rows, the cross-entropy, and the backward from dLogits when asked.
-    static func run<Activations>(targets: [Int], vocabularySize: Int, segments: [LossSegment]? = nil, normalizer: Int?, backward: Bool,
+    static func run<Activations>(targets: [Int], vocabularySize: Int, normalization: LossNormalization, backward: Bool,
                                  forward: ([Int]) -> Activations, logits: KeyPath<Activations, [Float]>,
                                  backwardPass: (Activations, [Float]) -> Void) -> Float {
         let rows = countedRows(targets)
         if rows.isEmpty { return 0 }  // nothing to learn from: no logits, no gradient
         let activations = forward(rows)
         let compact = rows.map { targets[$0] }
-        guard let segments else {
+        guard case .segments(let segments) = normalization else {
+            let normalizer = if case .by(let n) = normalization { n } else { rows.count }
             let (loss, dLogits) = crossEntropy(activations[keyPath: logits], targets: compact,
-                                               vocabularySize: vocabularySize, normalizer: normalizer ?? rows.count, backward: backward)
+                                               vocabularySize: vocabularySize, normalizer: normalizer, backward: backward)
             if let dLogits { backwardPass(activations, dLogits) }
             return loss
         }

@@ -12,7 +12,8 @@ import Testing
     static let lora = "r: 4\nalpha: 8\ndropout: 0.1\ntarget_modules: {gpt2: c_attn, llama: [q_proj, v_proj]}"
     static let train = "epochs: 2\nbatch_size: 2\nlearning_rate: 2e-3\nwarmup_steps: 1\nmax_length: 32\npadding: longest\ncheckpoint_every: 1"
 
-    static func notebook(train: String = train, lora: String = lora) -> String {
+    /// `beforeTrain`: cells placed between inject_lora and train (e.g. compile_hybrid).
+    static func notebook(train: String = train, lora: String = lora, beforeTrain: String = "") -> String {
         """
         # Train
 
@@ -30,7 +31,7 @@ import Testing
         \(lora)
         ```
 
-        ```nb train id=train
+        \(beforeTrain)```nb train id=train
         \(train)
         ```
 
@@ -134,7 +135,17 @@ import Testing
     /// split, and the secret key is saved with mode 0600 and nowhere in the report.
     @Test func executeModeTrainsLikeDisable() throws {
         func report(_ mode: String) throws -> (String, Workspace) {
-            let w = try Self.workspace(Self.notebook(train: Self.train + "\nmode: \(mode)") + """
+            let hybrid = """
+            ```nb compile_hybrid id=hybrid
+            scheme: DTok-SC
+            n_bits: 8
+            include: [model.layers.0.self_attn.q_proj, model.layers.0.self_attn.v_proj, model.layers.0.mlp.down_proj, model.layers.1.mlp.up_proj]
+            calibration: {batches: 1, batch_size: 2, max_length: 32}
+            ```
+
+
+            """
+            let w = try Self.workspace(Self.notebook(train: Self.train + "\nmode: \(mode)", beforeTrain: hybrid) + """
             ```nb generate id=gen
             prompts: ["What is FHE?"]
             max_tokens: 2
@@ -143,18 +154,6 @@ import Testing
             ```
 
             """)
-            var text = try String(contentsOf: w.root.appendingPathComponent("nb.md"), encoding: .utf8)
-            text = text.replacingOccurrences(of: "```nb train id=train", with: """
-            ```nb compile_hybrid id=hybrid
-            scheme: DTok-SC
-            n_bits: 8
-            include: [model.layers.0.self_attn.q_proj, model.layers.0.self_attn.v_proj, model.layers.0.mlp.down_proj, model.layers.1.mlp.up_proj]
-            calibration: {batches: 1, batch_size: 2, max_length: 32}
-            ```
-
-            ```nb train id=train
-            """)
-            try w.write("nb.md", text)
             let result = try Self.run(w)
             #expect(result.code == 0, "\(result.stderr)")
             return (try w.read("outputs/nb.html"), w)
@@ -183,7 +182,19 @@ import Testing
     /// compile_hybrid, weights_report and the quantized `disable` mode on SmolLM2: the
     /// evaluation loss in 16-bit DTok-SC is within 1 % of float's, and 8-bit stays close.
     @Test func hybridDisableModeTrainsAndEvaluates() throws {
-        let w = try Self.workspace(Self.notebook(train: Self.train + "\nmode: disable") + """
+        let hybrid = """
+        ```nb compile_hybrid id=hybrid
+        scheme: DTok-SC
+        n_bits: 16
+        calibration: {batches: 1, batch_size: 2, max_length: 32}
+        ```
+
+        ```nb weights_report id=weights
+        ```
+
+
+        """
+        let w = try Self.workspace(Self.notebook(train: Self.train + "\nmode: disable", beforeTrain: hybrid) + """
         ```nb evaluate id=float
         data: train
         mode: torch
@@ -195,20 +206,6 @@ import Testing
         ```
 
         """)
-        var text = try String(contentsOf: w.root.appendingPathComponent("nb.md"), encoding: .utf8)
-        text = text.replacingOccurrences(of: "```nb train id=train", with: """
-        ```nb compile_hybrid id=hybrid
-        scheme: DTok-SC
-        n_bits: 16
-        calibration: {batches: 1, batch_size: 2, max_length: 32}
-        ```
-
-        ```nb weights_report id=weights
-        ```
-
-        ```nb train id=train
-        """)
-        try w.write("nb.md", text)
         let result = try Self.run(w)
         #expect(result.code == 0, "\(result.stderr)")
         let report = try w.read("outputs/nb.html")

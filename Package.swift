@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
@@ -13,6 +13,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        // The deployment's HTTP server (`nb serve`); no optional traits (swift-configuration).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
     ],
     targets: [
         // System libraries, found with pkg-config (Debian: libcmark-gfm-dev,
@@ -53,11 +55,16 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]),
 
+        // `nb serve`: a deployment's server folder over HTTP (Hummingbird).
+        .target(
+            name: "Serve",
+            dependencies: ["Engine", "FHE", .product(name: "Hummingbird", package: "hummingbird")]),
+
         // The `nb` executable.
         .executableTarget(
             name: "Runner",
             dependencies: [
-                "Notebook", "Engine",
+                "Notebook", "Engine", "Serve",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -65,7 +72,7 @@ let package = Package(
             name: "Benchmarks", dependencies: ["Notebook", "Engine", "FHE", "CCmarkGFM", "COpenBLAS"], path: "Benchmarks",
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
 
-        .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine"],
+        .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine", "FHE"],
                     exclude: ["Support/png_stats.py"], resources: [.copy("Fixtures")]),
         .testTarget(name: "FHETests", dependencies: ["FHE", "CFHEKernels", "COpenBLAS"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CKernels"], resources: [.copy("Fixtures")]),

@@ -73,14 +73,8 @@ func sgemmGFLOPS(n: Int = 768) -> Double {
     return 2 * Double(n * n * n) / t / 1e9
 }
 
-/// Peak resident memory of this process, in MB (VmHWM).
-func peakRSSMB() -> Double {
-    let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        return Double(line.split(separator: " ").dropFirst().first ?? "0").map { $0 / 1024 } ?? .nan
-    }
-    return .nan
-}
+/// Peak resident memory of this process, in MiB (VmHWM).
+func peakRSSMB() -> Double { ProcessMemory.peakResidentMB() }
 
 /// Forward of 1×128 tokens (seconds, median) and greedy decode speed (tokens/s, 8-token
 /// prompt, 64 new tokens, as bench_torch.py measures it: (64 − 1) / (t₆₄ − t₁)).

@@ -29,3 +29,16 @@ public enum SHA256Digest {
         return hex(digest: hasher.finalize())
     }
 }
+
+/// This process's memory, from /proc/self/status.
+public enum ProcessMemory {
+    /// The peak resident set (VmHWM), in MiB; 0 where /proc is not available.
+    public static func peakResidentMB() -> Double {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            let kb = Double(line.split(separator: " ").dropFirst().first { !$0.isEmpty && $0.allSatisfy(\.isNumber) } ?? "0") ?? 0
+            return kb / 1024
+        }
+        return 0
+    }
+}

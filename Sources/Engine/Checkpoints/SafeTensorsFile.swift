@@ -151,6 +151,14 @@ public final class SafeTensorsFile: @unchecked Sendable {
         return info
     }
 
+    /// A signed 8-bit integer tensor (`I8`), row-major.
+    public func int8(_ name: String) throws(CheckpointError) -> [Int8] {
+        guard let info = info(name) else { throw .missingTensor(path: path, tensor: name) }
+        guard info.dtype == "I8" else { throw .unsupportedTensorType(path: path, tensor: name, type: info.dtype, supported: ["I8"]) }
+        let source = UnsafeRawPointer(file.base + dataOffset + info.dataOffsets.lowerBound)
+        return Array(UnsafeBufferPointer(start: source.assumingMemoryBound(to: Int8.self), count: info.elementCount))
+    }
+
     /// Same kernels as GGUF: safetensors' F32, F16 and BF16 are ggml's F32, F16 and BF16.
     private func convert(_ info: TensorInfo, into out: UnsafeMutablePointer<Float>) {
         let source = file.base + dataOffset + info.dataOffsets.lowerBound

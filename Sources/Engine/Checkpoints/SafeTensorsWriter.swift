@@ -20,6 +20,35 @@ public enum SafeTensorsWriter {
 
     /// The bytes of the file ``write(_:metadata:to:)`` writes.
     public static func encode(_ tensors: [(name: String, shape: [Int], values: [Float])], metadata: [String: String] = [:]) -> Data {
+        for t in tensors {
+            precondition(t.shape.allSatisfy { $0 >= 0 } && t.shape.reduce(1, *) == t.values.count,
+                         "tensor '\(t.name)': shape \(t.shape) does not hold \(t.values.count) values")
+        }
+        return encode(tensors.map { ($0.name, "F32", $0.shape, 4 * $0.values.count) }, metadata: metadata) { i, data in
+            #if _endian(little)
+            tensors[i].values.withUnsafeBytes { data.append(contentsOf: $0) }
+            #else
+            for v in tensors[i].values { withUnsafeBytes(of: v.bitPattern.littleEndian) { data.append(contentsOf: $0) } }
+            #endif
+        }
+    }
+
+    /// Writes signed 8-bit integer tensors (`I8`), atomically, as ``write(_:metadata:to:)`` does.
+    public static func write(int8 tensors: [(name: String, shape: [Int], values: [Int8])], metadata: [String: String] = [:],
+                             to url: URL) throws(CheckpointError) {
+        for t in tensors {
+            precondition(t.shape.allSatisfy { $0 >= 0 } && t.shape.reduce(1, *) == t.values.count,
+                         "tensor '\(t.name)': shape \(t.shape) does not hold \(t.values.count) values")
+        }
+        let data = encode(tensors.map { ($0.name, "I8", $0.shape, $0.values.count) }, metadata: metadata) { i, data in
+            tensors[i].values.withUnsafeBytes { data.append(contentsOf: $0) }
+        }
+        do { try AtomicFile.write(data, to: url) } catch { throw .unwritable(path: url.path, reason: error.localizedDescription) }
+    }
+
+    /// The header for tensors of (name, dtype, shape, bytes), then each tensor's bytes from `body`.
+    static func encode(_ entries: [(name: String, dtype: String, shape: [Int], bytes: Int)], metadata: [String: String],
+                       body: (Int, inout Data) -> Void) -> Data {
         var header = "{"
         var fields: [String] = []
         if !metadata.isEmpty {
@@ -28,13 +57,11 @@ public enum SafeTensorsWriter {
         }
         var offset = 0
         var seen = Set<String>()
-        for t in tensors {
+        for t in entries {
             precondition(t.name != "__metadata__" && seen.insert(t.name).inserted, "duplicate or reserved tensor name '\(t.name)'")
-            precondition(t.shape.allSatisfy { $0 >= 0 } && t.shape.reduce(1, *) == t.values.count,
-                         "tensor '\(t.name)': shape \(t.shape) does not hold \(t.values.count) values")
-            let end = offset + 4 * t.values.count
+            let end = offset + t.bytes
             let shape = t.shape.map(String.init).joined(separator: ",")
-            fields.append("\(quote(t.name)):{\"dtype\":\"F32\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(end)]}")
+            fields.append("\(quote(t.name)):{\"dtype\":\"\(t.dtype)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(end)]}")
             offset = end
         }
         header += fields.joined(separator: ",") + "}"
@@ -44,13 +71,7 @@ public enum SafeTensorsWriter {
         var data = Data(capacity: 8 + headerBytes.count + offset)
         withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { data.append(contentsOf: $0) }
         data.append(contentsOf: headerBytes)
-        for t in tensors {
-            #if _endian(little)
-            t.values.withUnsafeBytes { data.append(contentsOf: $0) }
-            #else
-            for v in t.values { withUnsafeBytes(of: v.bitPattern.littleEndian) { data.append(contentsOf: $0) } }
-            #endif
-        }
+        for i in entries.indices { body(i, &data) }
         return data
     }
 

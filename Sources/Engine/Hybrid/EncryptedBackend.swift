@@ -19,6 +19,10 @@ public struct PublicWeightInfo: Codable, Equatable, Sendable {
 
     public init(_ w: ServerWeights) { (outputs, inputs, maxRowL1, maxRowL2) = (w.outputs, w.inputs, w.maxRowL1, w.maxRowL2) }
 
+    public init(outputs: Int, inputs: Int, maxRowL1: Double, maxRowL2: Double) {
+        (self.outputs, self.inputs, self.maxRowL1, self.maxRowL2) = (outputs, inputs, maxRowL1, maxRowL2)
+    }
+
     func shape(rows: Int, maxAbsInput: Double) -> ProductShape {
         ProductShape(rows: rows, innerDimension: inputs, maxAbsInput: maxAbsInput, maxRowL1: maxRowL1, maxRowL2: maxRowL2)
     }
@@ -36,20 +40,6 @@ public final class RemoteModuleWeights: @unchecked Sendable {
     public let modules: [String: (forward: ServerWeights, backward: ServerWeights)]
 
     public init(modules: [String: (forward: ServerWeights, backward: ServerWeights)]) { self.modules = modules }
-
-    /// The integer weights of `backend`'s quantization (symmetric, at most 8 bits).
-    public convenience init(from backend: QuantizedLinearBackend) throws(EncryptedBackendError) {
-        var modules: [String: (forward: ServerWeights, backward: ServerWeights)] = [:]
-        for (name, l) in backend.layers {
-            func integers(_ q: QuantizedRows) throws(EncryptedBackendError) -> ServerWeights {
-                do { return try ServerWeights(outputs: q.rows, inputs: q.columns) { Int(q.values[$0 * q.columns + $1]) } } catch {
-                    throw .unsupportedWeights(module: name, reason: error.description)
-                }
-            }
-            modules[name] = (try integers(l.forward), try integers(l.backward))
-        }
-        self.init(modules: modules)
-    }
 
     public func info(_ name: String, _ direction: ProductDirection) -> PublicWeightInfo? {
         modules[name].map { PublicWeightInfo(direction == .forward ? $0.forward : $0.backward) }
@@ -115,15 +105,23 @@ public struct FHEStatistics: Codable, Equatable, Sendable {
     }
 }
 
-/// The `execute` (and `remote`) modes: every remote module's forward and backward product
+/// The `execute` and `remote` modes: every remote module's forward and backward product
 /// is quantized as in `disable`, encrypted under the client's key, multiplied by the server,
 /// decrypted, and finished (zero points, scales) in clear — the same integers as `disable`,
-/// hence the same floats.
+/// hence the same floats. The client needs only the public metadata of the weights
+/// (``RemoteModuleMetadata``), never their values.
 public final class EncryptedLinearBackend: LinearBackend {
-    public let quantized: QuantizedLinearBackend
+    public let plan: HybridPlan
     public let client: FHEClient
     public let transport: EncryptedTransport
-    let infos: [String: (forward: PublicWeightInfo, backward: PublicWeightInfo)]
+    struct Module {
+        var forward: QuantizedRows   // header only: scales and row sums of W
+        var backward: QuantizedRows  // of Wᵀ
+        var forwardInfo: PublicWeightInfo
+        var backwardInfo: PublicWeightInfo
+    }
+    let modules: [String: Module]
+    public var moduleNames: [String] { plan.remoteModules.filter { modules[$0] != nil } }
     public private(set) var statistics = FHEStatistics()
     /// The plan of the most recent call (for reports).
     public private(set) var lastPlan: CallPlan?
@@ -133,20 +131,24 @@ public final class EncryptedLinearBackend: LinearBackend {
     /// step checks this after each pass).
     public private(set) var failure: EncryptedBackendError?
 
-    /// `infos`: the server's public metadata per module (from the server, or from `weights`
-    /// for the in-process server).
-    public init(quantized: QuantizedLinearBackend, client: FHEClient, transport: EncryptedTransport,
-                infos: [String: (forward: PublicWeightInfo, backward: PublicWeightInfo)]) throws(EncryptedBackendError) {
-        let s = quantized.plan.scheme
+    /// `metadata`: the server's public metadata of the plan's remote modules (from the
+    /// deployment's client folder, or made from the model for the in-process server).
+    public init(plan: HybridPlan, metadata: [RemoteModuleMetadata], client: FHEClient, transport: EncryptedTransport) throws(EncryptedBackendError) {
+        let s = plan.scheme
         guard s.symmetricWeights, s.nBits <= 8 else {
             throw .unsupportedScheme("encrypted modes take symmetric weights of at most 8 bits; the plan's scheme is \(s.nBits)-bit \(s.description). Compile with n_bits ≤ 8 (or use mode: disable)")
         }
-        (self.quantized, self.client, self.transport, self.infos) = (quantized, client, transport, infos)
+        (self.plan, self.client, self.transport) = (plan, client, transport)
+        var modules: [String: Module] = [:]
+        for m in metadata {
+            modules[m.name] = Module(forward: m.forward.header, backward: m.backward.header, forwardInfo: m.forward.info, backwardInfo: m.backward.info)
+        }
+        self.modules = modules
         // Every module must have a plan for the widest inputs its scheme produces.
         let widest = Double(s.symmetricActivations ? (1 << (s.nBits - 1)) - 1 : (1 << s.nBits) - 1)
-        for name in quantized.moduleNames {
-            guard let i = infos[name] else { throw .unknownModule(name) }
-            for (d, info) in [(ProductDirection.forward, i.forward), (.backward, i.backward)] {
+        for name in plan.remoteModules {
+            guard let m = modules[name] else { throw .unknownModule(name) }
+            for (d, info) in [(ProductDirection.forward, m.forwardInfo), (.backward, m.backwardInfo)] {
                 do { _ = try CallPlan.choose(for: info.shape(rows: 1, maxAbsInput: widest)) } catch {
                     throw .noPlan(module: name, direction: d, reason: error.description)
                 }
@@ -157,10 +159,8 @@ public final class EncryptedLinearBackend: LinearBackend {
     /// The `execute` mode: the in-process server on this model's quantized weights.
     public convenience init(plan: HybridPlan, model: TrainableModel, keyring: Keyring) throws {
         let q = try QuantizedLinearBackend(plan: plan, model: model)
-        let weights = try RemoteModuleWeights(from: q)
-        var infos: [String: (forward: PublicWeightInfo, backward: PublicWeightInfo)] = [:]
-        for (name, m) in weights.modules { infos[name] = (PublicWeightInfo(m.forward), PublicWeightInfo(m.backward)) }
-        try self.init(quantized: q, client: FHEClient(keyring: keyring), transport: InProcessTransport(weights: weights), infos: infos)
+        let (weights, metadata) = try q.remoteModules()
+        try self.init(plan: q.plan, metadata: metadata, client: FHEClient(keyring: keyring), transport: InProcessTransport(weights: weights))
     }
 
     public func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool {
@@ -175,19 +175,19 @@ public final class EncryptedLinearBackend: LinearBackend {
 
     private func run(_ layer: LinearLayer, _ direction: ProductDirection, input: UnsafeBufferPointer<Float>,
                      output: UnsafeMutableBufferPointer<Float>) -> Bool {
-        guard let l = quantized.layers[layer.name], let info = infos[layer.name] else { return false }
+        guard let m = modules[layer.name] else { return false }
         let forward = direction == .forward
         let (inWidth, outWidth) = forward ? (layer.inFeatures, layer.outFeatures) : (layer.outFeatures, layer.inFeatures)
         let rows = input.count / inWidth
         // Padding rows are not sent when the quantization is per row or static (a per-tensor
         // dynamic range would see them): their results stay zero, which no real token reads.
         var keep: [Int]?
-        if let mask = realRows, mask.count == rows, quantized.plan.scheme.activations != .dynamicPerTensor, mask.contains(false) {
+        if let mask = realRows, mask.count == rows, plan.scheme.activations != .dynamicPerTensor, mask.contains(false) {
             keep = mask.indices.filter { mask[$0] }
         }
         func product(_ x: UnsafeBufferPointer<Float>) -> [Float] {
-            let q = forward ? quantized.quantizedInput(l, layer, x) : quantized.quantizedGradient(l, layer, x)
-            return encryptedProduct(layer.name, direction, q, forward ? l.forward : l.backward, forward ? info.forward : info.backward)
+            let q = forward ? plan.quantizedInput(layer, x) : plan.quantizedGradient(layer, x)
+            return encryptedProduct(layer.name, direction, q, forward ? m.forward : m.backward, forward ? m.forwardInfo : m.backwardInfo)
         }
         guard let keep else {
             _ = output.update(fromContentsOf: product(input))

@@ -123,37 +123,38 @@ public final class QuantizedLinearBackend: LinearBackend {
     /// The forward quantization of a module's weights (for summaries).
     public func weightQuantizers(of name: String) -> [AffineQuantizer]? { layers[name]?.forward.quantizers }
 
-    func activations(_ values: UnsafeBufferPointer<Float>, rows: Int, columns: Int, range: (Double, Double)?) -> QuantizedRows {
-        let s = plan.scheme
-        let staticRange = s.activations == .staticPerTensor ? range : nil
-        return QuantizedRows(activations: values, rows: rows, columns: columns, bits: s.nBits, symmetric: s.symmetricActivations,
-                             perRow: s.activations == .dynamicPerToken, range: staticRange)
-    }
-
-    /// The quantized input of a forward call, as `disable` and the encrypted modes see it.
-    func quantizedInput(_ l: Layer, _ layer: LinearLayer, _ x: UnsafeBufferPointer<Float>) -> QuantizedRows {
-        let r = l.range.map { ($0.inputLow, $0.inputHigh) }
-        return activations(x, rows: x.count / layer.inFeatures, columns: layer.inFeatures, range: r)
-    }
-
-    /// The quantized output gradient of a backward call.
-    func quantizedGradient(_ l: Layer, _ layer: LinearLayer, _ dY: UnsafeBufferPointer<Float>) -> QuantizedRows {
-        let r = l.range.flatMap { $0.hasGradients ? ($0.gradientLow, $0.gradientHigh) : nil }
-        return activations(dY, rows: dY.count / layer.outFeatures, columns: layer.outFeatures, range: r)
-    }
-
     public func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool {
         guard let l = layers[layer.name] else { return false }
-        let product = IntegerMatmul.multiply(quantizedInput(l, layer, x), l.forward).y
+        let product = IntegerMatmul.multiply(plan.quantizedInput(layer, x), l.forward).y
         _ = y.update(fromContentsOf: product)
         return true
     }
 
     public func backward(_ layer: LinearLayer, dY: UnsafeBufferPointer<Float>, dX: UnsafeMutableBufferPointer<Float>) -> Bool {
         guard let l = layers[layer.name] else { return false }
-        let product = IntegerMatmul.multiply(quantizedGradient(l, layer, dY), l.backward).y
+        let product = IntegerMatmul.multiply(plan.quantizedGradient(layer, dY), l.backward).y
         _ = dX.update(fromContentsOf: product)
         return true
+    }
+}
+
+extension HybridPlan {
+    func activations(_ values: UnsafeBufferPointer<Float>, rows: Int, columns: Int, range: (Double, Double)?) -> QuantizedRows {
+        let staticRange = scheme.activations == .staticPerTensor ? range : nil
+        return QuantizedRows(activations: values, rows: rows, columns: columns, bits: scheme.nBits, symmetric: scheme.symmetricActivations,
+                             perRow: scheme.activations == .dynamicPerToken, range: staticRange)
+    }
+
+    /// The quantized input of a forward call, as `disable` and the encrypted modes see it.
+    func quantizedInput(_ layer: LinearLayer, _ x: UnsafeBufferPointer<Float>) -> QuantizedRows {
+        let r = ranges[layer.name].map { ($0.inputLow, $0.inputHigh) }
+        return activations(x, rows: x.count / layer.inFeatures, columns: layer.inFeatures, range: r)
+    }
+
+    /// The quantized output gradient of a backward call.
+    func quantizedGradient(_ layer: LinearLayer, _ dY: UnsafeBufferPointer<Float>) -> QuantizedRows {
+        let r = ranges[layer.name].flatMap { $0.hasGradients ? ($0.gradientLow, $0.gradientHigh) : nil }
+        return activations(dY, rows: dY.count / layer.outFeatures, columns: layer.outFeatures, range: r)
     }
 }
 

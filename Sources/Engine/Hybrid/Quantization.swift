@@ -85,6 +85,10 @@ public struct AffineQuantizer: Codable, Equatable, Sendable {
     public var qMin: Double
     public var qMax: Double
 
+    public init(scale: Double, zeroPoint: Double, qMin: Double, qMax: Double) {
+        (self.scale, self.zeroPoint, self.qMin, self.qMax) = (scale, zeroPoint, qMin, qMax)
+    }
+
     /// For values in [lo, hi] with `bits` bits: symmetric signed q ∈ [−(2^(b−1) − 1), 2^(b−1) − 1]
     /// with zero point 0, or unsigned q ∈ [0, 2^b − 1] with the zero point that maps 0 to an
     /// integer (the range is widened to include 0). A zero range gets scale 1.

@@ -168,7 +168,9 @@ extension GPT2Model {
     /// Loads Hugging Face GPT-2 tensors, with or without the `transformer.` prefix
     /// (GPT2LMHeadModel vs GPT2Model checkpoints). A stored `lm_head.weight` must be the
     /// tied embedding; the causal-mask buffers of old checkpoints are ignored.
-    public static func load(from source: TensorSource, config: GPT2Config, file: String) throws -> GPT2Model {
+    /// `serverModules`: linear modules (Hugging Face names) whose weights are on a server and
+    /// absent from `source` (a deployment's client folder); they load as empty arrays.
+    public static func load(from source: TensorSource, config: GPT2Config, file: String, serverModules: Set<String> = []) throws -> GPT2Model {
         var loader = StrictTensorLoader(source: source, file: file)
         let prefix = loader.has("transformer.wte.weight") ? "transformer." : ""
         let C = config.nEmbd, V = config.vocabSize, P = config.nPositions
@@ -182,14 +184,14 @@ extension GPT2Model {
             let p = "\(prefix)h.\(l)."
             blocks.append(Block(
                 ln1Weight: try loader.tensor(p + "ln_1.weight", shape: [C]), ln1Bias: try loader.tensor(p + "ln_1.bias", shape: [C]),
-                attnWeight: try loader.tensor(p + "attn.c_attn.weight", shape: [C, 3 * C]),
+                attnWeight: serverModules.contains("transformer.h.\(l).attn.c_attn") ? [] : try loader.tensor(p + "attn.c_attn.weight", shape: [C, 3 * C]),
                 attnBias: try loader.tensor(p + "attn.c_attn.bias", shape: [3 * C]),
-                attnProjWeight: try loader.tensor(p + "attn.c_proj.weight", shape: [C, C]),
+                attnProjWeight: serverModules.contains("transformer.h.\(l).attn.c_proj") ? [] : try loader.tensor(p + "attn.c_proj.weight", shape: [C, C]),
                 attnProjBias: try loader.tensor(p + "attn.c_proj.bias", shape: [C]),
                 ln2Weight: try loader.tensor(p + "ln_2.weight", shape: [C]), ln2Bias: try loader.tensor(p + "ln_2.bias", shape: [C]),
-                fcWeight: try loader.tensor(p + "mlp.c_fc.weight", shape: [C, 4 * C]),
+                fcWeight: serverModules.contains("transformer.h.\(l).mlp.c_fc") ? [] : try loader.tensor(p + "mlp.c_fc.weight", shape: [C, 4 * C]),
                 fcBias: try loader.tensor(p + "mlp.c_fc.bias", shape: [4 * C]),
-                fcProjWeight: try loader.tensor(p + "mlp.c_proj.weight", shape: [4 * C, C]),
+                fcProjWeight: serverModules.contains("transformer.h.\(l).mlp.c_proj") ? [] : try loader.tensor(p + "mlp.c_proj.weight", shape: [4 * C, C]),
                 fcProjBias: try loader.tensor(p + "mlp.c_proj.bias", shape: [C])))
         }
         let lnfW = try loader.tensor(prefix + "ln_f.weight", shape: [C])

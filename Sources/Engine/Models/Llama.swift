@@ -201,7 +201,9 @@ public final class LlamaModel: LanguageModel {
 extension LlamaModel {
     /// Loads from llama.cpp-named tensors (GGUF: `token_embd.weight`, `blk.N.attn_q.weight`, …;
     /// Q/K rows are permuted for interleaved RoPE) or Hugging Face names (`model.layers.N.self_attn.q_proj.weight`, …).
-    public static func load(from source: TensorSource, config: LlamaConfig, file: String) throws -> LlamaModel {
+    /// `serverModules`: linear modules (Hugging Face names) whose weights are on a server and
+    /// absent from `source` (a deployment's client folder); they load as empty arrays.
+    public static func load(from source: TensorSource, config: LlamaConfig, file: String, serverModules: Set<String> = []) throws -> LlamaModel {
         try config.validate(file: file)
         var loader = StrictTensorLoader(source: source, file: file)
         let gguf = loader.has("token_embd.weight")
@@ -214,14 +216,14 @@ extension LlamaModel {
             let gp = "blk.\(l).", hp = "model.layers.\(l)."
             blocks.append(Block(
                 attentionNorm: try loader.tensor(name(gp + "attn_norm.weight", hp + "input_layernorm.weight"), shape: [C]),
-                wq: try loader.tensor(name(gp + "attn_q.weight", hp + "self_attn.q_proj.weight"), shape: [qDim, C]),
-                wk: try loader.tensor(name(gp + "attn_k.weight", hp + "self_attn.k_proj.weight"), shape: [kvDim, C]),
-                wv: try loader.tensor(name(gp + "attn_v.weight", hp + "self_attn.v_proj.weight"), shape: [kvDim, C]),
-                wo: try loader.tensor(name(gp + "attn_output.weight", hp + "self_attn.o_proj.weight"), shape: [C, qDim]),
+                wq: serverModules.contains(hp + "self_attn.q_proj") ? [] : try loader.tensor(name(gp + "attn_q.weight", hp + "self_attn.q_proj.weight"), shape: [qDim, C]),
+                wk: serverModules.contains(hp + "self_attn.k_proj") ? [] : try loader.tensor(name(gp + "attn_k.weight", hp + "self_attn.k_proj.weight"), shape: [kvDim, C]),
+                wv: serverModules.contains(hp + "self_attn.v_proj") ? [] : try loader.tensor(name(gp + "attn_v.weight", hp + "self_attn.v_proj.weight"), shape: [kvDim, C]),
+                wo: serverModules.contains(hp + "self_attn.o_proj") ? [] : try loader.tensor(name(gp + "attn_output.weight", hp + "self_attn.o_proj.weight"), shape: [C, qDim]),
                 mlpNorm: try loader.tensor(name(gp + "ffn_norm.weight", hp + "post_attention_layernorm.weight"), shape: [C]),
-                gate: try loader.tensor(name(gp + "ffn_gate.weight", hp + "mlp.gate_proj.weight"), shape: [F, C]),
-                up: try loader.tensor(name(gp + "ffn_up.weight", hp + "mlp.up_proj.weight"), shape: [F, C]),
-                down: try loader.tensor(name(gp + "ffn_down.weight", hp + "mlp.down_proj.weight"), shape: [C, F])))
+                gate: serverModules.contains(hp + "mlp.gate_proj") ? [] : try loader.tensor(name(gp + "ffn_gate.weight", hp + "mlp.gate_proj.weight"), shape: [F, C]),
+                up: serverModules.contains(hp + "mlp.up_proj") ? [] : try loader.tensor(name(gp + "ffn_up.weight", hp + "mlp.up_proj.weight"), shape: [F, C]),
+                down: serverModules.contains(hp + "mlp.down_proj") ? [] : try loader.tensor(name(gp + "ffn_down.weight", hp + "mlp.down_proj.weight"), shape: [C, F])))
         }
         let finalNorm = try loader.tensor(name("output_norm.weight", "model.norm.weight"), shape: [C])
         let headName = name("output.weight", "lm_head.weight")

@@ -9,9 +9,13 @@ public final class LoadedModel: @unchecked Sendable {
     public let chatTemplate: ChatTemplate?
     public let loadSeconds: Double
     public let tokenizerDescription: String
+    /// For a deployment's client folder: its manifest. The remote modules' weights are then
+    /// absent (empty): only an encrypted backend can run them.
+    public let clientDeployment: ClientManifest?
 
     init(location: ModelLocation, model: LanguageModel, tokenizer: BPETokenizer, chatTemplate: ChatTemplate?,
-         loadSeconds: Double, tokenizerDescription: String) {
+         loadSeconds: Double, tokenizerDescription: String, clientDeployment: ClientManifest? = nil) {
+        self.clientDeployment = clientDeployment
         self.location = location
         self.model = model
         self.tokenizer = tokenizer
@@ -50,6 +54,8 @@ public final class LoadedModel: @unchecked Sendable {
             let (model, tokenizer, template) = try fromGGUF(file, path: location.url.path)
             return LoadedModel(location: location, model: model, tokenizer: tokenizer, chatTemplate: template,
                                loadSeconds: Date().timeIntervalSince(start), tokenizerDescription: "byte-level BPE from the GGUF (\(tokenizer.vocabularySize) tokens)")
+        case .deploymentClient:
+            return try loadClient(location, start: start)
         case .safetensors:
             let configURL = location.url.appendingPathComponent("config.json")
             let configData: Data
@@ -76,6 +82,40 @@ public final class LoadedModel: @unchecked Sendable {
             return LoadedModel(location: location, model: model, tokenizer: tokenizer, chatTemplate: nil,
                                loadSeconds: Date().timeIntervalSince(start), tokenizerDescription: description)
         }
+    }
+
+    /// A deployment's client folder: the model without the server's matrices.
+    static func loadClient(_ location: ModelLocation, start: Date) throws -> LoadedModel {
+        let dir = location.url
+        let manifest = try Deployment.readJSON(ClientManifest.self, from: dir.appendingPathComponent(DeploymentLayout.clientManifest))
+        guard manifest.format == ClientManifest.formatName, manifest.version == 1 else {
+            throw DeploymentError.notADeployment(path: dir.path, reason: "format \(manifest.format) version \(manifest.version), expected \(ClientManifest.formatName) version 1")
+        }
+        for m in manifest.modules { try m.validate() }
+        let configURL = dir.appendingPathComponent(DeploymentLayout.clientConfig)
+        guard let configData = FileManager.default.contents(atPath: configURL.path) else {
+            throw ModelLoadError.badConfig(file: configURL.path, key: "config.json", message: "cannot read")
+        }
+        let tensorsURL = dir.appendingPathComponent(DeploymentLayout.clientTensors)
+        let file = try SafeTensorsFile(url: tensorsURL)
+        let remote = Set(manifest.modules.map(\.name))
+        let model: LanguageModel
+        do {
+            switch manifest.architecture {
+            case "gpt2": model = try GPT2Model.load(from: file, config: JSONDecoder().decode(GPT2Config.self, from: configData), file: tensorsURL.path, serverModules: remote)
+            case "llama": model = try LlamaModel.load(from: file, config: JSONDecoder().decode(LlamaConfig.self, from: configData), file: tensorsURL.path, serverModules: remote)
+            default: throw ModelLoadError.unsupportedArchitecture(file: configURL.path, architecture: manifest.architecture)
+            }
+        } catch let error as DecodingError {
+            throw ModelLoadError.badConfig(file: configURL.path, key: "config", message: "\(error)")
+        }
+        let vocabularyURL = dir.appendingPathComponent(DeploymentLayout.clientVocabulary)
+        let vocabulary = try Deployment.readJSON(TokenizerVocabulary.self, from: vocabularyURL)
+        let tokenizer = try BPETokenizer.from(vocabulary, source: vocabularyURL.path)
+        return LoadedModel(location: location, model: model, tokenizer: tokenizer,
+                           chatTemplate: manifest.chatTemplate ? ChatTemplate(defaultSystemMessage: manifest.chatSystemMessage) : nil,
+                           loadSeconds: Date().timeIntervalSince(start), tokenizerDescription: "byte-level BPE (\(tokenizer.vocabularySize) tokens, the deployment's vocabulary.json)",
+                           clientDeployment: manifest)
     }
 
     /// A LLaMA model and its tokenizer from GGUF metadata (`llama.*`, `tokenizer.ggml.*`).

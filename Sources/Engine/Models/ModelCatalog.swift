@@ -19,7 +19,7 @@ public enum ModelCache {
 
 /// The files of a model, found from a name or a path.
 public struct ModelLocation: Equatable, Sendable {
-    public enum Format: String, Sendable { case gguf, safetensors }
+    public enum Format: String, Sendable { case gguf, safetensors, deploymentClient }
     /// The name the user asked for, or the path.
     public var requested: String
     /// A short name for reports, e.g. `smollm2-135m-instruct` or `gpt2`.
@@ -103,6 +103,9 @@ public enum ModelCatalog {
                     throw ModelUnavailable(name: nameOrPath, reasons: ["a model file must be .gguf (or give a directory with config.json and safetensors)"])
                 }
                 return ModelLocation(requested: nameOrPath, displayName: url.deletingPathExtension().lastPathComponent, format: .gguf, url: url, tokenizerDirectory: nil)
+            }
+            if let client = try? Deployment.folder(DeploymentLayout.clientFolder, of: url, marker: DeploymentLayout.clientManifest) {
+                return ModelLocation(requested: nameOrPath, displayName: url.lastPathComponent, format: .deploymentClient, url: client, tokenizerDirectory: nil)
             }
             guard isSafetensorsDirectory(url) else {
                 throw ModelUnavailable(name: nameOrPath, reasons: ["\(url.path) has no config.json with model.safetensors or model.safetensors.index.json"])

@@ -155,6 +155,15 @@ public final class BPETokenizer: @unchecked Sendable {
 
     /// The id of a token spelled in the vocabulary's alphabet (`"Ġthe"`), or of a special
     /// token's literal text; nil when there is none.
+    /// The whole vocabulary as data (merges in rank order); ``from(_:source:)`` reads it back.
+    public var vocabulary: TokenizerVocabulary {
+        let ordered = merges.sorted { $0.value >> 32 < $1.value >> 32 }
+        return TokenizerVocabulary(
+            tokens: tokens, merges: ordered.map { tokens[Int($0.key >> 32)] + " " + tokens[Int($0.key & 0xffff_ffff)] },
+            specialTokens: specialTokens, preTokenizer: preTokenizer.rawValue, bosTokenID: bosTokenID, eosTokenID: eosTokenID,
+            padTokenID: padTokenID, addBOS: addBOS)
+    }
+
     public func id(of tokenString: String) -> Int? {
         idOfToken[tokenString] ?? specialTokens[tokenString]
     }

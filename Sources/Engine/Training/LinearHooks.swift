@@ -68,9 +68,11 @@ extension LinearHooks {
     /// y = x·Wᵀ (+ b) for either layout, then the layer's forward hook.
     func linearForward(_ layer: LinearLayer, _ x: [Real], weight: [Real], bias: [Real]?, layout: WeightLayout, _ y: inout [Real]) {
         let N = x.count / layer.inFeatures, (k, n) = (layer.inFeatures, layer.outFeatures)
-        precondition(x.count == N * k && y.count == N * n && weight.count == k * n,
+        // An empty weight: a deployment's client, whose remote layers only a backend runs.
+        precondition(x.count == N * k && y.count == N * n && (weight.count == k * n || weight.isEmpty),
                      "\(layer.name): x \(x.count), y \(y.count), W \(weight.count) do not fit (N, \(k)) → (N, \(n))")
         func run(_ b: UnsafePointer<Real>?) {
+            precondition(!weight.isEmpty, "\(layer.name): the weights of this layer are on the server; only mode: remote can run it")
             switch layout {
             case .outIn: Layers.linearForward(x, weight: weight, bias: b, &y, rows: N, inFeatures: k, outFeatures: n)
             case .inOut: Layers.conv1DForward(x, weight: weight, bias: b, &y, rows: N, inFeatures: k, outFeatures: n)
@@ -95,6 +97,7 @@ extension LinearHooks {
         let remote = Real.self == Float.self && backend != nil
             && dY.withUnsafeBufferPointer { gb in dX.withUnsafeMutableBufferPointer { backend!.backward(layer, dY: gb.floats, dX: $0.floats) } }
         if !remote {
+            precondition(!weight.isEmpty, "\(layer.name): the weights of this layer are on the server; only mode: remote can run it")
             switch layout {
             case .outIn: Layers.linearBackward(dY, x: nil, weight: weight, dX: &dX, rows: N, inFeatures: k, outFeatures: n)
             case .inOut: Layers.conv1DBackward(dY, x: nil, weight: weight, dX: &dX, rows: N, inFeatures: k, outFeatures: n)

@@ -274,12 +274,14 @@ public final class NotebookRunner: @unchecked Sendable {
             update(i, status: .ran, duration: duration, finishedAt: snapshot.finishedAt, note: note, outputs: context.outputs)
             options.log("  \(label): ran in \(Format.duration(duration))\n")
         }
+        session.localServers.stopAll()
         if let failure {
             lock.withLock { problems.append(failure) }
             options.log("\(failure)\n")
         }
         finish(state: failure == nil ? "finished" : "failed")
         options.log("report: \(PathDisplay.relative(reportURL))\n")
+        options.log(String(format: "peak memory (resident): %.0f MiB\n", ProcessMemory.peakResidentMB()))
         return RunResult(exitCode: failure == nil ? 0 : 1, reportURL: reportURL, manifest: manifest, message: failure)
     }
 

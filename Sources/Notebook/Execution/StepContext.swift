@@ -1,3 +1,4 @@
+import Engine
 import Foundation
 
 /// A failure inside a step, naming the parameter at fault when there is one.
@@ -48,6 +49,22 @@ public final class StepContext {
 
     /// A progress line for a long step: `total` units of work.
     public func progress(_ label: String, total: Int) -> ProgressReporter { makeProgress(label, total) }
+
+    /// The session's backend for `mode`, with the step's `server` and `token_file` for
+    /// `remote`; a failure names the key at fault.
+    public func backend(_ mode: ExecutionMode, server: String?, tokenFile: String?) throws -> LinearBackend? {
+        var target: RemoteTarget?
+        if let server {
+            var settings = RemoteSettings()
+            // How many attempts a request gets (connection errors, 5xx) before the step fails.
+            if let n = ProcessInfo.processInfo.environment["NB_REMOTE_ATTEMPTS"].flatMap(Int.init), n >= 1 { settings.attempts = n }
+            target = RemoteTarget(server: server, tokenFile: tokenFile.map { resolve($0).path }, settings: settings)
+        }
+        do { return try session.backend(for: mode, remote: target) } catch let failure as StepFailure { throw failure } catch {
+            let key = error is RemoteServerError || error is SessionError && (error as! SessionError) == .noDeployment ? "server" : "mode"
+            throw StepFailure(key: key, "\(error)")
+        }
+    }
 
     /// An absolute path resolves to itself; a relative one against the notebook's directory.
     public func resolve(_ path: String) -> URL {

@@ -11,6 +11,10 @@ public struct DatasetReference: Codable, Equatable, Sendable {
     public var sha256: String
     public var format: DatasetFormat
     public var exampleCount: Int
+    /// Only the first `limit` examples are used (load_data's `limit`).
+    public var limit: Int?
+
+    var cacheKey: String { "\(sha256)#\(limit ?? 0)" }
 }
 
 /// The model a session has loaded: what was asked for and what actually runs.
@@ -50,6 +54,19 @@ public struct AdapterReference: Codable, Equatable, Sendable {
     public var origin: String
 }
 
+/// The deployment of the session: written by `save_deployment` or loaded by `load_deployment`.
+public struct DeploymentReference: Codable, Equatable, Sendable {
+    /// `deployment/<name>`: its `server/` and `client/` folders.
+    public var path: String
+    public var name: String
+    public var deploymentID: String
+    /// True when the session's model is this deployment's client folder (`load_deployment`):
+    /// the frozen matrices are then not in this process, and the key is the client folder's.
+    public var clientLoaded: Bool
+
+    public var clientDirectory: URL { URL(fileURLWithPath: path).appendingPathComponent(DeploymentLayout.clientFolder, isDirectory: true) }
+}
+
 /// The state carried from cell to cell and snapshotted after each one.
 ///
 /// Only small values and references to immutable inputs live here; large derived things
@@ -65,6 +82,8 @@ public struct SessionState: Codable, Equatable, Sendable {
     public var adapter: AdapterReference?
     /// The client/server split and quantization fixed by `compile_hybrid`, if any.
     public var hybrid: HybridPlan?
+    /// The deployment saved or loaded, if any.
+    public var deployment: DeploymentReference?
 
     public init() {}
 }
@@ -79,6 +98,9 @@ public final class Session {
     fileprivate var backends: [HybridPlan: QuantizedLinearBackend] = [:]
     fileprivate var encryptedBackends: [HybridPlan: EncryptedLinearBackend] = [:]
     fileprivate var keyring: Keyring?
+    fileprivate var remoteBackends: [RemoteBackendKey: EncryptedLinearBackend] = [:]
+    /// `nb serve` processes started for `server: local`, by deployment path.
+    public let localServers = LocalServers()
     /// Where the client's secret key is kept (mode 0600); nil: in memory only.
     public var keyDirectory: URL?
 
@@ -89,7 +111,7 @@ public final class Session {
     /// Remembers a data set loaded by a step.
     public func register(_ dataset: Dataset, as name: String, reference: DatasetReference) {
         state.datasets[name] = reference
-        loadedDatasets[reference.sha256] = dataset
+        loadedDatasets[reference.cacheKey] = dataset
     }
 
     /// The examples of a data set loaded earlier, re-read from its file when this process
@@ -99,12 +121,13 @@ public final class Session {
         guard let reference = state.datasets[name] else {
             throw SessionError.unknownDataset(name, known: state.datasets.keys.sorted())
         }
-        if let cached = loadedDatasets[reference.sha256] { return cached }
+        if let cached = loadedDatasets[reference.cacheKey] { return cached }
         let url = URL(fileURLWithPath: reference.path)
         let digest = try SHA256Digest.hex(fileAt: url)
         guard digest == reference.sha256 else { throw SessionError.fileChanged(reference.displayPath) }
-        let dataset = try Dataset.load(from: url, format: reference.format, displayPath: reference.displayPath)
-        loadedDatasets[reference.sha256] = dataset
+        var dataset = try Dataset.load(from: url, format: reference.format, displayPath: reference.displayPath)
+        if let limit = reference.limit { dataset.examples = Array(dataset.examples.prefix(limit)) }
+        loadedDatasets[reference.cacheKey] = dataset
         return dataset
     }
 }
@@ -115,6 +138,7 @@ extension Session {
         state.model = reference
         state.adapter = nil  // an adapter belongs to the model it was made for
         state.hybrid = nil
+        state.deployment = nil
         loadedModels[reference.path] = loaded
     }
 
@@ -172,9 +196,16 @@ extension Session {
     /// Where the frozen layers run in `mode`: nil for float on the client; the quantized
     /// backend of the session's `compile_hybrid` plan for `disable`; for `execute`, the same
     /// integers through encryption under the session's key and the in-process server.
-    public func backend(for mode: ExecutionMode) throws -> LinearBackend? {
+    public func backend(for mode: ExecutionMode, remote: RemoteTarget? = nil) throws -> LinearBackend? {
+        if mode != .remote, let d = state.deployment, d.clientLoaded {
+            throw SessionError.clientOnly(mode.rawValue)
+        }
         switch mode {
         case .torch: return nil
+        case .remote:
+            guard let plan = state.hybrid else { throw SessionError.noHybridPlan(mode.rawValue) }
+            guard let remote else { throw SessionError.noServer }
+            return try remoteBackend(plan: plan, target: remote)
         case .disable:
             guard let plan = state.hybrid else { throw SessionError.noHybridPlan(mode.rawValue) }
             if let cached = backends[plan] { return cached }
@@ -192,10 +223,52 @@ extension Session {
         }
     }
 
+    /// The `remote` backend: the plan's products through `nb serve` at `target`. The modules'
+    /// public metadata comes from the deployment's client folder (or, with the whole model in
+    /// this process, from its own quantization); the server must serve the same deployment.
+    func remoteBackend(plan: HybridPlan, target: RemoteTarget) throws -> EncryptedLinearBackend {
+        let (url, token) = try resolve(target)
+        let key = RemoteBackendKey(plan: plan, url: url.absoluteString)
+        if let cached = remoteBackends[key] { return cached }
+        let transport = HTTPTransport(baseURL: url, token: token, settings: target.settings)
+        let served = try transport.modules()
+        let metadata: [RemoteModuleMetadata]
+        if let client = try model().clientDeployment {
+            guard served.deploymentID == client.deploymentID else {
+                throw RemoteServerError.wrongDeployment(url: url.absoluteString, expected: client.deploymentID, found: served.deploymentID)
+            }
+            metadata = client.modules
+        } else {
+            let (_, model) = try trainableModel()
+            metadata = try QuantizedLinearBackend(plan: plan, model: model).remoteModules().metadata
+            let byName = Dictionary(served.manifest.modules.map { ($0.name, $0) }) { a, _ in a }
+            for m in metadata where byName[m.name] != m {
+                throw RemoteServerError.wrongDeployment(url: url.absoluteString, expected: "one with this model's quantized \(m.name)", found: served.deploymentID)
+            }
+        }
+        let backend = try EncryptedLinearBackend(plan: plan, metadata: metadata, client: FHEClient(keyring: try clientKeyring()), transport: transport)
+        remoteBackends[key] = backend
+        return backend
+    }
+
+    /// The server's URL and token: given, or a local `nb serve` of the session's deployment.
+    func resolve(_ target: RemoteTarget) throws -> (URL, String?) {
+        guard target.server == RemoteTarget.local else { return (target.url!, try target.token()) }
+        guard let d = state.deployment else { throw SessionError.noDeployment }
+        let server = try localServers.server(for: URL(fileURLWithPath: d.path), tokenDirectory: keyDirectory)
+        return (server.url, server.token)
+    }
+
     /// The client's keys: read from ``keyDirectory`` when an earlier run saved them, else made
     /// once for this session (from the OS CSPRNG) and saved there with mode 0600.
     public func clientKeyring() throws -> Keyring {
         if let keyring { return keyring }
+        if let d = state.deployment, d.clientLoaded {
+            // The deployment's own key (mode 0600 in its client folder).
+            let loaded = try Keyring.load(from: d.clientDirectory.appendingPathComponent(DeploymentLayout.clientKey))
+            keyring = loaded
+            return loaded
+        }
         var made = Keyring()
         if let dir = keyDirectory {
             let url = dir.appendingPathComponent("secret.key")
@@ -210,12 +283,27 @@ extension Session {
         return made
     }
 
+    /// Refuses steps that need the frozen matrices when the model is a deployment's client.
+    public func requireWholeModel(for step: String) throws {
+        if state.deployment?.clientLoaded == true {
+            throw StepFailure("\(step) needs the whole model; this session's model is a deployment's client folder (its frozen matrices are on the server)")
+        }
+    }
+
+    /// Forgets the cached key (a deployment loaded since brings its own).
+    public func resetKeyring() { keyring = nil; remoteBackends = [:] }
+
     /// The session's model as a ``TrainableModel``.
     public func trainableModel() throws -> (LoadedModel, TrainableModel) {
         let loaded = try model()
         guard let trainable = loaded.model as? TrainableModel else { throw SessionError.noModel }
         return (loaded, trainable)
     }
+}
+
+struct RemoteBackendKey: Hashable {
+    var plan: HybridPlan
+    var url: String
 }
 
 public enum SessionError: Error, Equatable, CustomStringConvertible {
@@ -225,6 +313,9 @@ public enum SessionError: Error, Equatable, CustomStringConvertible {
     case noAdapter
     case adapterMissing(String)
     case noHybridPlan(String)
+    case clientOnly(String)
+    case noServer
+    case noDeployment
 
     public var description: String {
         switch self {
@@ -234,6 +325,10 @@ public enum SessionError: Error, Equatable, CustomStringConvertible {
         case .noModel: return "no model is loaded; add an `nb load_model` cell before this one"
         case .noAdapter: return "the model has no LoRA adapter; add an `nb inject_lora` or `nb load_adapter` cell before this one"
         case .noHybridPlan(let mode): return "mode \(mode) runs the remote layers quantized: add an `nb compile_hybrid` cell before this one"
+        case .clientOnly(let mode):
+            return "mode \(mode) needs the frozen matrices, which this client does not hold (the model is a deployment's client folder): use mode: remote"
+        case .noServer: return "mode remote needs a server: add `server: http://HOST:PORT` (or `server: local` to start `nb serve` on the session's deployment)"
+        case .noDeployment: return "`server: local` serves the session's deployment: add an `nb save_deployment` or `nb load_deployment` cell before this one"
         case .adapterMissing(let p): return "the adapter saved at \(p) is gone; run the notebook with --fresh"
         }
     }

@@ -25,7 +25,12 @@ enum FHEReport {
         let fhe = stats.encryptSeconds + stats.serverSeconds + stats.decryptSeconds
         let clear = max(0, seconds - fhe)
         func share(_ x: Double) -> String { seconds > 0 ? String(format: "%@ (%.0f %%)", Format.duration(x * perStep), 100 * x / seconds) : "–" }
-        context.emit(.metrics([
+        let http = b.transport as? HTTPTransport
+        var where_: [Metric] = []
+        if let http {
+            where_.append(Metric("server", "\(http.baseURL.absoluteString) (HTTP; \(http.retries) request\(http.retries == 1 ? "" : "s") retried so far)"))
+        }
+        context.emit(.metrics(where_ + [
             Metric("encrypted products", Format.integer(stats.calls)),
             Metric("sent per \(stepName)", bytes(Double(stats.bytesSent) * perStep)),
             Metric("received per \(stepName)", bytes(Double(stats.bytesReceived) * perStep)),
@@ -34,7 +39,7 @@ enum FHEReport {
         ]))
         context.emit(.table(OutputTable(
             title: "Time per \(stepName), encrypted mode",
-            columns: ["client encrypt", "server product", "client decrypt", "clear work (client)", "total"],
+            columns: ["client encrypt", http == nil ? "server product" : "server product + network", "client decrypt", "clear work (client)", "total"],
             rows: [[share(stats.encryptSeconds), share(stats.serverSeconds), share(stats.decryptSeconds), share(clear),
                     Format.duration(seconds * perStep)]])))
         var lines: [String] = []
@@ -46,7 +51,7 @@ enum FHEReport {
                 + "(formula: the noise's variance from σ, the rounding steps and the weights' largest row norm).")
         }
         lines.append("The server saw only ciphertexts: seeds, rounded bodies and the products' masks and bodies; "
-            + "the secret key (mode 0600 under the notebook's state directory) never left the client.")
+            + "the secret key (mode 0600, \(http == nil ? "under the notebook's state directory" : "in the client's folder")) never left the client.")
         context.emit(.text(lines.joined(separator: "\n")))
     }
 }

@@ -17,7 +17,7 @@ public enum GenerateStep: Step {
     public static let summary = "continue prompts with the loaded model (greedy or sampled, KV cache)"
 
     public struct Parameters: StepParameters {
-        public enum Keys: String, CodingKey, CaseIterable { case prompts, maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", seed, chat, qa, stop, adapter, mode }
+        public enum Keys: String, CodingKey, CaseIterable { case prompts, maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", seed, chat, qa, stop, adapter, mode, server, tokenFile = "token_file" }
         public typealias CodingKeys = Keys
         public var prompts: [String]
         public var maxTokens: Int
@@ -34,6 +34,8 @@ public enum GenerateStep: Step {
         /// Apply the session's LoRA adapter, when it has one.
         public var adapter: Bool
         public var mode: ExecutionMode
+        public var server: String?
+        public var tokenFile: String?
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
@@ -48,6 +50,8 @@ public enum GenerateStep: Step {
             qa = try c.decodeIfPresent(Bool.self, forKey: .qa) ?? false
             adapter = try c.decodeIfPresent(Bool.self, forKey: .adapter) ?? true
             mode = try c.decodeChoice(ExecutionMode.self, forKey: .mode) ?? .torch
+            server = try c.decodeIfPresent(String.self, forKey: .server)
+            tokenFile = try c.decodeIfPresent(String.self, forKey: .tokenFile)
         }
 
         public func validate() throws(ParameterError) {
@@ -58,6 +62,7 @@ public enum GenerateStep: Step {
             if topK < 0 { throw ParameterError("top_k", "\(topK) must be ≥ 0") }
             if !(topP > 0 && topP <= 1) { throw ParameterError("top_p", "\(topP) must be in (0, 1]") }
             if seed < 0 { throw ParameterError("seed", "\(seed) must be ≥ 0") }
+            try RemoteTarget.validate(server: server, mode: mode)
         }
     }
 
@@ -88,8 +93,7 @@ public enum GenerateStep: Step {
                 progress.update(i + 1)
             }
         }
-        let backend: LinearBackend?
-        do { backend = try context.session.backend(for: p.mode) } catch { throw StepFailure(key: "mode", "\(error)") }
+        let backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile)
         let statsAtStart = (backend as? EncryptedLinearBackend)?.statistics ?? FHEStatistics()
         let generationStarted = Date()
         if let backend, let model = loaded.model as? TrainableModel {
@@ -119,7 +123,7 @@ public enum GenerateStep: Step {
         }
         progress.finish()
         var with = adapter == nil ? "" : " + LoRA adapter (\(context.session.state.adapter?.trainedSteps ?? 0) steps trained)"
-        if p.mode != .torch { with += ", remote layers \(p.mode == .execute ? "encrypted" : "quantized") (\(context.session.state.hybrid?.scheme.description ?? ""))" }
+        if p.mode != .torch { with += ", remote layers \(p.mode.encrypted ? "encrypted" : "quantized") (\(context.session.state.hybrid?.scheme.description ?? ""))" }
         context.emit(.table(OutputTable(title: "Generations with \(context.session.state.model?.name ?? "the model")\(with)",
                                         columns: ["prompt", "completion", "tokens", "tokens/s"], rows: rows)))
         context.emit(.metrics([

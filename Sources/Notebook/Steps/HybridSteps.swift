@@ -116,6 +116,7 @@ public enum CompileHybridStep: Step {
     static let sharedInputKinds: Set<LinearModule.Kind> = [.attention, .query, .key, .value, .gate, .up]
 
     public static func run(_ p: Parameters, context: StepContext) throws {
+        try context.session.requireWholeModel(for: name)
         let (loaded, model) = try context.session.trainableModel()
         let modules = model.linearModules
         var remote = modules
@@ -189,6 +190,7 @@ public enum WeightsReportStep: Step {
     }
 
     public static func run(_ p: Parameters, context: StepContext) throws {
+        try context.session.requireWholeModel(for: name)
         let (loaded, model) = try context.session.trainableModel()
         guard let plan = context.session.state.hybrid else { throw SessionError.noHybridPlan("weights_report") }
         let lora = try context.session.adapter()?.parameterCount ?? 0
@@ -279,6 +281,7 @@ public enum QuantizationStudyStep: Step {
     }
 
     public static func run(_ p: Parameters, context: StepContext) throws {
+        try context.session.requireWholeModel(for: name)
         let (loaded, model) = try context.session.trainableModel()
         guard let start = try context.session.adapter() else { throw SessionError.noAdapter }
         let data = try RowSettings(maxLength: p.maxLength, padding: p.padding).data(p.data, key: "data", context: context, loaded: loaded)

@@ -15,13 +15,15 @@ public enum LoadDataStep: Step {
     public static let summary = "read a question/answer .txt or a .jsonl data file and show what is in it"
 
     public struct Parameters: StepParameters {
-        public enum Keys: String, CodingKey, CaseIterable { case path, format, name, show }
+        public enum Keys: String, CodingKey, CaseIterable { case path, format, name, show, limit }
         public typealias CodingKeys = Keys
 
         public var path: String
         public var format: DatasetFormat?
         public var name: String
         public var show: Int
+        /// Keep only the first `limit` examples (a quick run on part of a data set).
+        public var limit: Int?
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
@@ -29,12 +31,14 @@ public enum LoadDataStep: Step {
             format = try c.decodeChoice(DatasetFormat.self, forKey: .format)
             name = try c.decodeIfPresent(String.self, forKey: .name) ?? "train"
             show = try c.decodeIfPresent(Int.self, forKey: .show) ?? 5
+            limit = try c.decodeIfPresent(Int.self, forKey: .limit)
         }
 
         public func validate() throws(ParameterError) {
             if path.trimmingCharacters(in: .whitespaces).isEmpty { throw ParameterError("path", "must not be empty") }
             if name.isEmpty || name.contains(where: \.isWhitespace) { throw ParameterError("name", "'\(name)' must be a single word") }
             if !(0...100).contains(show) { throw ParameterError("show", "\(show) is out of range 0...100") }
+            if let limit, limit < 1 { throw ParameterError("limit", "\(limit) must be ≥ 1") }
         }
     }
 
@@ -44,16 +48,18 @@ public enum LoadDataStep: Step {
         let url = context.resolve(p.path)
         let shown = context.display(url)
         let format = p.format ?? .guess(for: url)
-        let dataset: Dataset
+        var dataset: Dataset
         do {
             dataset = try Dataset.load(from: url, format: format, displayPath: shown)
         } catch {
             throw StepFailure(key: "path", error.description)
         }
+        let total = dataset.examples.count
+        if let limit = p.limit { dataset.examples = Array(dataset.examples.prefix(limit)) }
         let digest = try SHA256Digest.hex(fileAt: url)
         context.session.register(dataset, as: p.name, reference: DatasetReference(
             path: url.path, displayPath: shown, sha256: digest, format: format,
-            exampleCount: dataset.examples.count))
+            exampleCount: dataset.examples.count, limit: p.limit))
 
         let examples = dataset.examples
         let textLengths = examples.map { $0.text.count }
@@ -61,7 +67,7 @@ public enum LoadDataStep: Step {
             Metric("data set", p.name),
             Metric("file", shown),
             Metric("format", format == .qa ? "question/answer lines" : "JSON lines"),
-            Metric("examples", Format.integer(examples.count)),
+            Metric("examples", Format.integer(examples.count) + (examples.count < total ? " (the first \(examples.count) of \(total))" : "")),
         ]
         let textStats = LengthStatistics(textLengths)
         if format == .qa {

@@ -61,6 +61,7 @@ public enum LoadModelStep: Step {
         case .safetensors:
             return ["config.json", "model.safetensors", "model.safetensors.index.json"].map { location.url.appendingPathComponent($0) }
                 .filter { FileManager.default.fileExists(atPath: $0.path) }
+        case .deploymentClient: return LoadDeploymentStep.clientFiles(location.url)
         }
     }
 
@@ -70,6 +71,9 @@ public enum LoadModelStep: Step {
         if let fallbackReason {
             context.emit(.warning("\(fallbackReason). Using the notebook's fallback, \(location.displayName)."))
             FileHandle.standardError.write(Data("  load_model: \(fallbackReason); using fallback \(location.displayName)\n".utf8))
+        }
+        if location.format == .deploymentClient {
+            throw StepFailure(key: "model", "\(p.model) is a deployment's client folder: load it with `nb load_deployment` (its plan, adapter and key come with it)")
         }
         let loaded: LoadedModel
         do { loaded = try LoadedModel.load(location) } catch { throw StepFailure(key: fallbackReason == nil ? "model" : "fallback", "\(error)") }

@@ -101,6 +101,8 @@ public struct StepRegistry: Sendable {
         r.register(CompileHybridStep.self)
         r.register(WeightsReportStep.self)
         r.register(QuantizationStudyStep.self)
+        r.register(SaveDeploymentStep.self)
+        r.register(LoadDeploymentStep.self)
         return r
     }()
 }

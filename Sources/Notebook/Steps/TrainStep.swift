@@ -10,6 +10,12 @@ public enum ExecutionMode: String, Codable, CaseIterable, Sendable {
     /// The same integers, encrypted under the client's key and multiplied by the in-process
     /// server (token-packed GLWE); decrypted and finished on the client.
     case execute
+    /// The same encrypted products, sent over HTTP to `nb serve` (`server:`); the client may
+    /// be a deployment's client folder, without the frozen matrices.
+    case remote
+
+    /// Whether the remote layers' products are encrypted.
+    var encrypted: Bool { self == .execute || self == .remote }
 }
 
 /// How a step turns a loaded data set into training rows: the keys `max_length` and `padding`.
@@ -84,6 +90,7 @@ public enum TrainStep: Step {
             case data, epochs, batchSize = "batch_size", learningRate = "learning_rate", schedule, warmupSteps = "warmup_steps"
             case weightDecay = "weight_decay", gradientAccumulation = "gradient_accumulation", maxGradNorm = "max_grad_norm"
             case maxLength = "max_length", padding, seed, shuffle, checkpointEvery = "checkpoint_every", generate, mode
+            case server, tokenFile = "token_file"
         }
         public typealias CodingKeys = Keys
         public var data: String
@@ -102,6 +109,9 @@ public enum TrainStep: Step {
         public var checkpointEvery: Int
         public var generate: EpochGeneration?
         public var mode: ExecutionMode
+        /// `mode: remote`: the server's URL, or `local`; and its token file.
+        public var server: String?
+        public var tokenFile: String?
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
@@ -121,6 +131,8 @@ public enum TrainStep: Step {
             checkpointEvery = try c.decodeIfPresent(Int.self, forKey: .checkpointEvery) ?? 20
             generate = try c.decodeIfPresent(EpochGeneration.self, forKey: .generate)
             mode = try c.decodeChoice(ExecutionMode.self, forKey: .mode) ?? .torch
+            server = try c.decodeIfPresent(String.self, forKey: .server)
+            tokenFile = try c.decodeIfPresent(String.self, forKey: .tokenFile)
         }
 
         public func validate() throws(ParameterError) {
@@ -135,6 +147,7 @@ public enum TrainStep: Step {
             if maxLength < 2 { throw ParameterError("max_length", "\(maxLength) must be ≥ 2") }
             if seed < 0 { throw ParameterError("seed", "\(seed) must be ≥ 0") }
             if checkpointEvery < 1 { throw ParameterError("checkpoint_every", "\(checkpointEvery) must be ≥ 1") }
+            try RemoteTarget.validate(server: server, mode: mode)
             if let g = generate {
                 if g.prompts.isEmpty { throw ParameterError("generate.prompts", "give at least one prompt") }
                 if !(1...1024).contains(g.maxTokens) { throw ParameterError("generate.max_tokens", "\(g.maxTokens) is out of range 1...1024") }
@@ -168,7 +181,7 @@ public enum TrainStep: Step {
             default: throw StepFailure(key: "data", "\(context.session.state.datasets[p.data]?.displayPath ?? p.data): \(error.description)")
             }
         }
-        do { run.backend = try context.session.backend(for: p.mode) } catch { throw StepFailure(key: "mode", "\(error)") }
+        run.backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile)
 
         // Resume from this very computation's checkpoint, if an earlier run left one.
         let checkpoints = context.checkpointDirectory
@@ -326,7 +339,7 @@ public enum EvaluateStep: Step {
     public static let summary = "loss and perplexity of the model (with or without its adapter) on a data set"
 
     public struct Parameters: StepParameters {
-        public enum Keys: String, CodingKey, CaseIterable { case data, batchSize = "batch_size", maxLength = "max_length", padding, adapter, mode }
+        public enum Keys: String, CodingKey, CaseIterable { case data, batchSize = "batch_size", maxLength = "max_length", padding, adapter, mode, server, tokenFile = "token_file" }
         public typealias CodingKeys = Keys
         public var data: String
         public var batchSize: Int
@@ -334,9 +347,13 @@ public enum EvaluateStep: Step {
         public var padding: CausalLMDataOptions.Padding
         public var adapter: Bool
         public var mode: ExecutionMode
+        public var server: String?
+        public var tokenFile: String?
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
+            server = try c.decodeIfPresent(String.self, forKey: .server)
+            tokenFile = try c.decodeIfPresent(String.self, forKey: .tokenFile)
             data = try c.decodeIfPresent(String.self, forKey: .data) ?? "train"
             batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? 4
             maxLength = try c.decodeIfPresent(Int.self, forKey: .maxLength) ?? 128
@@ -349,6 +366,7 @@ public enum EvaluateStep: Step {
             if data.isEmpty { throw ParameterError("data", "must name a data set loaded by load_data") }
             if batchSize < 1 { throw ParameterError("batch_size", "\(batchSize) must be ≥ 1") }
             if maxLength < 2 { throw ParameterError("max_length", "\(maxLength) must be ≥ 2") }
+            try RemoteTarget.validate(server: server, mode: mode)
         }
     }
 
@@ -356,8 +374,7 @@ public enum EvaluateStep: Step {
         let (loaded, model) = try context.session.trainableModel()
         let data = try RowSettings(maxLength: p.maxLength, padding: p.padding).data(p.data, key: "data", context: context, loaded: loaded)
         let adapter = p.adapter ? try context.session.adapter() : nil
-        let backend: LinearBackend?
-        do { backend = try context.session.backend(for: p.mode) } catch { throw StepFailure(key: "mode", "\(error)") }
+        let backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile)
         let progress = context.progress("evaluate", total: data.batchesPerEpoch(batchSize: p.batchSize))
         let started = Date()
         let statsAtStart = (backend as? EncryptedLinearBackend)?.statistics ?? FHEStatistics()

@@ -1,0 +1,321 @@
+import FHE
+import Foundation
+
+/// A deployment on disk (`deployment/<name>/`), split in two folders that can live on two
+/// machines:
+///
+/// - `server/`: `manifest.json` (public: shapes, weight scales and row sums, the FHE
+///   parameter sets) and `weights.safetensors` (the remote modules' 8-bit integer weights,
+///   W for the forward and Wᵀ for the backward). No key, no adapter, no calibration
+///   ranges, nothing of the client's data.
+/// - `client/`: `nb-client.json` (the plan with its calibrated ranges and the modules'
+///   public metadata), `config.json`, `model.safetensors` (embeddings, norms, lm_head,
+///   biases, local layers), `vocabulary.json`, `adapter/` (PEFT layout) and `secret.key`
+///   (mode 0600).
+public enum DeploymentLayout {
+    public static let serverFolder = "server", clientFolder = "client"
+    public static let serverManifest = "manifest.json", serverWeights = "weights.safetensors"
+    public static let clientManifest = "nb-client.json", clientConfig = "config.json", clientTensors = "model.safetensors"
+    public static let clientVocabulary = "vocabulary.json", clientAdapter = "adapter", clientKey = "secret.key"
+}
+
+/// An FHE parameter set as the manifest names it (public).
+public struct ParameterSetInfo: Codable, Equatable, Sendable {
+    public var id: Int
+    public var name: String
+    public var ringDegree: Int
+    public var modulusBits: Int
+    public var noiseStandardDeviation: Double
+    public var securityBits: Int
+    public var securitySource: String
+
+    public init(_ p: FHEParameters) {
+        (id, name, ringDegree, modulusBits) = (Int(p.id), p.name, p.ringDegree, p.modulusBits)
+        (noiseStandardDeviation, securityBits, securitySource) = (p.noiseStandardDeviation, p.securityBits, p.securitySource)
+    }
+}
+
+/// `server/manifest.json`: everything the server publishes (`GET /v1/modules`).
+public struct ServerManifest: Codable, Equatable, Sendable {
+    public static let formatName = "nb-deployment-server"
+    public var format: String
+    public var version: Int
+    public var name: String
+    /// The foundation model, e.g. `gpt2`.
+    public var model: String
+    public var architecture: String
+    /// Bits and layout of the weights (the activations' part is the client's business but
+    /// public too: it fixes what the client sends).
+    public var scheme: QuantizationScheme
+    public var parameterSets: [ParameterSetInfo]
+    public var modules: [RemoteModuleMetadata]
+    public var weightsFile: String
+    /// SHA-256 of the weights file; also the deployment's identity.
+    public var weightsSHA256: String
+
+    public var deploymentID: String { String(weightsSHA256.prefix(16)) }
+}
+
+/// `client/nb-client.json`.
+public struct ClientManifest: Codable, Equatable, Sendable {
+    public static let formatName = "nb-deployment-client"
+    public var format: String
+    public var version: Int
+    public var name: String
+    public var model: String
+    public var architecture: String
+    /// The split and quantization, with the calibrated ranges (derived from the client's data).
+    public var plan: HybridPlan
+    public var modules: [RemoteModuleMetadata]
+    /// The server deployment this client belongs to (``ServerManifest/deploymentID``).
+    public var deploymentID: String
+    /// Whether the model has SmolLM2-Instruct's chat template, and its default system message.
+    public var chatTemplate: Bool
+    public var chatSystemMessage: String?
+    public var hasAdapter: Bool
+    public var adapterTrainedSteps: Int
+    /// The adapter's seed (its dropout stream), which PEFT files do not carry.
+    public var adapterSeed: UInt64
+}
+
+/// What ``Deployment/save(to:name:loaded:model:plan:adapter:keyring:)`` wrote.
+public struct DeploymentSummary: Sendable {
+    public var directory: URL
+    public var server: ServerManifest
+    public var client: ClientManifest
+    /// Bytes per file, relative to the deployment folder, sorted by path.
+    public var files: [(path: String, bytes: Int)]
+    public var serverParameters: Int
+    public var clientParameters: Int
+}
+
+public enum Deployment {
+    /// Writes `directory` (replacing an earlier deployment there as a whole: everything is
+    /// written to a staging folder first, then renamed into place).
+    public static func save(to directory: URL, name: String, modelName: String, loaded: LoadedModel, model: TrainableModel,
+                            plan: HybridPlan, adapter: LoRAAdapter?, adapterTrainedSteps: Int = 0,
+                            keyring: Keyring) throws -> DeploymentSummary {
+        try save(to: directory, name: name, modelName: modelName, model: model, tokenizer: loaded.tokenizer, chatTemplate: loaded.chatTemplate,
+                 plan: plan, adapter: adapter, adapterTrainedSteps: adapterTrainedSteps, keyring: keyring)
+    }
+
+    /// The same from the parts (a model, its tokenizer and chat template).
+    public static func save(to directory: URL, name: String, modelName: String, model: TrainableModel, tokenizer: BPETokenizer,
+                            chatTemplate: ChatTemplate?, plan: HybridPlan, adapter: LoRAAdapter?, adapterTrainedSteps: Int = 0,
+                            keyring: Keyring) throws -> DeploymentSummary {
+        let architecture = model is GPT2Model ? "gpt2" : "llama"
+        let fm = FileManager.default
+        let parent = directory.deletingLastPathComponent()
+        let staging = parent.appendingPathComponent(".\(directory.lastPathComponent).staging-\(getpid())", isDirectory: true)
+        try? fm.removeItem(at: staging)
+        let server = staging.appendingPathComponent(DeploymentLayout.serverFolder, isDirectory: true)
+        let client = staging.appendingPathComponent(DeploymentLayout.clientFolder, isDirectory: true)
+        do {
+            try fm.createDirectory(at: server, withIntermediateDirectories: true)
+            try fm.createDirectory(at: client, withIntermediateDirectories: true)
+        } catch { throw DeploymentError.unwritable(path: staging.path, reason: error.localizedDescription) }
+        defer { try? fm.removeItem(at: staging) }
+
+        // Server: the integer weights and the public manifest.
+        let quantized = try QuantizedLinearBackend(plan: plan, model: model)
+        let (_, metadata) = try quantized.remoteModules()
+        var tensors: [(name: String, shape: [Int], values: [Int8])] = []
+        for m in metadata {
+            let l = quantized.layers[m.name]!
+            tensors.append((m.name + ".forward", [l.forward.rows, l.forward.columns], l.forward.values.map { Int8($0) }))
+            tensors.append((m.name + ".backward", [l.backward.rows, l.backward.columns], l.backward.values.map { Int8($0) }))
+        }
+        let weightsURL = server.appendingPathComponent(DeploymentLayout.serverWeights)
+        try SafeTensorsWriter.write(int8: tensors, metadata: ["format": "nb-int8-weights"], to: weightsURL)
+        tensors = []
+        let digest = try SHA256Digest.hex(fileAt: weightsURL)
+        let serverManifest = ServerManifest(
+            format: ServerManifest.formatName, version: 1, name: name, model: modelName, architecture: architecture,
+            scheme: plan.scheme, parameterSets: FHEParameters.all.map(ParameterSetInfo.init), modules: metadata,
+            weightsFile: DeploymentLayout.serverWeights, weightsSHA256: digest)
+        try writeJSON(serverManifest, to: server.appendingPathComponent(DeploymentLayout.serverManifest))
+
+        // Client: everything else.
+        let remote = Set(metadata.map(\.name))
+        let clientTensors: [(name: String, shape: [Int], values: [Float])]
+        let config: Data
+        switch model {
+        case let gpt2 as GPT2Model:
+            clientTensors = gpt2.clientTensors(excluding: remote)
+            config = try configJSON(gpt2.config, modelType: "gpt2")
+        case let llama as LlamaModel:
+            clientTensors = llama.clientTensors(excluding: remote)
+            config = try configJSON(llama.config, modelType: "llama")
+        default:
+            throw DeploymentError.invalid(name, "cannot deploy a \(architecture) model")
+        }
+        try SafeTensorsWriter.write(clientTensors, metadata: ["format": "pt"], to: client.appendingPathComponent(DeploymentLayout.clientTensors))
+        try AtomicFile.write(config, to: client.appendingPathComponent(DeploymentLayout.clientConfig))
+        try writeJSON(tokenizer.vocabulary, to: client.appendingPathComponent(DeploymentLayout.clientVocabulary), pretty: false)
+        if let adapter {
+            try PEFTAdapter.save(adapter, to: client.appendingPathComponent(DeploymentLayout.clientAdapter, isDirectory: true), baseModelName: modelName)
+        }
+        try keyring.save(to: client.appendingPathComponent(DeploymentLayout.clientKey))
+        let clientManifest = ClientManifest(
+            format: ClientManifest.formatName, version: 1, name: name, model: modelName, architecture: architecture,
+            plan: plan, modules: metadata, deploymentID: serverManifest.deploymentID, chatTemplate: chatTemplate != nil,
+            chatSystemMessage: chatTemplate?.defaultSystemMessage, hasAdapter: adapter != nil, adapterTrainedSteps: adapterTrainedSteps,
+            adapterSeed: adapter?.config.seed ?? 0)
+        try writeJSON(clientManifest, to: client.appendingPathComponent(DeploymentLayout.clientManifest))
+
+        // Into place.
+        do {
+            if fm.fileExists(atPath: directory.path) { try fm.removeItem(at: directory) }
+            try fm.moveItem(at: staging, to: directory)
+        } catch { throw DeploymentError.unwritable(path: directory.path, reason: error.localizedDescription) }
+        var files: [(String, Int)] = []
+        if let e = fm.enumerator(at: directory, includingPropertiesForKeys: [.fileSizeKey, .isRegularFileKey]) {
+            for case let url as URL in e where (try? url.resourceValues(forKeys: [.isRegularFileKey]))?.isRegularFile == true {
+                let rel = String(url.standardizedFileURL.path.dropFirst(directory.standardizedFileURL.path.count + 1))
+                files.append((rel, (try? url.resourceValues(forKeys: [.fileSizeKey]))?.fileSize ?? 0))
+            }
+        }
+        let serverParameters = metadata.reduce(0) { $0 + $1.inFeatures * $1.outFeatures }
+        return DeploymentSummary(directory: directory, server: serverManifest, client: clientManifest, files: files.sorted { $0.0 < $1.0 },
+                                 serverParameters: serverParameters, clientParameters: clientTensors.reduce(0) { $0 + $1.values.count })
+    }
+
+    static func configJSON<C: Encodable>(_ config: C, modelType: String) throws -> Data {
+        var object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as? [String: Any] ?? [:]
+        object["model_type"] = modelType
+        return try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+    }
+
+    static func writeJSON<T: Encodable>(_ value: T, to url: URL, pretty: Bool = true) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
+        do { try AtomicFile.write(try encoder.encode(value), to: url) } catch {
+            throw DeploymentError.unwritable(path: url.path, reason: "\(error)")
+        }
+    }
+
+    static func readJSON<T: Decodable>(_ type: T.Type, from url: URL) throws(DeploymentError) -> T {
+        guard let data = FileManager.default.contents(atPath: url.path) else { throw .unreadable(path: url.path, reason: "missing or unreadable") }
+        do { return try JSONDecoder().decode(T.self, from: data) } catch {
+            throw .unreadable(path: url.path, reason: SafeTensorsFile.describe(error))
+        }
+    }
+
+    /// The folder holding `name` under a deployment folder or the folder itself: `path` may
+    /// be `deployment/<name>` or `deployment/<name>/<folder>`.
+    public static func folder(_ folder: String, of path: URL, marker: String) throws(DeploymentError) -> URL {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: path.appendingPathComponent(marker).path) { return path }
+        let inner = path.appendingPathComponent(folder, isDirectory: true)
+        if fm.fileExists(atPath: inner.appendingPathComponent(marker).path) { return inner }
+        throw .notADeployment(path: path.path, reason: "neither it nor its \(folder)/ holds \(marker)")
+    }
+}
+
+/// The server's side of a deployment, loaded read-only from `server/`: the public manifest and
+/// the integer weights, laid out for the FHE product. Stateless: any number of replicas can
+/// load the same folder.
+public final class ServerDeployment: @unchecked Sendable {
+    public let directory: URL
+    public let manifest: ServerManifest
+    public let weights: RemoteModuleWeights
+    /// `GET /v1/modules`'s body: the manifest plus the deployment id.
+    public let modulesJSON: Data
+
+    /// Loads `deployment/<name>` or its `server/` folder; checks the weights' SHA-256, every
+    /// module's tensors, shapes and 8-bit range against the manifest.
+    public init(path: URL) throws {
+        let dir = try Deployment.folder(DeploymentLayout.serverFolder, of: path, marker: DeploymentLayout.serverManifest)
+        let manifestURL = dir.appendingPathComponent(DeploymentLayout.serverManifest)
+        let manifest = try Deployment.readJSON(ServerManifest.self, from: manifestURL)
+        guard manifest.format == ServerManifest.formatName, manifest.version == 1 else {
+            throw DeploymentError.notADeployment(path: manifestURL.path, reason: "format \(manifest.format) version \(manifest.version), expected \(ServerManifest.formatName) version 1")
+        }
+        for m in manifest.modules { try m.validate() }
+        guard !manifest.weightsFile.contains("/") else { throw DeploymentError.invalid(manifestURL.path, "weightsFile must be a file name") }
+        let weightsURL = dir.appendingPathComponent(manifest.weightsFile)
+        let digest: String
+        do { digest = try SHA256Digest.hex(fileAt: weightsURL) } catch {
+            throw DeploymentError.unreadable(path: weightsURL.path, reason: "\(error.localizedDescription)")
+        }
+        guard digest == manifest.weightsSHA256 else {
+            throw DeploymentError.mismatch("\(weightsURL.path): SHA-256 \(digest) does not match the manifest's \(manifest.weightsSHA256)")
+        }
+        let file = try SafeTensorsFile(url: weightsURL)
+        var modules: [String: (forward: ServerWeights, backward: ServerWeights)] = [:]
+        for m in manifest.modules {
+            func load(_ suffix: String, _ w: WeightMetadata) throws -> ServerWeights {
+                let name = m.name + "." + suffix
+                guard file.shape(of: name) == [w.outputs, w.inputs] else {
+                    throw DeploymentError.mismatch("\(weightsURL.path): tensor '\(name)' has shape \(file.shape(of: name).map { "\($0)" } ?? "none"), the manifest says [\(w.outputs), \(w.inputs)]")
+                }
+                let values = try file.int8(name)
+                let limit = (1 << (w.bits - 1)) - 1
+                let server = try ServerWeights(outputs: w.outputs, inputs: w.inputs) { Int(values[$0 * w.inputs + $1]) }
+                guard server.maxAbs <= limit else {
+                    throw DeploymentError.mismatch("\(weightsURL.path): tensor '\(name)' holds |w| = \(server.maxAbs), beyond \(w.bits) bits")
+                }
+                guard server.maxRowL1 == w.maxRowL1, abs(server.maxRowL2 - w.maxRowL2) <= 1e-9 * max(1, w.maxRowL2) else {
+                    throw DeploymentError.mismatch("\(weightsURL.path): tensor '\(name)' does not have the norms the manifest publishes")
+                }
+                return server
+            }
+            modules[m.name] = (try load("forward", m.forward), try load("backward", m.backward))
+        }
+        (self.directory, self.manifest, self.weights) = (dir, manifest, RemoteModuleWeights(modules: modules))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        modulesJSON = try encoder.encode(ModulesResponse(deploymentID: manifest.deploymentID, manifest: manifest))
+    }
+
+    /// One product request: the handling shared by the in-process and the HTTP server.
+    public func handle(module: String, direction: ProductDirection, request: [UInt8]) throws(RemoteRequestError) -> [UInt8] {
+        try weights.respond(module: module, direction: direction, request: request)
+    }
+}
+
+/// `GET /v1/modules`.
+public struct ModulesResponse: Codable, Equatable, Sendable {
+    public var deploymentID: String
+    public var manifest: ServerManifest
+}
+
+/// Why a product request was refused: each maps to one HTTP status.
+public enum RemoteRequestError: Error, CustomStringConvertible, Equatable {
+    /// 404.
+    case unknownModule(String)
+    /// 400: not a well-formed input message (magic, version, parameter id, lengths).
+    case malformed(String)
+    /// 422: well-formed, but its shape does not fit the module.
+    case wrongShape(String)
+
+    public var httpStatus: Int {
+        switch self {
+        case .unknownModule: return 404
+        case .malformed: return 400
+        case .wrongShape: return 422
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .unknownModule(let m): return "no remote module named \(m)"
+        case .malformed(let s): return "malformed request: \(s)"
+        case .wrongShape(let s): return "wrong shape: \(s)"
+        }
+    }
+}
+
+extension RemoteModuleWeights {
+    /// One request, with the error a server reports for it.
+    public func respond(module: String, direction: ProductDirection, request: [UInt8]) throws(RemoteRequestError) -> [UInt8] {
+        guard let m = modules[module] else { throw .unknownModule(module) }
+        do { return try FHEServer.handle(request: request, weights: direction == .forward ? m.forward : m.backward) } catch {
+            switch error {
+            case .wire(let w): throw .malformed(w.description)
+            case .shapeMismatch(let s): throw .wrongShape(s)
+            case .weightOutOfRange: throw .wrongShape(error.description)
+            }
+        }
+    }
+}

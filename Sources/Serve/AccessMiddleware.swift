@@ -1,0 +1,85 @@
+import Foundation
+import Hummingbird
+
+/// What a route learnt about its request, for the access log.
+struct RequestRecord: Sendable {
+    var module: String?
+    var direction: String?
+    /// Body bytes read (0 when the route refused the request before reading it).
+    var bytesIn = 0
+}
+
+/// The request context of `nb serve`: Hummingbird's core storage plus the record a route
+/// fills in and ``AccessMiddleware`` logs (a reference, since contexts are passed by value).
+struct ServeRequestContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let record = Locked(RequestRecord())
+
+    init(source: ApplicationRequestContextSource) { coreContext = .init(source: source) }
+}
+
+/// Wraps every route: checks the bearer token (all routes but the health check), turns the
+/// errors routes throw into their responses, and writes one access-log line per request.
+struct AccessMiddleware: RouterMiddleware {
+    typealias Context = ServeRequestContext
+
+    static let publicPath = "/v1/health"
+    let token: [UInt8]?
+    let log: ServeLog
+    let stats: ServeStatistics
+
+    init(token: String?, log: ServeLog, stats: ServeStatistics) {
+        (self.token, self.log, self.stats) = (token.map { Array($0.utf8) }, log, stats)
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let started = ContinuousClock.now
+        stats.requests.update { $0 += 1 }
+        let response: Response
+        var failure: String?
+        do {
+            if let token, request.uri.path != Self.publicPath, !Self.authorizes(request.headers[.authorization], token: token) {
+                throw HTTPFailure(.unauthorized, "missing or wrong bearer token", headers: [.wwwAuthenticate: "Bearer"])
+            }
+            response = try await next(request, context)
+        } catch let error as any HTTPResponseError {
+            failure = (error as? HTTPFailure)?.message ?? "\(error)"
+            response = try error.response(from: request, context: context)
+        } catch {
+            // The connection failed under the request (a body cut short, a parse error):
+            // there is nobody to answer; Hummingbird closes the connection.
+            write(request, context, status: nil, bytesOut: 0, started: started, error: "connection dropped: \(error)")
+            throw error
+        }
+        write(request, context, status: response.status.code, bytesOut: response.body.contentLength ?? 0, started: started, error: failure)
+        return response
+    }
+
+    private func write(_ request: Request, _ context: Context, status: Int?, bytesOut: Int, started: ContinuousClock.Instant, error: String?) {
+        let record = context.record.value
+        let level: ServeLog.Level = switch status {
+        case .none: .warning
+        case .some(let s) where s >= 500: .error
+        case .some(let s) where s >= 400: .warning
+        default: .info
+        }
+        // Paths come from the client: cap their length in the log.
+        let path = request.uri.path.count > 256 ? String(request.uri.path.prefix(256)) + "…" : request.uri.path
+        log.write(level, "request", [
+            ("id", .string(context.id)), ("method", .string(request.method.rawValue)), ("path", .string(path)),
+            ("module", record.module.map { .string($0) }), ("direction", record.direction.map { .string($0) }),
+            ("status", status.map { .int($0) }), ("bytes_in", .int(record.bytesIn)), ("bytes_out", .int(bytesOut)),
+            ("ms", .double((ContinuousClock.now - started).seconds * 1000)), ("error", error.map { .string($0) }),
+        ])
+    }
+
+    /// Whether `header` is `Bearer <token>` (scheme case-insensitive, RFC 6750). The token is
+    /// compared in time that depends only on its own length, not on where a guess differs.
+    static func authorizes(_ header: String?, token: [UInt8]) -> Bool {
+        guard let header, let space = header.firstIndex(of: " "), header[..<space].lowercased() == "bearer" else { return false }
+        let given = Array(header[space...].trimmingCharacters(in: .whitespaces).utf8)
+        var difference: UInt8 = given.count == token.count ? 0 : 1
+        for i in token.indices { difference |= token[i] ^ (i < given.count ? given[i] : 0) }
+        return difference == 0
+    }
+}

@@ -148,22 +148,11 @@ if CommandLine.arguments.contains("--load-smollm2") {
 /// (3 warm-up + 10 timed, 128 tokens per row, labels = tokens, as bench_torch.py) and peak RSS.
 if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
     let which = CommandLine.arguments[i + 1], batch = Int(CommandLine.arguments[i + 2])!
-    let model: TrainableModel
-    let targets: LoRATargets
-    if which == "gpt2" {
-        model = GPT2Model.random(config: GPT2Config(), seed: 1)
-        targets = .modules(["c_attn"])
-    } else {
-        model = try LoadedModel.load(try ModelCatalog.locate("smollm2-135m-instruct")).model as! TrainableModel
-        targets = .allLinear
-    }
+    func option(_ name: String) -> Int? { CommandLine.arguments.firstIndex(of: name).map { Int(CommandLine.arguments[$0 + 1])! } }
+    let length = option("--length") ?? 128
+    let (model, targets, _, _) = try benchModel(which)
     let adapter = try LoRAAdapter(config: LoRAConfig(rank: 8, alpha: 32, dropout: 0.1, targets: targets, seed: 1), modules: model.linearModules)
-    var rng = SeededGenerator(seed: 7)
-    let examples = (0..<(13 * batch)).map { n -> TokenizedExample in
-        let ids = (0..<128).map { _ in Int(rng.next() % UInt64(model.vocabularySize)) }
-        return TokenizedExample(tokens: ids, labels: ids, line: n + 1)
-    }
-    let data = CausalLMData(examples: examples, options: CausalLMDataOptions(maxLength: 128), paddingTokenID: 0)
+    let data = benchData(rows: batch, length: length, vocabulary: (model as! LanguageModel).vocabularySize)
     let run = try LoRATrainingRun(model: model, adapter: adapter, data: data,
                                   settings: TrainingSettings(epochs: 1, batchSize: batch, learningRate: 2e-3, shuffle: false))
     let plan = HybridPlan(scheme: QuantizationScheme(named: "DTok-SC", nBits: 8)!, remoteModules: model.linearModules.map(\.name))
@@ -174,11 +163,12 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
         run.backend = try EncryptedLinearBackend(plan: plan, model: model, keyring: Keyring())
     }
     // Large batches: 1 warm-up and 2 timed steps (an encrypted 32×128 step takes minutes).
-    let (warmup, timed) = batch >= 16 ? (1, 2) : (3, 10)
-    var times: [Double] = []
+    var (warmup, timed) = batch >= 16 ? (1, 2) : (3, 10)
+    if let steps = option("--steps") { (warmup, timed) = (1, steps - 1) }
+    var times: [Double] = [], losses: [Float] = []
     for k in 0..<(warmup + timed) {
         let t = now()
-        try run.step()
+        losses.append(try run.step().loss)
         if k >= warmup { times.append(now() - t) }
     }
     var extra = ""
@@ -187,7 +177,19 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
         extra = String(format: " %.4f %.4f %.4f %.0f %.0f", s.encryptSeconds / steps, s.serverSeconds / steps, s.decryptSeconds / steps,
                        Double(s.bytesSent) / steps, Double(s.bytesReceived) / steps)
     }
-    print(String(format: "%.4f %.1f %d", median(times), peakRSSMB(), adapter.parameterCount) + extra)
+    print(String(format: "%.4f %.1f %d", median(times), peakRSSMB(), adapter.parameterCount) + extra
+          + " losses:" + losses.map { "\(Double($0))" }.joined(separator: ","))
+    exit(0)
+}
+
+if try deploymentChildModes() { exit(0) }
+
+// Only the deployment rows (for a quick look): --deployment-rows.
+if CommandLine.arguments.contains("--deployment-rows") {
+    let me = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+    for r in deploymentRows(selfURL: me) {
+        print("\(r.name): \(r.value) \(r.unit)  [\(r.baselineName ?? ""): \(r.baseline.map { "\($0)" } ?? "-"), ratio \(r.ratio.map { String(format: "%.2f", $0) } ?? "-")]  \(r.note ?? "")")
+    }
     exit(0)
 }
 
@@ -391,6 +393,11 @@ if ProcessInfo.processInfo.environment["NB_BENCH_EXECUTE"] != "0",
     let perToken = ex[0] / 4096
     rows.append(Row(name: "execute training step, seconds per token (forward + backward)", value: perToken, unit: "s",
                     baselineName: "Concrete ML GPT-2 inference per token (its figure)", baseline: 300, ratio: perToken / 300))
+}
+
+// 9. The deployment: a client holding only its folder, against `nb serve` on loopback.
+if ProcessInfo.processInfo.environment["NB_BENCH_REMOTE"] != "0" {
+    rows += deploymentRows(selfURL: selfURL)
 }
 
 // Table and files.

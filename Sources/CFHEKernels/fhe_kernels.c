@@ -18,10 +18,27 @@
 #include <malloc.h>
 #endif
 
+static int nb_fhe_compact = 0;
+
 void nb_fhe_tune_allocator(void) {
 #if defined(__GLIBC__)
+    // Once a process asked for compact memory (a remote client), it keeps it.
+    const char *env = getenv("NB_FHE_COMPACT_MEMORY");
+    if (nb_fhe_compact || (env && env[0] == '1')) { nb_fhe_compact_allocator(); return; }
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
+
+void nb_fhe_compact_allocator(void) {
+#if defined(__GLIBC__)
+    // Buffers of 1 MiB and more are mapped and unmapped per call, freed heap memory above
+    // 16 MiB goes back to the system, and at most two arenas hold small blocks: slower
+    // calls, but a client whose peak memory is its model plus one call's buffers.
+    nb_fhe_compact = 1;
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 24);
+    mallopt(M_ARENA_MAX, 2);
 #endif
 }
 

@@ -31,6 +31,14 @@ enum AllocatorTuning {
 
 /// The client side: encrypts quantized integer matrices under its secret keys and decrypts
 /// the server's products. The key never leaves this object except through ``Keyring/save(to:)``.
+/// How the process's allocator treats the encrypted calls' large buffers.
+public enum FHEMemory {
+    /// Large buffers go back to the system when freed, and at most two arenas: a remote
+    /// client's peak memory stays near its model plus one call. (By default buffers are kept
+    /// for reuse, which is faster for the in-process server.)
+    public static func compact() { nb_fhe_compact_allocator() }
+}
+
 public final class FHEClient: @unchecked Sendable {
     public let keyring: Keyring
 
@@ -124,20 +132,25 @@ public final class FHEClient: @unchecked Sendable {
     private func phases(_ y: EncryptedProduct, _ visit: (Int, Int, Int, UnsafePointer<UInt64>, UnsafePointer<UInt64>) -> Void) {
         let p = y.parameters, n = p.ringDegree, groups = y.groups
         let key = keyring.key(for: p), ring = NegacyclicRing.shared(degree: n)
-        let masks = Parallel.unpackBits(y.masks, count: y.outputs * groups * n, bits: y.outputMaskBits)
+        // Masks are unpacked one output at a time (n·bits is a multiple of 8, so each output's
+        // masks start on a byte): the client never holds the whole unpacked matrix.
         let bodies = Parallel.unpackBits(y.bodies, count: y.outputs * y.rows, bits: y.outputBodyBits)
-        let rows = y.rows
+        let rows = y.rows, bits = y.outputMaskBits
+        precondition(n * bits % 8 == 0)
         withoutActuallyEscaping(visit) { visit in
-            masks.withUnsafeBufferPointer { m in
+            y.masks.withUnsafeBufferPointer { m in
                 bodies.withUnsafeBufferPointer { b in
                     key.spectrum.withUnsafeBufferPointer { spectrum in
                         parallelChunks(y.outputs) { range in
                             let ws = ring.workspace()
                             var product = [UInt64](repeating: 0, count: n)
+                            var mask = [UInt64](repeating: 0, count: n)
                             for j in range {
                                 for g in 0..<groups {
-                                    ring.multiply(m.baseAddress! + (j * groups + g) * n, bits: y.outputMaskBits, spectrum: spectrum.baseAddress!,
-                                                  into: &product, workspace: ws)
+                                    nb_fhe_unpack_bits(m.baseAddress! + (j * groups + g) * n * bits / 8, n, UInt32(bits), &mask)
+                                    mask.withUnsafeBufferPointer { a in
+                                        ring.multiply(a.baseAddress!, bits: bits, spectrum: spectrum.baseAddress!, into: &product, workspace: ws)
+                                    }
                                     visit(g * n, j, min(n, rows - g * n), b.baseAddress! + j * rows + g * n, product)
                                 }
                             }

@@ -12,6 +12,8 @@ long nb_fhe_os_random(void *buffer, size_t count);
 
 /// glibc: keep allocations up to 1 GiB in the heap (no fresh mmap, page faults and zeroing per call).
 void nb_fhe_tune_allocator(void);
+/// glibc's allocator returns large buffers to the system at once (for memory-bound clients).
+void nb_fhe_compact_allocator(void);
 
 /// 1 when the AVX2 paths run on this CPU.
 int nb_fhe_has_avx2(void);

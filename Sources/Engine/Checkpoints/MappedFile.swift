@@ -60,6 +60,16 @@ final class MappedFile: @unchecked Sendable {
         base = UnsafeRawPointer(p)
     }
 
+    /// Drops the resident pages of `range` (bytes from `base`) once their contents have been
+    /// copied out: the mapping stays valid (pages are read again from the file if touched),
+    /// but a model loaded tensor by tensor never holds the whole file and its copy at once.
+    func release(_ range: Range<Int>) {
+        guard let mapping, !range.isEmpty else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (range.lowerBound + page - 1) / page * page, end = range.upperBound / page * page
+        if end > start { madvise(mapping + start, end - start, MADV_DONTNEED) }
+    }
+
     deinit {
         if let mapping { munmap(mapping, count) }
         heap?.deallocate()

@@ -194,9 +194,11 @@ extension SafeTensorsFile: TensorSource {
     public func float32(_ name: String) throws(CheckpointError) -> [Float] {
         let info = try convertible(name)
         let count = info.elementCount
-        return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+        let values = [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
             if count > 0 { convert(info, into: buffer.baseAddress!) }
             initialized = count
         }
+        file.release((dataOffset + info.dataOffsets.lowerBound)..<(dataOffset + info.dataOffsets.upperBound))
+        return values
     }
 }

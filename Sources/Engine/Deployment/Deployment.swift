@@ -307,7 +307,8 @@ public enum RemoteRequestError: Error, CustomStringConvertible, Equatable {
 }
 
 extension RemoteModuleWeights {
-    /// One request, with the error a server reports for it.
+    /// One request, with the error a server reports for it: the handling shared by the
+    /// in-process server of `execute` and `nb serve`.
     public func respond(module: String, direction: ProductDirection, request: [UInt8]) throws(RemoteRequestError) -> [UInt8] {
         guard let m = modules[module] else { throw .unknownModule(module) }
         do { return try FHEServer.handle(request: request, weights: direction == .forward ? m.forward : m.backward) } catch {

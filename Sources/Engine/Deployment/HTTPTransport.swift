@@ -1,3 +1,4 @@
+import FHE
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -54,6 +55,8 @@ public final class HTTPTransport: EncryptedTransport, @unchecked Sendable {
 
     public init(baseURL: URL, token: String? = nil, settings: RemoteSettings = RemoteSettings()) {
         (self.baseURL, self.token, self.settings) = (baseURL, token, settings)
+        // A remote client is the small side of the split: keep its memory near its model.
+        FHEMemory.compact()
         let configuration = URLSessionConfiguration.ephemeral
         configuration.timeoutIntervalForRequest = settings.timeout
         configuration.timeoutIntervalForResource = settings.timeout

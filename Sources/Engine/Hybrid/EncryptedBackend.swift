@@ -45,11 +45,6 @@ public final class RemoteModuleWeights: @unchecked Sendable {
         modules[name].map { PublicWeightInfo(direction == .forward ? $0.forward : $0.backward) }
     }
 
-    /// One request: the handling shared by the in-process server and the HTTP server.
-    public func handle(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
-        guard let m = modules[module] else { throw EncryptedBackendError.unknownModule(module) }
-        return try FHEServer.handle(request: request, weights: direction == .forward ? m.forward : m.backward)
-    }
 }
 
 /// The in-process server of the `execute` mode.
@@ -57,7 +52,7 @@ public final class InProcessTransport: EncryptedTransport {
     public let weights: RemoteModuleWeights
     public init(weights: RemoteModuleWeights) { self.weights = weights }
     public func multiply(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
-        try weights.handle(module: module, direction: direction, request: request)
+        try weights.respond(module: module, direction: direction, request: request)
     }
 }
 

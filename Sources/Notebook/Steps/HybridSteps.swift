@@ -93,27 +93,17 @@ public enum CompileHybridStep: Step {
     /// gradients land in a copy). Returns the ranges and the number of batches seen.
     static func calibrate(model: TrainableModel, adapter: LoRAAdapter?, data: CausalLMData, modules: [String], batches count: Int,
                           batchSize: Int, context: StepContext) throws -> ([String: CalibrationRange], Int) {
-        let recorder = CalibrationRecorder(modules: modules)
-        var hooks = LinearHooks<Float>()
-        if let adapter {
-            let copy = LoRAAdapter(config: adapter.config, layers: adapter.layers)
-            copy.isTraining = true
-            hooks = copy.hooks()
-        }
-        hooks.backend = recorder
-        let batches = try data.batches(epoch: 0, batchSize: batchSize, seed: 0, shuffle: false).prefix(count)
-        let progress = context.progress("calibrate", total: batches.count)
-        for (i, batch) in batches.enumerated() {
-            _ = model.trainingLoss(tokens: batch.tokens, batchSize: batch.rowCount, targets: batch.shiftedTargets, hooks: hooks,
-                                   normalizer: nil, backward: true)
-            progress.update(i + 1)
+        let total = min(count, data.batchesPerEpoch(batchSize: batchSize))
+        let progress = context.progress("calibrate", total: total)
+        let ranges = try HybridPlan.calibrate(model: model, adapter: adapter, data: data, modules: modules, batches: count, batchSize: batchSize) { done, _ in
+            progress.update(done)
         }
         progress.finish()
-        return (recorder.ranges, batches.count)
+        return (ranges, total)
     }
 
     /// Kinds whose input is shared with a sibling projection (q/k/v from one norm, gate/up from another).
-    static let sharedInputKinds: Set<LinearModule.Kind> = [.attention, .query, .key, .value, .gate, .up]
+    static let sharedInputKinds = HybridPlan.sharedInputKinds
 
     public static func run(_ p: Parameters, context: StepContext) throws {
         try context.session.requireWholeModel(for: name)

@@ -103,6 +103,9 @@ public struct StepRegistry: Sendable {
         r.register(QuantizationStudyStep.self)
         r.register(SaveDeploymentStep.self)
         r.register(LoadDeploymentStep.self)
+        r.register(LoraTrainerStep.self)
+        r.register(MathEvalStep.self)
+        r.register(EvalCompareStep.self)
         return r
     }()
 }

@@ -86,8 +86,7 @@ func deploymentChildModes() throws -> Bool {
         let (clients, seconds, rows) = (Int(args[i + 3])!, Double(args[i + 4])!, Int(args[i + 5])!)
         FHEThreads.count = 1  // one core's worth of client work per thread; the server has its own
         let client = dir.appendingPathComponent("client")
-        let data = try Data(contentsOf: client.appendingPathComponent(DeploymentLayout.clientManifest))
-        let manifest = try JSONDecoder().decode(ClientManifest.self, from: data)
+        let manifest = try ClientManifest.load(from: client)
         final class Tally: @unchecked Sendable {
             let lock = NSLock()
             var latencies: [Double] = [], errors: [String] = [], sent = 0, received = 0, steps = 0

@@ -151,6 +151,14 @@ public final class SafeTensorsFile: @unchecked Sendable {
         return info
     }
 
+    /// A 64-bit float tensor (`F64`), row-major, little-endian.
+    public func float64(_ name: String) throws(CheckpointError) -> [Double] {
+        guard let info = info(name) else { throw .missingTensor(path: path, tensor: name) }
+        guard info.dtype == "F64" else { throw .unsupportedTensorType(path: path, tensor: name, type: info.dtype, supported: ["F64"]) }
+        let source = UnsafeRawPointer(file.base + dataOffset + info.dataOffsets.lowerBound)
+        return (0..<info.elementCount).map { Double(bitPattern: UInt64(littleEndian: source.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self))) }
+    }
+
     /// A signed 8-bit integer tensor (`I8`), row-major.
     public func int8(_ name: String) throws(CheckpointError) -> [Int8] {
         guard let info = info(name) else { throw .missingTensor(path: path, tensor: name) }
@@ -194,11 +202,20 @@ extension SafeTensorsFile: TensorSource {
     public func float32(_ name: String) throws(CheckpointError) -> [Float] {
         let info = try convertible(name)
         let count = info.elementCount
-        let values = [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
-            if count > 0 { convert(info, into: buffer.baseAddress!) }
+        // In chunks, each one's mapped pages dropped once converted: a large tensor (an
+        // embedding) is never resident twice, as file pages and as its copy.
+        let size = Self.dtypeSizes[info.dtype]!, chunk = 1 << 20
+        let type: GGMLType = info.dtype == "F32" ? .f32 : info.dtype == "F16" ? .f16 : .bf16
+        return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+            var start = 0
+            while start < count {
+                let n = min(chunk, count - start)
+                let from = dataOffset + info.dataOffsets.lowerBound + start * size
+                GGUFFile.dequantize(type, from: file.base + from, count: n, into: buffer.baseAddress! + start)
+                file.release(from..<(from + n * size))
+                start += n
+            }
             initialized = count
         }
-        file.release((dataOffset + info.dataOffsets.lowerBound)..<(dataOffset + info.dataOffsets.upperBound))
-        return values
     }
 }

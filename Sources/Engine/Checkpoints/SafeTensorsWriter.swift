@@ -46,6 +46,18 @@ public enum SafeTensorsWriter {
         do { try AtomicFile.write(data, to: url) } catch { throw .unwritable(path: url.path, reason: error.localizedDescription) }
     }
 
+    /// Writes 64-bit float tensors (`F64`), atomically.
+    public static func write(float64 tensors: [(name: String, values: [Double])], to url: URL) throws(CheckpointError) {
+        let data = encode(tensors.map { ($0.name, "F64", [$0.values.count], 8 * $0.values.count) }, metadata: [:]) { i, data in
+            #if _endian(little)
+            tensors[i].values.withUnsafeBytes { data.append(contentsOf: $0) }
+            #else
+            for v in tensors[i].values { withUnsafeBytes(of: v.bitPattern.littleEndian) { data.append(contentsOf: $0) } }
+            #endif
+        }
+        do { try AtomicFile.write(data, to: url) } catch { throw .unwritable(path: url.path, reason: error.localizedDescription) }
+    }
+
     /// The header for tensors of (name, dtype, shape, bytes), then each tensor's bytes from `body`.
     static func encode(_ entries: [(name: String, dtype: String, shape: [Int], bytes: Int)], metadata: [String: String],
                        body: (Int, inout Data) -> Void) -> Data {

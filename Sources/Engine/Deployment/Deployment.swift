@@ -17,6 +17,9 @@ public enum DeploymentLayout {
     public static let serverManifest = "manifest.json", serverWeights = "weights.safetensors"
     public static let clientManifest = "nb-client.json", clientConfig = "config.json", clientTensors = "model.safetensors"
     public static let clientVocabulary = "vocabulary.json", clientAdapter = "adapter", clientKey = "secret.key"
+    /// The modules' weight scales and row sums (F64), kept out of the JSON manifest: parsing
+    /// hundreds of thousands of numbers as JSON would cost a small client more memory than its model.
+    public static let clientMetadata = "weights-metadata.safetensors"
 }
 
 /// An FHE parameter set as the manifest names it (public).
@@ -76,6 +79,41 @@ public struct ClientManifest: Codable, Equatable, Sendable {
     public var adapterTrainedSteps: Int
     /// The adapter's seed (its dropout stream), which PEFT files do not carry.
     public var adapterSeed: UInt64
+}
+
+extension ClientManifest {
+    /// Writes `nb-client.json` (the modules without their scales and row sums) and
+    /// `weights-metadata.safetensors` (those, as F64) into `directory`.
+    func write(to directory: URL) throws {
+        var tensors: [(name: String, values: [Double])] = []
+        var stripped = self
+        for (i, m) in modules.enumerated() {
+            tensors += [(m.name + ".forward.scales", m.forward.scales), (m.name + ".forward.row_sums", m.forward.rowSums),
+                        (m.name + ".backward.scales", m.backward.scales), (m.name + ".backward.row_sums", m.backward.rowSums)]
+            (stripped.modules[i].forward.scales, stripped.modules[i].forward.rowSums) = ([], [])
+            (stripped.modules[i].backward.scales, stripped.modules[i].backward.rowSums) = ([], [])
+        }
+        try SafeTensorsWriter.write(float64: tensors, to: directory.appendingPathComponent(DeploymentLayout.clientMetadata))
+        try Deployment.writeJSON(stripped, to: directory.appendingPathComponent(DeploymentLayout.clientManifest))
+    }
+
+    /// Reads a client folder's manifest with its modules' scales and row sums, checked.
+    public static func load(from directory: URL) throws -> ClientManifest {
+        var manifest = try Deployment.readJSON(ClientManifest.self, from: directory.appendingPathComponent(DeploymentLayout.clientManifest))
+        guard manifest.format == ClientManifest.formatName, manifest.version == 1 else {
+            throw DeploymentError.notADeployment(path: directory.path, reason: "format \(manifest.format) version \(manifest.version), expected \(ClientManifest.formatName) version 1")
+        }
+        let file = try SafeTensorsFile(url: directory.appendingPathComponent(DeploymentLayout.clientMetadata))
+        for i in manifest.modules.indices {
+            let name = manifest.modules[i].name
+            manifest.modules[i].forward.scales = try file.float64(name + ".forward.scales")
+            manifest.modules[i].forward.rowSums = try file.float64(name + ".forward.row_sums")
+            manifest.modules[i].backward.scales = try file.float64(name + ".backward.scales")
+            manifest.modules[i].backward.rowSums = try file.float64(name + ".backward.row_sums")
+            try manifest.modules[i].validate()
+        }
+        return manifest
+    }
 }
 
 /// What ``Deployment/save(to:name:loaded:model:plan:adapter:keyring:)`` wrote.
@@ -161,7 +199,7 @@ public enum Deployment {
             plan: plan, modules: metadata, deploymentID: serverManifest.deploymentID, chatTemplate: chatTemplate != nil,
             chatSystemMessage: chatTemplate?.defaultSystemMessage, hasAdapter: adapter != nil, adapterTrainedSteps: adapterTrainedSteps,
             adapterSeed: adapter?.config.seed ?? 0)
-        try writeJSON(clientManifest, to: client.appendingPathComponent(DeploymentLayout.clientManifest))
+        try clientManifest.write(to: client)
 
         // Into place.
         do {

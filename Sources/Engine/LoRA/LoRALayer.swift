@@ -34,11 +34,20 @@ public struct LoRALayer: Sendable {
     public var gradientA: [Float]
     public var gradientB: [Float]
 
-    /// Saved by a training forward: the dropout mask (T, in) (nil without dropout), h = x̃·Aᵀ (T, r), T.
-    var savedMask: [Float]?
+    /// Saved by a training forward: the dropout mask (T, in) as kept (1) or dropped (0) bytes
+    /// and the kept values' factor 1/(1−p) (nil without dropout; a quarter of the Float mask's
+    /// memory over every adapted layer of a pass), h = x̃·Aᵀ (T, r), T.
+    var savedMaskBytes: [UInt8]?
+    var savedMaskKeep: Float = 1
     var savedHidden: [Float] = []
     var savedRows = 0
 
+    /// The saved mask as Float values, 0 or 1/(1−p): exactly the forward's.
+    var savedMask: [Float]? {
+        guard let bytes = savedMaskBytes else { return nil }
+        let keep = savedMaskKeep
+        return bytes.map { $0 == 0 ? 0 : keep }
+    }
     public init(module: LinearModule, rank: Int, scale: Float, a: [Float], b: [Float]) {
         precondition(rank > 0, "LoRA rank must be positive, got \(rank)")
         precondition(a.count == rank * module.inFeatures, "\(module.name): lora_A needs (\(rank), \(module.inFeatures)) = \(rank * module.inFeatures) values, got \(a.count)")
@@ -79,7 +88,8 @@ public struct LoRALayer: Sendable {
         BLAS.sgemm(transposeA: false, transposeB: true, m: rows, n: o, k: r, alpha: scale, a: hidden, lda: r, b: b, ldb: r,
                    beta: 1, c: y, ldc: o)
         if save {
-            savedMask = mask
+            savedMaskBytes = mask.map { m in m.map { $0 == 0 ? 0 : 1 } }
+            savedMaskKeep = mask?.first { $0 != 0 } ?? 1
             savedHidden = hidden
             savedRows = rows
         }
@@ -100,6 +110,7 @@ public struct LoRALayer: Sendable {
         BLAS.sgemm(transposeA: false, transposeB: false, m: rows, n: r, k: o, alpha: scale, a: dY, lda: o, b: b, ldb: r,
                    c: &dH, ldc: r)
         // dA (r, in) += dHᵀ (r, T) · x̃ (T, in)
+        let savedMask = self.savedMask
         Self.withMaskedInput(x, rows: rows, mask: savedMask) { xm in
             BLAS.sgemm(transposeA: true, transposeB: false, m: r, n: n, k: rows, a: dH, lda: r, b: xm, ldb: n,
                        beta: 1, c: &gradientA, ldc: n)

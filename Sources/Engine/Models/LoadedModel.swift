@@ -87,11 +87,7 @@ public final class LoadedModel: @unchecked Sendable {
     /// A deployment's client folder: the model without the server's matrices.
     static func loadClient(_ location: ModelLocation, start: Date) throws -> LoadedModel {
         let dir = location.url
-        let manifest = try Deployment.readJSON(ClientManifest.self, from: dir.appendingPathComponent(DeploymentLayout.clientManifest))
-        guard manifest.format == ClientManifest.formatName, manifest.version == 1 else {
-            throw DeploymentError.notADeployment(path: dir.path, reason: "format \(manifest.format) version \(manifest.version), expected \(ClientManifest.formatName) version 1")
-        }
-        for m in manifest.modules { try m.validate() }
+        let manifest = try ClientManifest.load(from: dir)
         let configURL = dir.appendingPathComponent(DeploymentLayout.clientConfig)
         guard let configData = FileManager.default.contents(atPath: configURL.path) else {
             throw ModelLoadError.badConfig(file: configURL.path, key: "config.json", message: "cannot read")

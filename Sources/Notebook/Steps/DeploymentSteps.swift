@@ -79,6 +79,7 @@ public enum SaveDeploymentStep: Step {
         case "server/\(DeploymentLayout.serverWeights)": return "8-bit weights of the remote modules (W and Wᵀ)"
         case "client/\(DeploymentLayout.clientManifest)": return "the plan (scheme, calibrated ranges), modules' public metadata, deployment id"
         case "client/\(DeploymentLayout.clientTensors)": return "embeddings, norms, biases, local layers"
+        case "client/\(DeploymentLayout.clientMetadata)": return "the remote modules' weight scales and row sums (public)"
         case "client/\(DeploymentLayout.clientConfig)": return "model configuration"
         case "client/\(DeploymentLayout.clientVocabulary)": return "tokenizer vocabulary and merges"
         case "client/\(DeploymentLayout.clientKey)": return "secret key (mode 0600)"
@@ -114,7 +115,7 @@ public enum LoadDeploymentStep: Step {
     }
 
     static func clientFiles(_ client: URL) -> [URL] {
-        var files = [DeploymentLayout.clientManifest, DeploymentLayout.clientConfig, DeploymentLayout.clientTensors,
+        var files = [DeploymentLayout.clientManifest, DeploymentLayout.clientMetadata, DeploymentLayout.clientConfig, DeploymentLayout.clientTensors,
                      DeploymentLayout.clientVocabulary, DeploymentLayout.clientKey].map { client.appendingPathComponent($0) }
         files += [PEFTAdapter.configFileName, PEFTAdapter.weightsFileName].map {
             client.appendingPathComponent(DeploymentLayout.clientAdapter).appendingPathComponent($0)

@@ -44,7 +44,7 @@ func deploymentChildModes() throws -> Bool {
         _ = keyring.serialized(all: true)
         let summary = try Deployment.save(to: URL(fileURLWithPath: args[i + 2]), name: args[i + 1], modelName: args[i + 1], model: model,
                                           tokenizer: tokenizer, chatTemplate: template, plan: plan, adapter: adapter, keyring: keyring)
-        print(jsonLine(["seconds": now() - t, "peak": peakRSSMB(), "modelParameters": (model as! LanguageModel).parameterCount,
+        print(jsonLine(["seconds": now() - t, "peak": peakRSSMB(), "modelParameters": model.parameterCount,
                         "serverParameters": summary.serverParameters, "clientParameters": summary.clientParameters]))
         return true
     }

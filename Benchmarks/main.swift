@@ -152,7 +152,7 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
     let length = option("--length") ?? 128
     let (model, targets, _, _) = try benchModel(which)
     let adapter = try LoRAAdapter(config: LoRAConfig(rank: 8, alpha: 32, dropout: 0.1, targets: targets, seed: 1), modules: model.linearModules)
-    let data = benchData(rows: batch, length: length, vocabulary: (model as! LanguageModel).vocabularySize)
+    let data = benchData(rows: batch, length: length, vocabulary: model.vocabularySize)
     let run = try LoRATrainingRun(model: model, adapter: adapter, data: data,
                                   settings: TrainingSettings(epochs: 1, batchSize: batch, learningRate: 2e-3, shuffle: false))
     let plan = HybridPlan(scheme: QuantizationScheme(named: "DTok-SC", nBits: 8)!, remoteModules: model.linearModules.map(\.name))

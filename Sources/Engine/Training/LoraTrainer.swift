@@ -62,7 +62,7 @@ public final class LoraTrainer {
     /// Tokenized rows of `dataset` with this trainer's tokenizer.
     public func data(_ dataset: Dataset, maxLength: Int = 128, padding: CausalLMDataOptions.Padding = .longest, path: String = "data") throws -> CausalLMData {
         try CausalLMData(dataset: dataset, tokenizer: tokenizer, options: CausalLMDataOptions(maxLength: maxLength, padding: padding),
-                         contextLength: (model as? LanguageModel)?.contextLength, path: path)
+                         contextLength: model.contextLength, path: path)
     }
 
     /// Fixes the hybrid model: which linear layers the server holds (all of them unless

@@ -49,8 +49,8 @@ http {
 CONF
 $NGINX -c "$WORK/nginx.conf" -p "$WORK"
 sleep 0.5
-DIRECT=$($BIN/Benchmarks --remote-client "$WORK/d" "http://127.0.0.1:${PORTS[0]}" 4 32 4)
-VIA=$($BIN/Benchmarks --remote-client "$WORK/d" "http://127.0.0.1:$LB" 4 32 4)
+DIRECT=$($BIN/Benchmarks --remote-client "$WORK/d" "http://127.0.0.1:${PORTS[0]}" 2 32 2)
+VIA=$($BIN/Benchmarks --remote-client "$WORK/d" "http://127.0.0.1:$LB" 2 32 2)
 R1=$(grep -c '"direction"' "$WORK/r1.log" || true); R2=$(grep -c '"direction"' "$WORK/r2.log" || true)
 LOAD=$($BIN/Benchmarks --load-test "$WORK/d" "http://127.0.0.1:$LB" 2 20 32)
 R1B=$(grep -c '"direction"' "$WORK/r1.log" || true); R2B=$(grep -c '"direction"' "$WORK/r2.log" || true)
@@ -60,7 +60,7 @@ direct, via = json.loads(sys.argv[1].splitlines()[-1]), json.loads(sys.argv[2].s
 r1, r2, load, r1b, r2b, version = int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), sys.argv[8]
 same = direct["losses"] == via["losses"]
 lines = [f"# Two nb serve replicas behind nginx ({datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC)", "",
-  f"{version}; deployment: GPT-2 shape, every linear layer remote; client: 4 training steps of 4×32 tokens.", "",
+  f"{version}; deployment: GPT-2 shape, every linear layer remote; client: 2 training steps of 2×32 tokens.", "",
   "| | direct to replica 1 | through nginx (2 replicas) |", "|---|---|---|",
   f"| losses | {', '.join(f'{x:.6f}' for x in direct['losses'])} | {', '.join(f'{x:.6f}' for x in via['losses'])} |",
   f"| time per step | {direct['step']:.2f} s | {via['step']:.2f} s |",

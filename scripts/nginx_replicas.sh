@@ -11,7 +11,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 swift build -c release -Xswiftc -enable-testing --product nb >/dev/null
 swift build -c release -Xswiftc -enable-testing --product Benchmarks >/dev/null
 BIN=.build/release
-WORK=$(mktemp -d)
+WORK=$(mktemp -d); chmod 755 "$WORK"
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; [ -f "$WORK/nginx.pid" ] && kill $(cat "$WORK/nginx.pid") 2>/dev/null; rm -rf "$WORK"' EXIT
 $BIN/Benchmarks --make-deployment gpt2 "$WORK/d" >/dev/null
@@ -41,6 +41,9 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_read_timeout 600s;
+      # Stream bodies both ways: no temporary files (nginx's workers run as www-data).
+      proxy_request_buffering off;
+      proxy_buffering off;
       proxy_send_timeout 600s;
       proxy_next_upstream error timeout http_502 http_503;
     }

@@ -205,6 +205,9 @@ public final class EncryptedLinearBackend: LinearBackend {
     func encryptedProduct(_ name: String, _ direction: ProductDirection, _ x: QuantizedRows, _ w: QuantizedRows,
                           _ info: PublicWeightInfo) -> [Float] {
         let rows = x.rows
+        // After a failed call the pass is already lost (the step stops on `failure`): no more
+        // requests, so a dead server costs one call's retries, not every remaining layer's.
+        if failure != nil { return [Float](repeating: 0, count: rows * w.rows) }
         var acc: [Double]
         do {
             let maxAbs = x.quantizers.map { max(abs($0.qMin), abs($0.qMax)) }.max() ?? 0

@@ -37,8 +37,8 @@ import Testing
     func checkLogits(_ model: LanguageModel, fixture: String) throws {
         let f = try Self.json(fixture, as: LogitsFixture.self)
         for half in [false, true] {
-            (model as? LlamaModel)?.decodeWithHalfWeights = half
-            (model as? GPT2Model)?.decodeWithHalfWeights = half
+            (model as? LlamaModel)?.compactDecode = half
+            (model as? GPT2Model)?.compactDecode = half
             for s in f.sequences {
                 let ours = model.forward(s.ids, cache: model.makeCache(capacity: s.ids.count), allPositions: true)
                 let (error, index) = Self.compare(ours, s.logits.flatMap { $0 })
@@ -129,6 +129,49 @@ import Testing
         #expect(loaded.tokenizer.tokenText(f.rome_id) == " Rome")
         let result = loaded.model.generate(GenerationRequest(prompt: f.greedy.prompt_ids, maxTokens: f.greedy.new_ids.count))
         #expect(result.tokens == f.greedy.new_ids)
+    }
+
+    /// Decoding reads the GGUF's own Q4_1 and Q8_0 blocks: the last position's logits through
+    /// that path (prefill of the rest, then one token) against the reference, and against
+    /// our Float32 path over the dequantized weights, which holds the same weights, so only
+    /// the order of float sums differs. After a weight changes, its matrix decodes from a
+    /// half-precision copy of the new weights.
+    @Test func smolLM2DecodesFromItsStoredBlocks() throws {
+        let loaded = try Self.smolLM2()
+        let model = try #require(loaded.model as? LlamaModel)
+        let f = try Self.json("smollm2-logits.json", as: SmolFixture.self)
+        let raw = try Data(contentsOf: Self.fixtures.appendingPathComponent("smollm2-logits.f32"))
+        let all: [Float] = raw.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        let bytes = model.decodeBytesPerToken
+        #expect(Set(bytes.keys) == [.q4_1, .q8_0], "decode formats: \(bytes)")
+        func decodeLast(_ ids: [Int]) -> [Float] {
+            let cache = model.makeCache(capacity: ids.count)
+            _ = model.forward(Array(ids.dropLast()), cache: cache, allPositions: false)
+            return model.forward([ids.last!], cache: cache, allPositions: false)
+        }
+        for p in f.prompts where p.ids.count >= 3 {
+            let reference = Array(all[p.logits_offset_floats..<(p.logits_offset_floats + p.logits_count)])
+            let decoded = decodeLast(p.ids)
+            model.compactDecode = false
+            let float32 = decodeLast(p.ids)
+            model.compactDecode = true
+            let (error, index) = Self.compare(decoded, reference)
+            #expect(error < 1e-3, "\(p.text.debugDescription): decode path, max error \(error) of the logit range at token \(index)")
+            let (same, at) = Self.compare(decoded, float32)
+            #expect(same < 2e-5, "\(p.text.debugDescription): stored blocks vs Float32 weights, \(same) of the range at token \(at)")
+        }
+        // Change one matrix: it leaves the stored blocks, the others stay.
+        let module = model.linearModules.first { $0.name == "model.layers.3.mlp.down_proj" }!
+        model.withWeight(of: module) { w in for i in stride(from: 0, to: w.count, by: 7) { w[i] += 0.01 } }
+        let after = model.decodeBytesPerToken
+        #expect(after[.f16] == 2 * module.inFeatures * module.outFeatures, "decode formats after a change: \(after)")
+        let ids = f.prompts[0].ids
+        let decoded = decodeLast(ids)
+        model.compactDecode = false
+        let float32 = decodeLast(ids)
+        model.compactDecode = true
+        let (error, _) = Self.compare(decoded, float32)
+        #expect(error < 1e-3, "after a weight change: \(error) of the range")
     }
 
     @Test func smolLM2ChatIsCoherentEnglish() throws {

@@ -36,14 +36,14 @@ import Testing
     @Test func llamaKVCacheMatchesFullPass() {
         for (seed, style) in [(UInt64(1), RoPEStyle.halves), (2, .interleaved)] {
             let model = LlamaModel.random(config: Self.llamaConfig, seed: seed, ropeStyle: style)
-            model.decodeWithHalfWeights = false
+            model.compactDecode = false
             incrementalEqualsFull(model)
         }
     }
 
     @Test func gpt2KVCacheMatchesFullPass() {
         let model = GPT2Model.random(config: Self.gpt2Config, seed: 3)
-        model.decodeWithHalfWeights = false
+        model.compactDecode = false
         incrementalEqualsFull(model)
     }
 
@@ -55,8 +55,8 @@ import Testing
             _ = model.forward([1, 2, 3], cache: cache, allPositions: false)
             _ = model.forward([1, 2, 3], cache: exactCache, allPositions: false)
             let fast = model.forward([4], cache: cache, allPositions: false)
-            (model as? LlamaModel)?.decodeWithHalfWeights = false
-            (model as? GPT2Model)?.decodeWithHalfWeights = false
+            (model as? LlamaModel)?.compactDecode = false
+            (model as? GPT2Model)?.compactDecode = false
             let exact = model.forward([4], cache: exactCache, allPositions: false)
             #expect(maxRelativeError(fast, exact) < 2e-3)
             #expect(fast != exact, "the half-precision path was used")
@@ -66,7 +66,7 @@ import Testing
     @Test func causality() {
         // Changing a later token never changes earlier positions' logits.
         let model = LlamaModel.random(config: Self.llamaConfig, seed: 4)
-        model.decodeWithHalfWeights = false
+        model.compactDecode = false
         let a = model.forward([1, 2, 3, 4], cache: model.makeCache(capacity: 4), allPositions: true)
         let b = model.forward([1, 2, 3, 7], cache: model.makeCache(capacity: 4), allPositions: true)
         let V = model.vocabularySize
@@ -109,7 +109,7 @@ import Testing
 
     @Test func generationStopsAndIsDeterministic() {
         let model = GPT2Model.random(config: Self.gpt2Config, seed: 5)
-        model.decodeWithHalfWeights = false
+        model.compactDecode = false
         let request = GenerationRequest(prompt: [1, 2, 3], maxTokens: 10)
         let a = model.generate(request), b = model.generate(request)
         #expect(a.tokens == b.tokens && a.tokens.count == 10 && a.finishReason == "max tokens")

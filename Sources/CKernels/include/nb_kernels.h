@@ -9,10 +9,32 @@ int nb_cpu_has_avx2_fma_f16c(void);
 /// Converts n floats to IEEE half precision (round to nearest even).
 void nb_f32_to_f16(const float *src, uint16_t *dst, size_t n);
 
-/// y[r] (+)= dot(W[r, 0..<k], x) for rows r in [row_begin, row_end), W row-major (rows, k)
-/// in half precision, accumulation in single precision. accumulate != 0 adds to y.
-void nb_gemv_f16(const uint16_t *w, const float *x, float *y, size_t k,
-                 size_t row_begin, size_t row_end, int accumulate);
+
+/// Weight formats of the decode products (values as GGML numbers them).
+enum { NB_DECODE_F16 = 1, NB_DECODE_Q4_0 = 2, NB_DECODE_Q4_1 = 3, NB_DECODE_Q8_0 = 8 };
+
+/// One product y (+)= W·x for decoding: W is (rows, k) row-major in `format` (IEEE half, or
+/// GGML blocks of 32 along each row: Q8_0 {half d; int8 q[32]} = d·q, Q4_0 {half d;
+/// uint8 q[16]} = d·(nibble − 8), Q4_1 {half d; half m; uint8 q[16]} = d·nibble + m, low
+/// nibbles first). k is a multiple of 32 for the block formats.
+typedef struct {
+    int format;
+    const uint8_t *w;
+    const float *x;
+    float *y;
+    size_t rows, k;
+    int accumulate;
+} nb_gemv_job;
+
+/// Bytes of one row of k weights in `format` (0 for an unknown format).
+size_t nb_decode_row_bytes(int format, size_t k);
+/// Runs the products, each one's rows shared between the cores (a pool of spinning
+/// threads started on first use). Jobs must not write each other's inputs.
+void nb_gemv_batch(const nb_gemv_job *jobs, int count);
+/// The number of threads the batches use (the caller included).
+int nb_decode_threads(void);
+/// The portable scalar kernel over all rows of one job (for tests).
+void nb_gemv_rows_reference(const nb_gemv_job *job);
 
 /// GELU (tanh form): y = ½x(1 + tanh(√(2/π)(x + 0.044715x³))), vectorized.
 void nb_gelu_forward(const float *x, float *y, size_t n);

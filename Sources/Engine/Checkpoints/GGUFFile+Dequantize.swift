@@ -41,6 +41,13 @@ extension GGUFFile {
         }
     }
 
+    /// A tensor's stored bytes, as they are in the file (blocks not dequantized); nil when
+    /// there is no such tensor or its type is not one nb reads.
+    public func rawBytes(of name: String) -> [UInt8]? {
+        guard let info = info(name), info.type.isSupported, let count = info.byteCount else { return nil }
+        return [UInt8](UnsafeRawBufferPointer(start: file.base + dataOffset + info.offset, count: count))
+    }
+
     /// The info of a tensor whose type nb can convert.
     private func convertible(_ name: String) throws(CheckpointError) -> GGUFTensorInfo {
         guard let info = info(name) else { throw .missingTensor(path: path, tensor: name) }

@@ -179,10 +179,12 @@ extension LlamaModel {
     }
 
     /// Runs `body` on the stored weight of `module` (nn.Linear layout (out, in)), in place, and
-    /// drops the half-precision decode copies (rebuilt on the next decode).
+    /// drops its decode copies (half-precision copies are rebuilt on the next decode).
     public func withWeight<R>(of module: LinearModule, _ body: (inout [Float]) throws -> R) rethrows -> R {
         precondition(module.layer >= 0 && module.layer < blocks.count, "\(module.name): no block \(module.layer) in a \(blocks.count)-block LLaMA")
         half = nil
+        let index: [LinearModule.Kind: Int] = [.query: 0, .key: 1, .value: 2, .output: 3, .gate: 4, .up: 5, .down: 6]
+        if let i = index[module.kind] { stored?.blocks[module.layer][i] = nil }  // the stored blocks no longer hold the weights
         switch module.kind {
         case .query: return try body(&blocks[module.layer].wq)
         case .key: return try body(&blocks[module.layer].wk)

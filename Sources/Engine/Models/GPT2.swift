@@ -46,20 +46,27 @@ public final class GPT2Model: LanguageModel {
     public var positionEmbedding: [Float]  // (P, C)
     public var blocks: [Block]
     public var finalNormWeight: [Float], finalNormBias: [Float]  // (C)
-    /// Decode one token with half-precision copies of the matrices (see ``HalfMatrix``).
-    public var decodeWithHalfWeights = true
-    var half: (blocks: [[HalfMatrix]], head: HalfMatrix)?  // dropped by withWeight(of:_:)
+    /// Decode one token with half-precision copies of the matrices (see ``DecodeMatrix``).
+    /// Off: Float32 throughout.
+    public var compactDecode = true
+    var half: (blocks: [[DecodeMatrix]], head: DecodeMatrix)?  // dropped by withWeight(of:_:)
 
     /// c_attn, attn c_proj, c_fc, mlp c_proj of each block as (out, in), and the lm_head.
-    private func halfWeights() -> (blocks: [[HalfMatrix]], head: HalfMatrix) {
+    private func halfWeights() -> (blocks: [[DecodeMatrix]], head: DecodeMatrix) {
         if let half { return half }
         let C = config.nEmbd
         let made = (blocks: blocks.map { b in
-            [HalfMatrix(transposing: b.attnWeight, rows: 3 * C, columns: C), HalfMatrix(transposing: b.attnProjWeight, rows: C, columns: C),
-             HalfMatrix(transposing: b.fcWeight, rows: 4 * C, columns: C), HalfMatrix(transposing: b.fcProjWeight, rows: C, columns: 4 * C)]
-        }, head: HalfMatrix(tokenEmbedding, rows: config.vocabSize, columns: C))
+            [DecodeMatrix(transposing: b.attnWeight, rows: 3 * C, columns: C), DecodeMatrix(transposing: b.attnProjWeight, rows: C, columns: C),
+             DecodeMatrix(transposing: b.fcWeight, rows: 4 * C, columns: C), DecodeMatrix(transposing: b.fcProjWeight, rows: C, columns: 4 * C)]
+        }, head: DecodeMatrix(tokenEmbedding, rows: config.vocabSize, columns: C))
         half = made
         return made
+    }
+
+    /// The bytes of weights one decoded token reads, per format.
+    public var decodeBytesPerToken: [DecodeMatrix.Format: Int] {
+        let w = halfWeights()
+        return (w.blocks.flatMap { $0 } + [w.head]).reduce(into: [:]) { $0[$1.format, default: 0] += $1.byteCount }
     }
 
     public var architecture: String { "gpt2" }
@@ -106,9 +113,9 @@ public final class GPT2Model: LanguageModel {
         var proj = [Float](repeating: 0, count: T * C)
         var fc = [Float](repeating: 0, count: T * 4 * C)  // (T, 4C)
         var scores = [Float](repeating: 0, count: T * (start + T))
-        let halves = T == 1 && decodeWithHalfWeights ? halfWeights() : nil
+        let halves = T == 1 && compactDecode ? halfWeights() : nil
         /// y = x·W + b (Conv1D) through the half-precision copy when decoding.
-        func project(_ x: [Float], _ w: [Float], _ bias: [Float], _ hw: HalfMatrix?, _ y: inout [Float], _ k: Int, _ n: Int) {
+        func project(_ x: [Float], _ w: [Float], _ bias: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int) {
             if let hw {
                 y.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: bias, count: n) }
                 x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { hw.apply(xp.baseAddress!, $0.baseAddress!, accumulate: true) } }

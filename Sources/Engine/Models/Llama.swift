@@ -78,23 +78,38 @@ public final class LlamaModel: LanguageModel {
     /// nil when tied to `embedding`.
     public var lmHead: [Float]?       // (V, C)
     var rope: RoPE
-    /// Decode one token with half-precision copies of the matrices (built on first use):
-    /// about twice as fast, since decoding is bound by memory bandwidth. Off: Float32 throughout.
-    public var decodeWithHalfWeights = true
-    var half: (blocks: [[HalfMatrix]], head: HalfMatrix)?  // dropped by withWeight(of:_:)
+    /// Decode one token through compact copies of the matrices (see ``DecodeMatrix``): a
+    /// GGUF model's own quantized blocks, or half-precision copies of Float32 weights, built
+    /// on first use. Decoding is bound by memory bandwidth, so this is 2–3× faster.
+    /// Off: Float32 throughout.
+    public var compactDecode = true
+    /// A GGUF checkpoint's stored blocks of wq, wk, wv, wo, gate, up, down per block and of
+    /// the lm_head (nil where the stored type has no decode format). withWeight(of:_:)
+    /// drops the entry of the matrix it changes.
+    var stored: (blocks: [[DecodeMatrix?]], head: DecodeMatrix?)?
+    var half: (blocks: [[DecodeMatrix]], head: DecodeMatrix)?  // dropped by withWeight(of:_:)
 
-    /// wq, wk, wv, wo, gate, up, down of each block, and the lm_head, in half precision.
-    private func halfWeights() -> (blocks: [[HalfMatrix]], head: HalfMatrix) {
+    /// wq, wk, wv, wo, gate, up, down of each block, and the lm_head, for decoding: the
+    /// stored blocks where they still hold the weights, else half-precision copies.
+    private func halfWeights() -> (blocks: [[DecodeMatrix]], head: DecodeMatrix) {
         if let half { return half }
         let C = config.hiddenSize, F = config.intermediateSize
         let q = config.numAttentionHeads * config.headDim, kv = config.numKeyValueHeads * config.headDim
-        let made = (blocks: blocks.map { b in
-            [HalfMatrix(b.wq, rows: q, columns: C), HalfMatrix(b.wk, rows: kv, columns: C), HalfMatrix(b.wv, rows: kv, columns: C),
-             HalfMatrix(b.wo, rows: C, columns: q), HalfMatrix(b.gate, rows: F, columns: C), HalfMatrix(b.up, rows: F, columns: C),
-             HalfMatrix(b.down, rows: C, columns: F)]
-        }, head: HalfMatrix(lmHead ?? embedding, rows: config.vocabSize, columns: C))
+        let made = (blocks: blocks.enumerated().map { l, b in
+            let s = stored?.blocks[l]
+            return [s?[0] ?? DecodeMatrix(b.wq, rows: q, columns: C), s?[1] ?? DecodeMatrix(b.wk, rows: kv, columns: C),
+                    s?[2] ?? DecodeMatrix(b.wv, rows: kv, columns: C), s?[3] ?? DecodeMatrix(b.wo, rows: C, columns: q),
+                    s?[4] ?? DecodeMatrix(b.gate, rows: F, columns: C), s?[5] ?? DecodeMatrix(b.up, rows: F, columns: C),
+                    s?[6] ?? DecodeMatrix(b.down, rows: C, columns: F)]
+        }, head: stored?.head ?? DecodeMatrix(lmHead ?? embedding, rows: config.vocabSize, columns: C))
         half = made
         return made
+    }
+
+    /// The bytes of weights one decoded token reads, per format.
+    public var decodeBytesPerToken: [DecodeMatrix.Format: Int] {
+        let w = halfWeights()
+        return (w.blocks.flatMap { $0 } + [w.head]).reduce(into: [:]) { $0[$1.format, default: 0] += $1.byteCount }
     }
 
     public var architecture: String { "llama" }
@@ -142,9 +157,9 @@ public final class LlamaModel: LanguageModel {
         var g = [Float](repeating: 0, count: T * F)          // (T, F)
         var u = [Float](repeating: 0, count: T * F)
         var scores = [Float](repeating: 0, count: T * (start + T))
-        let halves = T == 1 && decodeWithHalfWeights ? halfWeights() : nil
+        let halves = T == 1 && compactDecode ? halfWeights() : nil
         /// y = x·Wᵀ through the half-precision copy when decoding, else sgemm.
-        func project(_ x: [Float], _ w: [Float], _ hw: HalfMatrix?, _ y: inout [Float], _ k: Int, _ n: Int, accumulate: Bool = false) {
+        func project(_ x: [Float], _ w: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int, accumulate: Bool = false) {
             if let hw { x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { hw.apply(xp.baseAddress!, $0.baseAddress!, accumulate: accumulate) } } }
             else { Ops.linear(x, w, &y, rows: T, inFeatures: k, outFeatures: n, accumulate: accumulate) }
         }
@@ -154,9 +169,22 @@ public final class LlamaModel: LanguageModel {
         for (l, b) in blocks.enumerated() {
             Ops.rmsNorm(x, weight: b.attentionNorm, &h, rows: T, width: C, eps: eps)
             let hb = halves?.blocks[l]
-            project(h, b.wq, hb?[0], &q, C, H * hd)
-            project(h, b.wk, hb?[1], &k, C, KV * hd)
-            project(h, b.wv, hb?[2], &v, C, KV * hd)
+            if let hb {  // one batch for the three projections of the same input
+                h.withUnsafeBufferPointer { hp in
+                    q.withUnsafeMutableBufferPointer { qp in
+                        k.withUnsafeMutableBufferPointer { kp in
+                            v.withUnsafeMutableBufferPointer { vp in
+                                DecodeMatrix.apply([.init(hb[0], hp.baseAddress!, qp.baseAddress!), .init(hb[1], hp.baseAddress!, kp.baseAddress!),
+                                                    .init(hb[2], hp.baseAddress!, vp.baseAddress!)])
+                            }
+                        }
+                    }
+                }
+            } else {
+                project(h, b.wq, nil, &q, C, H * hd)
+                project(h, b.wk, nil, &k, C, KV * hd)
+                project(h, b.wv, nil, &v, C, KV * hd)
+            }
             q.withUnsafeMutableBufferPointer { qp in
                 k.withUnsafeMutableBufferPointer { kp in
                     for i in 0..<T {
@@ -176,8 +204,18 @@ public final class LlamaModel: LanguageModel {
             }
             project(att, b.wo, hb?[3], &x, H * hd, C, accumulate: true)
             Ops.rmsNorm(x, weight: b.mlpNorm, &h, rows: T, width: C, eps: eps)
-            project(h, b.gate, hb?[4], &g, C, F)
-            project(h, b.up, hb?[5], &u, C, F)
+            if let hb {
+                h.withUnsafeBufferPointer { hp in
+                    g.withUnsafeMutableBufferPointer { gp in
+                        u.withUnsafeMutableBufferPointer { up in
+                            DecodeMatrix.apply([.init(hb[4], hp.baseAddress!, gp.baseAddress!), .init(hb[5], hp.baseAddress!, up.baseAddress!)])
+                        }
+                    }
+                }
+            } else {
+                project(h, b.gate, nil, &g, C, F)
+                project(h, b.up, nil, &u, C, F)
+            }
             Ops.swiGLU(gate: &g, up: u, count: T * F)
             project(g, b.down, hb?[6], &x, F, C, accumulate: true)
         }
@@ -238,7 +276,14 @@ extension LlamaModel {
         try loader.checkAllUsed()
         var cfg = config
         cfg.tieWordEmbeddings = lmHead == nil
-        return LlamaModel(config: cfg, ropeStyle: gguf ? .interleaved : .halves, embedding: embedding, blocks: blocks,
-                          finalNorm: finalNorm, lmHead: lmHead)
+        let model = LlamaModel(config: cfg, ropeStyle: gguf ? .interleaved : .halves, embedding: embedding, blocks: blocks,
+                               finalNorm: finalNorm, lmHead: lmHead)
+        if let file = source as? GGUFFile {  // decode straight from the stored blocks
+            let names = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+            model.stored = (blocks: (0..<config.numHiddenLayers).map { l in
+                names.map { DecodeMatrix(file, tensor: "blk.\(l).\($0).weight") }
+            }, head: DecodeMatrix(file, tensor: lmHead == nil ? "token_embd.weight" : "output.weight"))
+        }
+        return model
     }
 }

@@ -35,9 +35,11 @@ public struct ModelLocation: Equatable, Sendable {
 ///
 /// - `smollm2-135m-instruct` (alias `smollm2`): the GGUF that `make setup` caches.
 /// - `gpt2`: `$NB_GPT2_DIR`, then the Hugging Face cache (`~/.cache/huggingface/hub/models--openai-community--gpt2`
-///   or `models--gpt2`, any snapshot with `model.safetensors` and `config.json`). This
-///   machine cannot reach the hub, so without a local copy the name is unavailable and a
-///   notebook's `fallback:` applies.
+///   or `models--gpt2`, any snapshot with `model.safetensors` and `config.json`), then nb's
+///   own download (`models/gpt2-hub` in the cache), else a download from the hub
+///   (``HubDownload``: `$HF_ENDPOINT`, checked against the hub's checksums). When all fail
+///   (this machine cannot reach the hub) the name is unavailable and a notebook's
+///   `fallback:` applies.
 /// - a path: a `.gguf` file, or a directory with `config.json` and `model.safetensors`
 ///   (or a sharded `model.safetensors.index.json`).
 public enum ModelCatalog {
@@ -90,8 +92,18 @@ public enum ModelCatalog {
                 }
                 reasons.append("\(dir.path) has no config.json with model.safetensors")
             }
-            reasons.append("the Hugging Face hub is not reachable from this machine")
-            throw ModelUnavailable(name: nameOrPath, reasons: reasons)
+            // nb's own copy from an earlier download, else download it now.
+            let downloaded = ModelCache.directory.appendingPathComponent("models/gpt2-hub", isDirectory: true)
+            if !isSafetensorsDirectory(downloaded) {
+                do {
+                    try HubDownload.fetch(repo: "openai-community/gpt2", files: ["config.json", "model.safetensors"], into: downloaded)
+                } catch {
+                    reasons.append("download from the Hugging Face hub failed: \(error)")
+                    throw ModelUnavailable(name: nameOrPath, reasons: reasons)
+                }
+            }
+            return ModelLocation(requested: nameOrPath, displayName: "gpt2", format: .safetensors, url: downloaded,
+                                 tokenizerDirectory: hasGPT2Tokenizer(downloaded) ? downloaded : gpt2Tokenizer)
         default:
             let url = URL(fileURLWithPath: (nameOrPath as NSString).expandingTildeInPath)
             var isDirectory: ObjCBool = false

@@ -33,31 +33,22 @@ public enum Ops {
         }
     }
 
-    /// RMSNorm per row: y = x / sqrt(mean(x²) + eps) · weight.
+    /// RMSNorm per row: y = x / sqrt(mean(x²) + eps) · weight (the training layer's
+    /// forward, without keeping its statistics).
     public static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                                rows: Int, width c: Int, eps: Float) {
-        for r in 0..<rows {
-            let xr = x + r * c, yr = y + r * c
-            var ss: Float = 0
-            for i in 0..<c { ss += xr[i] * xr[i] }
-            let inv = 1 / (ss / Float(c) + eps).squareRoot()
-            for i in 0..<c { yr[i] = xr[i] * inv * weight[i] }
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(rows, 1)) { rstd in
+            Layers.rmsNormForward(x, weight: weight, y, rstd: rstd.baseAddress!, rows: rows, width: c, eps: eps)
         }
     }
 
-    /// LayerNorm per row: y = (x − mean) / sqrt(var + eps) · weight + bias.
+    /// LayerNorm per row: y = (x − mean) / sqrt(var + eps) · weight + bias (the training
+    /// layer's forward, without keeping its statistics).
     public static func layerNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
                                  _ y: UnsafeMutablePointer<Float>, rows: Int, width c: Int, eps: Float) {
-        for r in 0..<rows {
-            let xr = x + r * c, yr = y + r * c
-            var mean: Float = 0
-            for i in 0..<c { mean += xr[i] }
-            mean /= Float(c)
-            var variance: Float = 0
-            for i in 0..<c { let d = xr[i] - mean; variance += d * d }
-            variance /= Float(c)
-            let inv = 1 / (variance + eps).squareRoot()
-            for i in 0..<c { yr[i] = (xr[i] - mean) * inv * weight[i] + bias[i] }
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * max(rows, 1)) { stats in
+            Layers.layerNormForward(x, weight: weight, bias: bias, y, mean: stats.baseAddress!, rstd: stats.baseAddress! + max(rows, 1),
+                                    rows: rows, width: c, eps: eps)
         }
     }
 

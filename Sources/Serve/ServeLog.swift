@@ -52,23 +52,8 @@ struct ServeLog: Sendable {
         }
     }
 
-    /// A JSON string literal (RFC 8259 escapes; control characters as \u00XX).
-    static func quoted(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
-                out += String(format: "\\u%04X", scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
+    /// A JSON string literal (``JSONString/literal(_:)``).
+    static func quoted(_ s: String) -> String { JSONString.literal(s) }
 
     /// UTC, millisecond precision: `2025-01-31T12:34:56.789Z`.
     static func timestamp() -> String {

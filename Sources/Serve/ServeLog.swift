@@ -1,4 +1,5 @@
 import Foundation
+import Engine
 
 /// The server's structured log: one JSON object per line on standard error, keys in a fixed
 /// order (`time`, `level`, `event`, then the event's fields). Request bodies are never logged.

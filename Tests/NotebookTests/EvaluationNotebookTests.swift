@@ -4,7 +4,8 @@ import Testing
 
 /// The high-level steps as a user runs them: `nb` processes that fine-tune the real
 /// SmolLM2 (downloaded by `make setup`) for two steps, with `lora_trainer` and with the
-/// evaluation across precision modes (`math_eval` per mode, then `eval_compare`).
+/// evaluation across precision modes (`math_eval` per mode, then `eval_compare`; one mode
+/// through `nb eval --mode`).
 @Suite(.serialized) struct EvaluationNotebookTests {
     static let environment = ["NB_GPT2_DIR": "", "NB_CACHE": ModelCache.directory.path]
 
@@ -48,7 +49,8 @@ import Testing
         try w.write("eval.md", Self.evaluation)
         let eight = try NbProcess.run(["eval.md"], in: w.root, environment: Self.environment)
         #expect(eight.code == 0, "\(eight.stderr)")
-        let torch = try NbProcess.run(["eval.md", "--param", "mode=torch"], in: w.root, environment: Self.environment)
+        // The same notebook in torch mode, through `nb eval` (≡ `nb eval.md --param mode=torch`).
+        let torch = try NbProcess.run(["eval", "--mode", "torch", "--notebook", "eval.md"], in: w.root, environment: Self.environment)
         #expect(torch.code == 0, "\(torch.stderr)")
         var summaries: [String: Summary] = [:]
         for mode in ["8bit", "torch"] {
@@ -85,6 +87,9 @@ import Testing
         let report = try w.read("outputs/eval.html")
         #expect(report.contains("8bit") && report.contains("torch") && report.contains("<svg"))
         #expect(report.contains(String(format: "%.3f", st.perplexityAfter)), "the torch row's perplexity is in the comparison")
+        // A mode that does not exist is named, with the ones that do.
+        let bad = try NbProcess.run(["eval", "--mode", "4bit", "--notebook", "eval.md"], in: w.root, environment: Self.environment)
+        #expect(bad.code != 0 && bad.stderr.contains("4bit") && bad.stderr.contains("torch, 8bit, 16bit"), "\(bad.stderr)")
     }
 
     /// lora_trainer on a held-out set: the perplexity before and after and the continuations

@@ -113,7 +113,7 @@ extension GPT2Model {
     /// drops the half-precision decode copies (rebuilt on the next decode).
     public func withWeight<R>(of module: LinearModule, _ body: (inout [Float]) throws -> R) rethrows -> R {
         precondition(module.layer >= 0 && module.layer < blocks.count, "\(module.name): no block \(module.layer) in a \(blocks.count)-block GPT-2")
-        half = nil  // the half-precision decode copies no longer match
+        decodeCopies = nil  // the decode copies no longer match
         switch module.kind {
         case .attention: return try body(&blocks[module.layer].attnWeight)
         case .attentionProjection: return try body(&blocks[module.layer].attnProjWeight)
@@ -182,7 +182,7 @@ extension LlamaModel {
     /// drops its decode copies (half-precision copies are rebuilt on the next decode).
     public func withWeight<R>(of module: LinearModule, _ body: (inout [Float]) throws -> R) rethrows -> R {
         precondition(module.layer >= 0 && module.layer < blocks.count, "\(module.name): no block \(module.layer) in a \(blocks.count)-block LLaMA")
-        half = nil
+        decodeCopies = nil
         let index: [LinearModule.Kind: Int] = [.query: 0, .key: 1, .value: 2, .output: 3, .gate: 4, .up: 5, .down: 6]
         if let i = index[module.kind] { stored?.blocks[module.layer][i] = nil }  // the stored blocks no longer hold the weights
         switch module.kind {

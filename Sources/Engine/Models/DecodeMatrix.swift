@@ -71,6 +71,11 @@ public struct DecodeMatrix: Sendable {
         self.init(format: format, bytes: bytes, rows: rows, columns: columns)
     }
 
+    /// The bytes the matrices hold, per format (the weights a decoded token reads).
+    public static func bytesByFormat(_ matrices: [DecodeMatrix]) -> [Format: Int] {
+        matrices.reduce(into: [:]) { $0[$1.format, default: 0] += $1.byteCount }
+    }
+
     /// One product of a batch: y (rows) (+)= W · x (columns).
     public struct Product {
         public let matrix: DecodeMatrix

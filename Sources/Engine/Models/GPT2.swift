@@ -49,24 +49,24 @@ public final class GPT2Model: LanguageModel {
     /// Decode one token with half-precision copies of the matrices (see ``DecodeMatrix``).
     /// Off: Float32 throughout.
     public var compactDecode = true
-    var half: (blocks: [[DecodeMatrix]], head: DecodeMatrix)?  // dropped by withWeight(of:_:)
+    var decodeCopies: (blocks: [[DecodeMatrix]], head: DecodeMatrix)?  // dropped by withWeight(of:_:)
 
     /// c_attn, attn c_proj, c_fc, mlp c_proj of each block as (out, in), and the lm_head.
-    private func halfWeights() -> (blocks: [[DecodeMatrix]], head: DecodeMatrix) {
-        if let half { return half }
+    private func decodeMatrices() -> (blocks: [[DecodeMatrix]], head: DecodeMatrix) {
+        if let decodeCopies { return decodeCopies }
         let C = config.nEmbd
         let made = (blocks: blocks.map { b in
             [DecodeMatrix(transposing: b.attnWeight, rows: 3 * C, columns: C), DecodeMatrix(transposing: b.attnProjWeight, rows: C, columns: C),
              DecodeMatrix(transposing: b.fcWeight, rows: 4 * C, columns: C), DecodeMatrix(transposing: b.fcProjWeight, rows: C, columns: 4 * C)]
         }, head: DecodeMatrix(tokenEmbedding, rows: config.vocabSize, columns: C))
-        half = made
+        decodeCopies = made
         return made
     }
 
     /// The bytes of weights one decoded token reads, per format.
     public var decodeBytesPerToken: [DecodeMatrix.Format: Int] {
-        let w = halfWeights()
-        return (w.blocks.flatMap { $0 } + [w.head]).reduce(into: [:]) { $0[$1.format, default: 0] += $1.byteCount }
+        let w = decodeMatrices()
+        return DecodeMatrix.bytesByFormat(w.blocks.flatMap { $0 } + [w.head])
     }
 
     public var architecture: String { "gpt2" }
@@ -113,7 +113,7 @@ public final class GPT2Model: LanguageModel {
         var proj = [Float](repeating: 0, count: T * C)
         var fc = [Float](repeating: 0, count: T * 4 * C)  // (T, 4C)
         var scores = [Float](repeating: 0, count: T * (start + T))
-        let halves = T == 1 && compactDecode ? halfWeights() : nil
+        let halves = T == 1 && compactDecode ? decodeMatrices() : nil
         /// y = x·W + b (Conv1D) through the half-precision copy when decoding.
         func project(_ x: [Float], _ w: [Float], _ bias: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int) {
             if let hw {

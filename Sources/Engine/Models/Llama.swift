@@ -87,12 +87,12 @@ public final class LlamaModel: LanguageModel {
     /// the lm_head (nil where the stored type has no decode format). withWeight(of:_:)
     /// drops the entry of the matrix it changes.
     var stored: (blocks: [[DecodeMatrix?]], head: DecodeMatrix?)?
-    var half: (blocks: [[DecodeMatrix]], head: DecodeMatrix)?  // dropped by withWeight(of:_:)
+    var decodeCopies: (blocks: [[DecodeMatrix]], head: DecodeMatrix)?  // dropped by withWeight(of:_:)
 
     /// wq, wk, wv, wo, gate, up, down of each block, and the lm_head, for decoding: the
     /// stored blocks where they still hold the weights, else half-precision copies.
-    private func halfWeights() -> (blocks: [[DecodeMatrix]], head: DecodeMatrix) {
-        if let half { return half }
+    private func decodeMatrices() -> (blocks: [[DecodeMatrix]], head: DecodeMatrix) {
+        if let decodeCopies { return decodeCopies }
         let C = config.hiddenSize, F = config.intermediateSize
         let q = config.numAttentionHeads * config.headDim, kv = config.numKeyValueHeads * config.headDim
         let made = (blocks: blocks.enumerated().map { l, b in
@@ -102,14 +102,14 @@ public final class LlamaModel: LanguageModel {
                     s?[4] ?? DecodeMatrix(b.gate, rows: F, columns: C), s?[5] ?? DecodeMatrix(b.up, rows: F, columns: C),
                     s?[6] ?? DecodeMatrix(b.down, rows: C, columns: F)]
         }, head: stored?.head ?? DecodeMatrix(lmHead ?? embedding, rows: config.vocabSize, columns: C))
-        half = made
+        decodeCopies = made
         return made
     }
 
     /// The bytes of weights one decoded token reads, per format.
     public var decodeBytesPerToken: [DecodeMatrix.Format: Int] {
-        let w = halfWeights()
-        return (w.blocks.flatMap { $0 } + [w.head]).reduce(into: [:]) { $0[$1.format, default: 0] += $1.byteCount }
+        let w = decodeMatrices()
+        return DecodeMatrix.bytesByFormat(w.blocks.flatMap { $0 } + [w.head])
     }
 
     public var architecture: String { "llama" }
@@ -157,7 +157,7 @@ public final class LlamaModel: LanguageModel {
         var g = [Float](repeating: 0, count: T * F)          // (T, F)
         var u = [Float](repeating: 0, count: T * F)
         var scores = [Float](repeating: 0, count: T * (start + T))
-        let halves = T == 1 && compactDecode ? halfWeights() : nil
+        let halves = T == 1 && compactDecode ? decodeMatrices() : nil
         /// y = x·Wᵀ through the half-precision copy when decoding, else sgemm.
         func project(_ x: [Float], _ w: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int, accumulate: Bool = false) {
             if let hw { x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { hw.apply(xp.baseAddress!, $0.baseAddress!, accumulate: accumulate) } } }

@@ -293,9 +293,16 @@ void nb_fhe_gaussian(const uint64_t *random, size_t n, double sigma, int64_t *ou
 // Split-complex transforms (real and imaginary parts in separate arrays, so every loop below
 // is plain arithmetic on double arrays that vectorizes). FFTW's split interface computes the
 // sign −1 transform; the sign +1 transform is the same with real and imaginary parts swapped.
+//
+// Each of the two has its own plan, made on arrays laid out exactly as they are when it runs
+// (imaginary parts before the real ones for the swapped one). One plan run with its parts
+// swapped is not the same: some of FFTW's solvers (dft-r2hc, chosen by FFTW_MEASURE now and
+// then for small sizes) depend on the layout they were planned for, and then give a wrong
+// transform without any error.
 struct nb_negacyclic {
     size_t n, half;
-    fftw_plan transform;          // sign −1 on split arrays of n/2 values
+    fftw_plan forward;            // sign +1: split arrays (imaginary, real) at work + half, work
+    fftw_plan inverse;            // sign −1: split arrays (real, imaginary) at work, work + half
     double *twist_re, *twist_im;  // exp(i*pi*j/n), j < n/2
 };
 
@@ -303,9 +310,11 @@ nb_negacyclic *nb_negacyclic_create(size_t n) {
     nb_negacyclic *p = calloc(1, sizeof *p);
     p->n = n;
     p->half = n / 2;
-    double *buf = fftw_malloc(sizeof(double) * 4 * p->half);
-    fftw_iodim dim = {(int)p->half, 1, 1};
-    p->transform = fftw_plan_guru_split_dft(1, &dim, 0, NULL, buf, buf + p->half, buf + 2 * p->half, buf + 3 * p->half, FFTW_MEASURE);
+    const size_t h = p->half;
+    double *buf = fftw_malloc(sizeof(double) * 4 * h);
+    fftw_iodim dim = {(int)h, 1, 1};
+    p->forward = fftw_plan_guru_split_dft(1, &dim, 0, NULL, buf + h, buf, buf + 3 * h, buf + 2 * h, FFTW_MEASURE);
+    p->inverse = fftw_plan_guru_split_dft(1, &dim, 0, NULL, buf, buf + h, buf + 2 * h, buf + 3 * h, FFTW_MEASURE);
     fftw_free(buf);
     p->twist_re = malloc(sizeof(double) * p->half);
     p->twist_im = malloc(sizeof(double) * p->half);
@@ -317,9 +326,12 @@ nb_negacyclic *nb_negacyclic_create(size_t n) {
     return p;
 }
 
+void nb_negacyclic_forget_wisdom(void) { fftw_forget_wisdom(); }
+
 void nb_negacyclic_destroy(nb_negacyclic *p) {
     if (!p) return;
-    fftw_destroy_plan(p->transform);
+    fftw_destroy_plan(p->forward);
+    fftw_destroy_plan(p->inverse);
     free(p->twist_re);
     free(p->twist_im);
     free(p);
@@ -336,6 +348,7 @@ void nb_negacyclic_free_work(double *work) { fftw_free(work); }
 
 // The evaluations at the odd powers of exp(i*pi/n) of x (n real values given as two halves):
 // z_j = (x_j + i x_{j+n/2}) exp(i pi j / n), then the sign +1 transform into (fr, fi).
+// zr, zi, fr, fi are work, work + n/2, work + n, work + 3n/2: the layout the plan was made for.
 static inline __attribute__((always_inline)) void evaluate(const nb_negacyclic *p, const double *restrict lo, const double *restrict hi,
                                                            double *restrict zr, double *restrict zi, double *fr, double *fi) {
     const double *restrict tr = p->twist_re, *restrict ti = p->twist_im;
@@ -343,14 +356,16 @@ static inline __attribute__((always_inline)) void evaluate(const nb_negacyclic *
         zr[j] = lo[j] * tr[j] - hi[j] * ti[j];
         zi[j] = lo[j] * ti[j] + hi[j] * tr[j];
     }
-    fftw_execute_split_dft(p->transform, zi, zr, fi, fr);  // swapped parts: sign +1
+    fftw_execute_split_dft(p->forward, zi, zr, fi, fr);  // swapped parts: sign +1
 }
 
 void nb_negacyclic_spectrum(const nb_negacyclic *p, const int64_t *poly, double *spectrum, double *work) {
     const size_t half = p->half;
     double *x = work + 2 * p->n;
     for (size_t j = 0; j < p->n; j++) x[j] = (double)poly[j];
-    evaluate(p, x, x + half, work, work + half, spectrum, spectrum + half);
+    // The transform runs in the work space, laid out as its plan was (see above), then is copied out.
+    evaluate(p, x, x + half, work, work + half, work + p->n, work + p->n + half);
+    memcpy(spectrum, work + p->n, sizeof(double) * p->n);
 }
 
 NB_CLONES
@@ -389,7 +404,7 @@ double nb_negacyclic_mul(const nb_negacyclic *p, const uint64_t *a, unsigned bit
                 gi[k] = er[k] * si[k] + ei[k] * sr[k];
             }
         }
-        fftw_execute_split_dft(p->transform, zr, zi, fr, fi);  // sign −1: the inverse, unscaled
+        fftw_execute_split_dft(p->inverse, zr, zi, fr, fi);  // sign −1: the inverse, unscaled
         const unsigned shift = drop + limb_bits * t;
         if (shift >= 64) continue;
         uint64_t *restrict clo = c, *restrict chi = c + half;

@@ -25,7 +25,26 @@ public final class NegacyclicRing: @unchecked Sendable {
         return r
     }
 
-    private init(degree: Int, plan: OpaquePointer) { (self.degree, self.plan) = (degree, plan) }
+    /// A ring of its own, planned anew after FFTW forgets what it measured before (for tests:
+    /// FFTW_MEASURE picks among several plans by timing, so only fresh plans show them all).
+    static func planned(degree n: Int) -> NegacyclicRing {
+        lock.lock()
+        defer { lock.unlock() }
+        nb_negacyclic_forget_wisdom()
+        return NegacyclicRing(degree: n, plan: nb_negacyclic_create(n), owned: true)
+    }
+
+    private let owned: Bool
+
+    private init(degree: Int, plan: OpaquePointer, owned: Bool = false) { (self.degree, self.plan, self.owned) = (degree, plan, owned) }
+
+    deinit {
+        if owned {
+            NegacyclicRing.lock.lock()
+            nb_negacyclic_destroy(plan)
+            NegacyclicRing.lock.unlock()
+        }
+    }
 
     /// Work space for one thread.
     public final class Workspace {
@@ -42,7 +61,8 @@ public final class NegacyclicRing: @unchecked Sendable {
         let wide = poly.map(Int64.init)
         var out = [Double](repeating: 0, count: degree)
         let ws = workspace()
-        nb_negacyclic_spectrum(plan, wide, &out, ws.pointer)
+        // Kept alive past the call: its last use is reading `pointer`, and its deinit frees it.
+        withExtendedLifetime(ws) { nb_negacyclic_spectrum(plan, wide, &out, ws.pointer) }
         return out
     }
 

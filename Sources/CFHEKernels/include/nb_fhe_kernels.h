@@ -64,6 +64,9 @@ void nb_fhe_gaussian(const uint64_t *random, size_t n, double sigma, int64_t *ou
 typedef struct nb_negacyclic nb_negacyclic;
 /// Plans the transforms for ring degree n (a power of two >= 16). Not thread-safe.
 nb_negacyclic *nb_negacyclic_create(size_t n);
+/// Forgets FFTW's accumulated wisdom, so the next plan is measured anew (for tests that check
+/// every plan FFTW may pick). Not thread-safe.
+void nb_negacyclic_forget_wisdom(void);
 void nb_negacyclic_destroy(nb_negacyclic *plan);
 /// Work space for one thread: 4 * n doubles, allocated with FFTW's alignment.
 double *nb_negacyclic_work(const nb_negacyclic *plan);

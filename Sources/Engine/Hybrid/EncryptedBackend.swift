@@ -167,6 +167,7 @@ public final class EncryptedLinearBackend: LinearBackend {
     }
 
     public func setRealRows(_ rows: [Bool]?) { realRows = rows }
+    public var rowsAreIndependent: Bool { plan.rowsAreIndependent }
 
     private func run(_ layer: LinearLayer, _ direction: ProductDirection, input: UnsafeBufferPointer<Float>,
                      output: UnsafeMutableBufferPointer<Float>) -> Bool {

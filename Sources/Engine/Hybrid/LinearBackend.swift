@@ -16,10 +16,21 @@ public protocol LinearBackend: AnyObject {
     /// right padding, a padding row's products reach no real token and its gradients are
     /// zero, so a backend may skip those rows (returning zeros there).
     func setRealRows(_ rows: [Bool]?)
+    /// Whether each row's product depends on that row alone (static or per-token activation
+    /// ranges). Then generation may run one new token at a time with a KV cache and give
+    /// what re-running the whole sequence gives; a range over the whole call
+    /// (dynamic-per-tensor) needs the whole sequence each time.
+    var rowsAreIndependent: Bool { get }
 }
 
 extension LinearBackend {
     public func setRealRows(_ rows: [Bool]?) {}
+    public var rowsAreIndependent: Bool { false }
+}
+
+extension HybridPlan {
+    /// See ``LinearBackend/rowsAreIndependent``.
+    public var rowsAreIndependent: Bool { scheme.activations != .dynamicPerTensor }
 }
 
 extension CausalLMBatch {
@@ -119,6 +130,7 @@ public final class QuantizedLinearBackend: LinearBackend {
     }
 
     public var moduleNames: [String] { plan.remoteModules.filter { layers[$0] != nil } }
+    public var rowsAreIndependent: Bool { plan.rowsAreIndependent }
 
     /// The forward quantization of a module's weights (for summaries).
     public func weightQuantizers(of name: String) -> [AffineQuantizer]? { layers[name]?.forward.quantizers }
@@ -184,13 +196,41 @@ extension TrainableModel {
     public var linearLayersHaveBias: Bool { linearModules.first.map { bias(of: $0) != nil } ?? false }
 }
 
-/// Greedy or sampled continuation through the training pass, so that the frozen layers run
-/// on a ``LinearBackend`` (the inference kernels know nothing of backends). No KV cache:
-/// each new token re-runs the sequence, computing logits for the last position only.
+/// Greedy or sampled continuation with every linear layer run as the training pass runs it:
+/// the frozen products on the hooks' ``LinearBackend`` (quantized, encrypted or remote), the
+/// adapter through its hooks.
+///
+/// With a KV cache (`cached`, the default, when the backend's rows are independent): the
+/// prompt runs once, then one row per new token. Otherwise, and for a dynamic-per-tensor
+/// backend, whose ranges span the whole call, each new token re-runs the whole sequence
+/// through the training pass (logits for the last position only).
 public func generateThroughHooks(model: TrainableModel, prompt: [Int], maxTokens: Int, hooks: LinearHooks<Float>,
-                                 sampling: SamplingSettings = SamplingSettings(), stopTokens: Set<Int> = []) -> [Int] {
+                                 sampling: SamplingSettings = SamplingSettings(), stopTokens: Set<Int> = [], cached: Bool = true) -> [Int] {
     var tokens = prompt, generated: [Int] = []
     var rng = SeededGenerator(seed: sampling.seed)
+    hooks.backend?.setRealRows(nil)  // every row of these passes is a real token
+    if cached && hooks.backend?.rowsAreIndependent ?? true && !prompt.isEmpty && prompt.count < model.contextLength {
+        let capacity = min(prompt.count + maxTokens, model.contextLength)
+        let step: ([Int], KVCache) -> [Float]
+        let cache: KVCache
+        if let gpt2 = model as? GPT2Model {
+            cache = gpt2.makeCache(capacity: capacity)
+            step = { gpt2.forward($0, cache: $1, allPositions: false, hooks: hooks) }
+        } else {
+            let llama = model as! LlamaModel
+            cache = llama.makeCache(capacity: capacity)
+            step = { llama.forward($0, cache: $1, allPositions: false, hooks: hooks) }
+        }
+        var input = prompt
+        while generated.count < maxTokens && tokens.count < model.contextLength {
+            let next = Sampler.sample(step(input, cache), settings: sampling, rng: &rng)
+            generated.append(next)
+            if stopTokens.contains(next) { break }
+            tokens.append(next)
+            input = [next]
+        }
+        return generated
+    }
     while generated.count < maxTokens && tokens.count < model.contextLength {
         let logits: [Float]
         if let gpt2 = model as? GPT2Model {

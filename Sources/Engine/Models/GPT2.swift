@@ -97,6 +97,13 @@ public final class GPT2Model: LanguageModel {
     }
 
     public func forward(_ tokens: [Int], cache: KVCache, allPositions: Bool) -> [Float] {
+        forward(tokens, cache: cache, allPositions: allPositions, hooks: nil)
+    }
+
+    /// The forward above with every linear layer run as the training pass runs it when
+    /// `hooks` is given: its backend (quantized or encrypted products) and its hooks (a LoRA
+    /// adapter) — for generation with a KV cache through those layers.
+    public func forward(_ tokens: [Int], cache: KVCache, allPositions: Bool, hooks: LinearHooks<Float>?) -> [Float] {
         let T = tokens.count, C = config.nEmbd, V = config.vocabSize, H = config.nHead, hd = C / H
         let start = cache.length
         precondition(T > 0, "forward needs at least one token")
@@ -113,10 +120,14 @@ public final class GPT2Model: LanguageModel {
         var proj = [Float](repeating: 0, count: T * C)
         var fc = [Float](repeating: 0, count: T * 4 * C)  // (T, 4C)
         var scores = [Float](repeating: 0, count: T * (start + T))
-        let halves = T == 1 && compactDecode ? decodeMatrices() : nil
-        /// y = x·W + b (Conv1D) through the half-precision copy when decoding.
+        let halves = T == 1 && compactDecode && hooks == nil ? decodeMatrices() : nil
+        let named = hooks == nil ? nil : trainingWeights(as: Float.self)
+        var layer: LinearLayer? = nil  // the layer `project` runs next, when hooked
+        /// y = x·W + b (Conv1D) through the hooks, or the decode copy when decoding.
         func project(_ x: [Float], _ w: [Float], _ bias: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int) {
-            if let hw {
+            if let hooks, let layer {
+                hooks.linearForward(layer, x, weight: w, bias: bias, layout: .inOut, &y)
+            } else if let hw {
                 y.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: bias, count: n) }
                 x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { hw.apply(xp.baseAddress!, $0.baseAddress!, accumulate: true) } }
             } else {
@@ -129,6 +140,8 @@ public final class GPT2Model: LanguageModel {
         for (l, b) in blocks.enumerated() {
             Ops.layerNorm(x, weight: b.ln1Weight, bias: b.ln1Bias, &h, rows: T, width: C, eps: eps)
             let hb = halves?.blocks[l]
+            let lin = named?.linearLayers(block: l)
+            layer = lin?.attention
             project(h, b.attnWeight, b.attnBias, hb?[0], &qkv, C, 3 * C)
             cache.keys[l].withUnsafeMutableBufferPointer { kc in
                 cache.values[l].withUnsafeMutableBufferPointer { vc in
@@ -147,11 +160,14 @@ public final class GPT2Model: LanguageModel {
                                     heads: H, kvHeads: H, headDim: hd, scores: &scores)
                 }
             }
+            layer = lin?.attentionProjection
             project(att, b.attnProjWeight, b.attnProjBias, hb?[1], &proj, C, C)
             Ops.add(&x, proj, count: T * C)
             Ops.layerNorm(x, weight: b.ln2Weight, bias: b.ln2Bias, &h, rows: T, width: C, eps: eps)
+            layer = lin?.fc
             project(h, b.fcWeight, b.fcBias, hb?[2], &fc, C, 4 * C)
             Ops.geluTanh(&fc, count: T * 4 * C)
+            layer = lin?.fcProjection
             project(fc, b.fcProjWeight, b.fcProjBias, hb?[3], &proj, 4 * C, C)
             Ops.add(&x, proj, count: T * C)
         }

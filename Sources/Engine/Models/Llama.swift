@@ -139,6 +139,13 @@ public final class LlamaModel: LanguageModel {
     }
 
     public func forward(_ tokens: [Int], cache: KVCache, allPositions: Bool) -> [Float] {
+        forward(tokens, cache: cache, allPositions: allPositions, hooks: nil)
+    }
+
+    /// The forward above with every linear layer run as the training pass runs it when
+    /// `hooks` is given: its backend (quantized or encrypted products) and its hooks (a LoRA
+    /// adapter) — for generation with a KV cache through those layers.
+    public func forward(_ tokens: [Int], cache: KVCache, allPositions: Bool, hooks: LinearHooks<Float>?) -> [Float] {
         let T = tokens.count, C = config.hiddenSize, F = config.intermediateSize, V = config.vocabSize
         let H = config.numAttentionHeads, KV = config.numKeyValueHeads, hd = config.headDim
         let start = cache.length
@@ -157,10 +164,20 @@ public final class LlamaModel: LanguageModel {
         var g = [Float](repeating: 0, count: T * F)          // (T, F)
         var u = [Float](repeating: 0, count: T * F)
         var scores = [Float](repeating: 0, count: T * (start + T))
-        let halves = T == 1 && compactDecode ? decodeMatrices() : nil
-        /// y = x·Wᵀ through the half-precision copy when decoding, else sgemm.
+        let halves = T == 1 && compactDecode && hooks == nil ? decodeMatrices() : nil
+        let named = hooks == nil ? nil : trainingWeights(as: Float.self)
+        var layer: LinearLayer? = nil  // the layer `project` runs next, when hooked
+        /// y = x·Wᵀ through the hooks, or the decode copy when decoding, else sgemm.
         func project(_ x: [Float], _ w: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int, accumulate: Bool = false) {
-            if let hw { x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { hw.apply(xp.baseAddress!, $0.baseAddress!, accumulate: accumulate) } } }
+            if let hooks, let layer {
+                if accumulate {
+                    var product = [Float](repeating: 0, count: T * n)
+                    hooks.linearForward(layer, x, weight: w, bias: nil, layout: .outIn, &product)
+                    Ops.add(&y, product, count: T * n)
+                } else {
+                    hooks.linearForward(layer, x, weight: w, bias: nil, layout: .outIn, &y)
+                }
+            } else if let hw { x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { hw.apply(xp.baseAddress!, $0.baseAddress!, accumulate: accumulate) } } }
             else { Ops.linear(x, w, &y, rows: T, inFeatures: k, outFeatures: n, accumulate: accumulate) }
         }
         embedding.withUnsafeBufferPointer { e in
@@ -169,6 +186,7 @@ public final class LlamaModel: LanguageModel {
         for (l, b) in blocks.enumerated() {
             Ops.rmsNorm(x, weight: b.attentionNorm, &h, rows: T, width: C, eps: eps)
             let hb = halves?.blocks[l]
+            let lin = named?.linearLayers(block: l)
             if let hb {  // one batch for the three projections of the same input
                 h.withUnsafeBufferPointer { hp in
                     q.withUnsafeMutableBufferPointer { qp in
@@ -181,8 +199,11 @@ public final class LlamaModel: LanguageModel {
                     }
                 }
             } else {
+                layer = lin?.q
                 project(h, b.wq, nil, &q, C, H * hd)
+                layer = lin?.k
                 project(h, b.wk, nil, &k, C, KV * hd)
+                layer = lin?.v
                 project(h, b.wv, nil, &v, C, KV * hd)
             }
             q.withUnsafeMutableBufferPointer { qp in
@@ -202,6 +223,7 @@ public final class LlamaModel: LanguageModel {
                                     heads: H, kvHeads: KV, headDim: hd, scores: &scores)
                 }
             }
+            layer = lin?.o
             project(att, b.wo, hb?[3], &x, H * hd, C, accumulate: true)
             Ops.rmsNorm(x, weight: b.mlpNorm, &h, rows: T, width: C, eps: eps)
             if let hb {
@@ -213,10 +235,13 @@ public final class LlamaModel: LanguageModel {
                     }
                 }
             } else {
+                layer = lin?.gate
                 project(h, b.gate, nil, &g, C, F)
+                layer = lin?.up
                 project(h, b.up, nil, &u, C, F)
             }
             Ops.swiGLU(gate: &g, up: u, count: T * F)
+            layer = lin?.down
             project(g, b.down, hb?[6], &x, F, C, accumulate: true)
         }
         cache.length = start + T

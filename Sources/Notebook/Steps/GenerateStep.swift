@@ -97,7 +97,7 @@ public enum GenerateStep: Step {
         let statsAtStart = (backend as? EncryptedLinearBackend)?.statistics ?? FHEStatistics()
         let generationStarted = Date()
         if let backend, let model = loaded.model as? TrainableModel {
-            // The remote layers run quantized, through the training pass (no KV cache).
+            // The remote layers run through the backend (quantized, encrypted or remote), with a KV cache.
             var hooks = adapter?.hooks() ?? LinearHooks<Float>()
             hooks.backend = backend
             var rng = SeededGenerator(seed: settings.seed)

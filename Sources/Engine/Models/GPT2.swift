@@ -122,9 +122,8 @@ public final class GPT2Model: LanguageModel {
         var scores = [Float](repeating: 0, count: T * (start + T))
         let halves = T == 1 && compactDecode && hooks == nil ? decodeMatrices() : nil
         let named = hooks == nil ? nil : trainingWeights(as: Float.self)
-        var layer: LinearLayer? = nil  // the layer `project` runs next, when hooked
-        /// y = x·W + b (Conv1D) through the hooks, or the decode copy when decoding.
-        func project(_ x: [Float], _ w: [Float], _ bias: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int) {
+        /// y = x·W + b (Conv1D) through the hooks (as `layer`), or the decode copy when decoding.
+        func project(_ layer: LinearLayer?, _ x: [Float], _ w: [Float], _ bias: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int) {
             if let hooks, let layer {
                 hooks.linearForward(layer, x, weight: w, bias: bias, layout: .inOut, &y)
             } else if let hw {
@@ -141,8 +140,7 @@ public final class GPT2Model: LanguageModel {
             Ops.layerNorm(x, weight: b.ln1Weight, bias: b.ln1Bias, &h, rows: T, width: C, eps: eps)
             let hb = halves?.blocks[l]
             let lin = named?.linearLayers(block: l)
-            layer = lin?.attention
-            project(h, b.attnWeight, b.attnBias, hb?[0], &qkv, C, 3 * C)
+            project(lin?.attention, h, b.attnWeight, b.attnBias, hb?[0], &qkv, C, 3 * C)
             cache.keys[l].withUnsafeMutableBufferPointer { kc in
                 cache.values[l].withUnsafeMutableBufferPointer { vc in
                     for i in 0..<T {
@@ -160,15 +158,12 @@ public final class GPT2Model: LanguageModel {
                                     heads: H, kvHeads: H, headDim: hd, scores: &scores)
                 }
             }
-            layer = lin?.attentionProjection
-            project(att, b.attnProjWeight, b.attnProjBias, hb?[1], &proj, C, C)
+            project(lin?.attentionProjection, att, b.attnProjWeight, b.attnProjBias, hb?[1], &proj, C, C)
             Ops.add(&x, proj, count: T * C)
             Ops.layerNorm(x, weight: b.ln2Weight, bias: b.ln2Bias, &h, rows: T, width: C, eps: eps)
-            layer = lin?.fc
-            project(h, b.fcWeight, b.fcBias, hb?[2], &fc, C, 4 * C)
+            project(lin?.fc, h, b.fcWeight, b.fcBias, hb?[2], &fc, C, 4 * C)
             Ops.geluTanh(&fc, count: T * 4 * C)
-            layer = lin?.fcProjection
-            project(fc, b.fcProjWeight, b.fcProjBias, hb?[3], &proj, 4 * C, C)
+            project(lin?.fcProjection, fc, b.fcProjWeight, b.fcProjBias, hb?[3], &proj, 4 * C, C)
             Ops.add(&x, proj, count: T * C)
         }
         cache.length = start + T

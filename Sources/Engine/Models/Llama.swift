@@ -166,9 +166,9 @@ public final class LlamaModel: LanguageModel {
         var scores = [Float](repeating: 0, count: T * (start + T))
         let halves = T == 1 && compactDecode && hooks == nil ? decodeMatrices() : nil
         let named = hooks == nil ? nil : trainingWeights(as: Float.self)
-        var layer: LinearLayer? = nil  // the layer `project` runs next, when hooked
-        /// y = x·Wᵀ through the hooks, or the decode copy when decoding, else sgemm.
-        func project(_ x: [Float], _ w: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int, accumulate: Bool = false) {
+        /// y = x·Wᵀ through the hooks (as `layer`), or the decode copy when decoding, else sgemm.
+        func project(_ layer: LinearLayer?, _ x: [Float], _ w: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int,
+                     accumulate: Bool = false) {
             if let hooks, let layer {
                 if accumulate {
                     var product = [Float](repeating: 0, count: T * n)
@@ -199,12 +199,9 @@ public final class LlamaModel: LanguageModel {
                     }
                 }
             } else {
-                layer = lin?.q
-                project(h, b.wq, nil, &q, C, H * hd)
-                layer = lin?.k
-                project(h, b.wk, nil, &k, C, KV * hd)
-                layer = lin?.v
-                project(h, b.wv, nil, &v, C, KV * hd)
+                project(lin?.q, h, b.wq, nil, &q, C, H * hd)
+                project(lin?.k, h, b.wk, nil, &k, C, KV * hd)
+                project(lin?.v, h, b.wv, nil, &v, C, KV * hd)
             }
             q.withUnsafeMutableBufferPointer { qp in
                 k.withUnsafeMutableBufferPointer { kp in
@@ -223,8 +220,7 @@ public final class LlamaModel: LanguageModel {
                                     heads: H, kvHeads: KV, headDim: hd, scores: &scores)
                 }
             }
-            layer = lin?.o
-            project(att, b.wo, hb?[3], &x, H * hd, C, accumulate: true)
+            project(lin?.o, att, b.wo, hb?[3], &x, H * hd, C, accumulate: true)
             Ops.rmsNorm(x, weight: b.mlpNorm, &h, rows: T, width: C, eps: eps)
             if let hb {
                 h.withUnsafeBufferPointer { hp in
@@ -235,14 +231,11 @@ public final class LlamaModel: LanguageModel {
                     }
                 }
             } else {
-                layer = lin?.gate
-                project(h, b.gate, nil, &g, C, F)
-                layer = lin?.up
-                project(h, b.up, nil, &u, C, F)
+                project(lin?.gate, h, b.gate, nil, &g, C, F)
+                project(lin?.up, h, b.up, nil, &u, C, F)
             }
             Ops.swiGLU(gate: &g, up: u, count: T * F)
-            layer = lin?.down
-            project(g, b.down, hb?[6], &x, F, C, accumulate: true)
+            project(lin?.down, g, b.down, hb?[6], &x, F, C, accumulate: true)
         }
         cache.length = start + T
         let rows = allPositions ? T : 1

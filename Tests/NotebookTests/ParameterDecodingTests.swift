@@ -219,3 +219,14 @@ private func canonical(_ body: String) throws -> String {
         }
     }
 }
+
+@Suite struct MathEvalParameterTests {
+    /// `generate` defaults to 20 problems, but never more than the test split holds; asking
+    /// for more than the split is an error naming the key and the cell's line.
+    @Test func generateDefaultsWithinTheTestSplit() throws {
+        #expect(try prepareError("test: 5\n", step: "math_eval") == nil)
+        #expect(try prepareError("test: 40\n", step: "math_eval") == nil)
+        let error = try #require(try prepareError("test: 5\ngenerate: 6\n", step: "math_eval"))
+        #expect(error.description.contains("nb.md:") && error.description.contains("generate") && error.description.contains("6"), "\(error)")
+    }
+}

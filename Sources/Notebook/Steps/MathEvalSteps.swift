@@ -55,7 +55,7 @@ public enum MathEvalStep: Step {
             batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? 4
             learningRate = try c.decodeIfPresent(Double.self, forKey: .learningRate) ?? 1e-3
             warmupSteps = try c.decodeIfPresent(Int.self, forKey: .warmupSteps) ?? 10
-            generate = try c.decodeIfPresent(Int.self, forKey: .generate) ?? 20
+            generate = try c.decodeIfPresent(Int.self, forKey: .generate) ?? min(20, test)
             maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens) ?? 48
             output = try c.decodeIfPresent(String.self, forKey: .output) ?? "../outputs/eval"
             maxLength = try c.decodeIfPresent(Int.self, forKey: .maxLength) ?? 128

@@ -27,6 +27,7 @@ public enum FHEWire {
     public static let version: UInt16 = 1
     static let magic: [UInt8] = Array("NBCT".utf8)
     static let kindParameters: UInt8 = 1, kindInput: UInt8 = 2, kindOutput: UInt8 = 3
+    static let kindMaskedInput: UInt8 = 4, kindMaskedOutput: UInt8 = 5
     /// Refuses shapes beyond these before allocating anything.
     public static let maxRows = 1 << 20, maxFeatures = 1 << 16
 }

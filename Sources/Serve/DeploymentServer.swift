@@ -22,7 +22,9 @@ public enum ServeError: Error, CustomStringConvertible {
 /// - `GET /v1/health` → `{"status":"ok","deployment_id":…,"modules":N}` (never needs the token);
 /// - `GET /v1/modules` → ``ServerDeployment/modulesJSON``;
 /// - `POST /v1/modules/{name}/forward|backward` → the encrypted product of the body by W or Wᵀ:
-///   400 malformed, 404 unknown module or direction, 413 body over the limit, 422 wrong shape.
+///   400 malformed, 404 unknown module or direction, 413 body over the limit, 422 wrong shape;
+/// - `POST /v1/modules/{name}/forward|backward/masked` → the masked protocol's online product
+///   (W·u mod 2^k of one-time-padded integers), with the same errors.
 ///
 /// - Parameter onListening: called once the socket is bound, with the real port (useful
 ///   when `options.port` is 0).
@@ -95,33 +97,38 @@ private func addRoutes(to router: Router<ServeRequestContext>, deployment: Serve
         Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: modules))
     }
 
-    router.post("/v1/modules/{name}/{direction}") { request, context -> Response in
-        let name = try context.parameters.require("name")
-        let directionName = try context.parameters.require("direction")
-        context.record.update { $0.module = name; $0.direction = directionName }
-        guard let direction = ProductDirection(rawValue: directionName) else {
-            throw HTTPFailure(.notFound, "unknown direction '\(directionName)': expected forward or backward")
-        }
-        guard deployment.weights.modules[name] != nil else { throw HTTPFailure(.notFound, RemoteRequestError.unknownModule(name).description) }
-        // Refuse an announced oversize body before reading a byte of it.
-        if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > maxBodyBytes {
-            throw HTTPFailure(.contentTooLarge, "body of \(declared) bytes is over the limit of \(maxBodyBytes)")
-        }
-        let body: ByteBuffer
-        do { body = try await request.body.collect(upTo: maxBodyBytes) } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
-            // A chunked body that grew past the limit.
-            throw HTTPFailure(.contentTooLarge, "body is over the limit of \(maxBodyBytes) bytes")
-        }
-        let input = Array(body.readableBytesView)
-        context.record.update { $0.bytesIn = input.count }
-        let result = await workers.run {
-            Result { () throws(RemoteRequestError) in try deployment.handle(module: name, direction: direction, request: input) }
-        }
-        switch result {
-        case .success(let output):
-            return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: ByteBuffer(bytes: output)))
-        case .failure(let error):
-            throw HTTPFailure(.init(code: error.httpStatus), error.description)
+    for masked in [false, true] {
+        router.post(masked ? "/v1/modules/{name}/{direction}/masked" : "/v1/modules/{name}/{direction}") { request, context -> Response in
+            let name = try context.parameters.require("name")
+            let directionName = try context.parameters.require("direction")
+            context.record.update { $0.module = name; $0.direction = directionName + (masked ? "/masked" : "") }
+            guard let direction = ProductDirection(rawValue: directionName) else {
+                throw HTTPFailure(.notFound, "unknown direction '\(directionName)': expected forward or backward")
+            }
+            guard deployment.weights.modules[name] != nil else { throw HTTPFailure(.notFound, RemoteRequestError.unknownModule(name).description) }
+            // Refuse an announced oversize body before reading a byte of it.
+            if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > maxBodyBytes {
+                throw HTTPFailure(.contentTooLarge, "body of \(declared) bytes is over the limit of \(maxBodyBytes)")
+            }
+            let body: ByteBuffer
+            do { body = try await request.body.collect(upTo: maxBodyBytes) } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
+                // A chunked body that grew past the limit.
+                throw HTTPFailure(.contentTooLarge, "body is over the limit of \(maxBodyBytes) bytes")
+            }
+            let input = Array(body.readableBytesView)
+            context.record.update { $0.bytesIn = input.count }
+            let result = await workers.run {
+                Result { () throws(RemoteRequestError) in
+                    masked ? try deployment.handleMasked(module: name, direction: direction, request: input)
+                        : try deployment.handle(module: name, direction: direction, request: input)
+                }
+            }
+            switch result {
+            case .success(let output):
+                return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: ByteBuffer(bytes: output)))
+            case .failure(let error):
+                throw HTTPFailure(.init(code: error.httpStatus), error.description)
+            }
         }
     }
 }

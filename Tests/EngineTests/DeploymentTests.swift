@@ -20,6 +20,10 @@ import Testing
             requests.append(request)
             return try server.handle(module: module, direction: direction, request: request)
         }
+        func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+            requests.append(request)
+            return try server.handleMasked(module: module, direction: direction, request: request)
+        }
     }
 
     static func plan(_ model: TrainableModel) -> HybridPlan {

@@ -310,6 +310,11 @@ public final class ServerDeployment: @unchecked Sendable {
     public func handle(module: String, direction: ProductDirection, request: [UInt8]) throws(RemoteRequestError) -> [UInt8] {
         try weights.respond(module: module, direction: direction, request: request)
     }
+
+    /// One online (masked protocol) request.
+    public func handleMasked(module: String, direction: ProductDirection, request: [UInt8]) throws(RemoteRequestError) -> [UInt8] {
+        try weights.respondMasked(module: module, direction: direction, request: request)
+    }
 }
 
 /// `GET /v1/modules`.
@@ -352,6 +357,30 @@ extension RemoteModuleWeights {
         do { return try FHEServer.handle(request: request, weights: direction == .forward ? m.forward : m.backward) } catch {
             switch error {
             case .wire(let w): throw .malformed(w.description)
+            case .shapeMismatch(let s): throw .wrongShape(s)
+            case .weightOutOfRange: throw .wrongShape(error.description)
+            }
+        }
+    }
+
+    /// Largest online product a request may ask for (rows × outputs values): the server's
+    /// buffers for it stay within about 0.5 GiB.
+    public static let maxMaskedValues = 1 << 26
+
+    /// One online request of the masked protocol (W·u mod 2^k), with the error a server
+    /// reports for it.
+    public func respondMasked(module: String, direction: ProductDirection, request: [UInt8]) throws(RemoteRequestError) -> [UInt8] {
+        guard let m = modules[module] else { throw .unknownModule(module) }
+        let w = direction == .forward ? m.forward : m.backward
+        let input: MaskedInput
+        do { input = try MaskedInput(serialized: request) } catch { throw .malformed(error.description) }
+        guard input.features == w.inputs else { throw .wrongShape("the padded input has \(input.features) features; \(module) \(direction.rawValue) takes \(w.inputs)") }
+        guard input.rows * w.outputs <= Self.maxMaskedValues else {
+            throw .wrongShape("\(input.rows) rows × \(w.outputs) outputs is over the limit of \(Self.maxMaskedValues) values per request; send fewer rows per call")
+        }
+        do { return try FHEServer.multiply(input, by: w).serialized() } catch {
+            switch error {
+            case .wire(let e): throw .malformed(e.description)
             case .shapeMismatch(let s): throw .wrongShape(s)
             case .weightOutOfRange: throw .wrongShape(error.description)
             }

@@ -72,6 +72,13 @@ public final class HTTPTransport: EncryptedTransport, @unchecked Sendable {
         return try send(url, method: "POST", body: Data(request), contentType: "application/octet-stream")
     }
 
+    /// The online product: `POST /v1/modules/{name}/{direction}/masked`.
+    public func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+        let url = baseURL.appendingPathComponent("v1/modules").appendingPathComponent(module).appendingPathComponent(direction.rawValue)
+            .appendingPathComponent("masked")
+        return try send(url, method: "POST", body: Data(request), contentType: "application/octet-stream")
+    }
+
     /// `GET /v1/modules`: the server's manifest.
     public func modules() throws -> ModulesResponse {
         let url = baseURL.appendingPathComponent("v1/modules")

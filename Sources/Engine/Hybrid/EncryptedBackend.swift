@@ -1,3 +1,4 @@
+import Crypto
 import FHE
 import Foundation
 
@@ -28,10 +29,24 @@ public struct PublicWeightInfo: Codable, Equatable, Sendable {
     }
 }
 
+/// How the encrypted modes compute a remote product.
+public enum ProductProtocol: String, Codable, CaseIterable, Sendable {
+    /// Every call encrypted whole (token-packed GLWE): nothing kept on the client, but each
+    /// call pays a full ring of N tokens in masks whatever the tokens it carries.
+    case he
+    /// The preprocessing model: pads r encrypted offline in full ciphertexts (the `he`
+    /// product, W·r mod 2^k decrypted into the client's mask store), then online products of
+    /// one-time-padded integers x − r mod 2^k (``MaskedProduct``), whose cost and bytes follow
+    /// the tokens. Each pad is used once.
+    case masked
+}
+
 /// Where encrypted requests go: the in-process server (`execute`) or an HTTP server (`remote`).
 public protocol EncryptedTransport: AnyObject {
     /// The serialized ``EncryptedProduct`` for a serialized ``EncryptedMatrix``.
     func multiply(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8]
+    /// The serialized ``MaskedOutput`` for a serialized ``MaskedInput`` (the online product).
+    func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8]
 }
 
 /// The server's side of a hybrid model: the remote modules' quantized weights, W for the
@@ -53,6 +68,9 @@ public final class InProcessTransport: EncryptedTransport {
     public init(weights: RemoteModuleWeights) { self.weights = weights }
     public func multiply(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
         try weights.respond(module: module, direction: direction, request: request)
+    }
+    public func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+        try weights.respondMasked(module: module, direction: direction, request: request)
     }
 }
 
@@ -87,8 +105,22 @@ public struct FHEStatistics: Codable, Equatable, Sendable {
     public var decryptSeconds = 0.0
     /// Names of the parameter sets used.
     public var parameterSets: [String] = []
+    /// The masked protocol's online products: calls, bytes, and the time of the client's
+    /// padding and unpadding and of the server's product (with the network, for `remote`).
+    /// The offline products are the counters above (they are `he` products of full rings).
+    public var onlineCalls = 0
+    public var onlineBytesSent = 0
+    public var onlineBytesReceived = 0
+    public var onlineClientSeconds = 0.0
+    public var onlineServerSeconds = 0.0
+    /// Pad rows computed offline (one full ring per segment).
+    public var offlineRows = 0
 
     public init() {}
+
+    /// Seconds in the offline (HE) products.
+    public var offlineSeconds: Double { encryptSeconds + serverSeconds + decryptSeconds }
+    public var onlineSeconds: Double { onlineClientSeconds + onlineServerSeconds }
 
     /// self − earlier (counters since `earlier`).
     public func since(_ earlier: FHEStatistics) -> FHEStatistics {
@@ -96,6 +128,9 @@ public struct FHEStatistics: Codable, Equatable, Sendable {
         d.calls -= earlier.calls; d.inputValues -= earlier.inputValues; d.outputValues -= earlier.outputValues
         d.bytesSent -= earlier.bytesSent; d.bytesReceived -= earlier.bytesReceived
         d.encryptSeconds -= earlier.encryptSeconds; d.serverSeconds -= earlier.serverSeconds; d.decryptSeconds -= earlier.decryptSeconds
+        d.onlineCalls -= earlier.onlineCalls; d.onlineBytesSent -= earlier.onlineBytesSent; d.onlineBytesReceived -= earlier.onlineBytesReceived
+        d.onlineClientSeconds -= earlier.onlineClientSeconds; d.onlineServerSeconds -= earlier.onlineServerSeconds
+        d.offlineRows -= earlier.offlineRows
         return d
     }
 }
@@ -109,6 +144,10 @@ public final class EncryptedLinearBackend: LinearBackend {
     public let plan: HybridPlan
     public let client: FHEClient
     public let transport: EncryptedTransport
+    /// `he` or `masked` (see ``ProductProtocol``).
+    public let productProtocol: ProductProtocol
+    /// The masked protocol's pads and pad products (nil for `he`).
+    public let maskStore: MaskStore?
     struct Module {
         var forward: QuantizedRows   // header only: scales and row sums of W
         var backward: QuantizedRows  // of Wᵀ
@@ -116,6 +155,13 @@ public final class EncryptedLinearBackend: LinearBackend {
         var backwardInfo: PublicWeightInfo
     }
     let modules: [String: Module]
+    /// The masked protocol: each module direction's offline plan (full ring, message modulus
+    /// 2^k) and its stream in the store.
+    struct Stream {
+        var plan: CallPlan
+        var spec: MaskStreamSpec
+    }
+    private var streams: [String: Stream] = [:]
     public var moduleNames: [String] { plan.remoteModules.filter { modules[$0] != nil } }
     public private(set) var statistics = FHEStatistics()
     /// The plan of the most recent call (for reports).
@@ -128,12 +174,16 @@ public final class EncryptedLinearBackend: LinearBackend {
 
     /// `metadata`: the server's public metadata of the plan's remote modules (from the
     /// deployment's client folder, or made from the model for the in-process server).
-    public init(plan: HybridPlan, metadata: [RemoteModuleMetadata], client: FHEClient, transport: EncryptedTransport) throws(EncryptedBackendError) {
+    /// `masked` needs a `maskStore` (its streams are made ready here).
+    public init(plan: HybridPlan, metadata: [RemoteModuleMetadata], client: FHEClient, transport: EncryptedTransport,
+                protocol productProtocol: ProductProtocol = .he, maskStore: MaskStore? = nil) throws {
         let s = plan.scheme
         guard s.symmetricWeights, s.nBits <= 8 else {
-            throw .unsupportedScheme("encrypted modes take symmetric weights of at most 8 bits; the plan's scheme is \(s.nBits)-bit \(s.description). Compile with n_bits ≤ 8 (or use mode: disable)")
+            throw EncryptedBackendError.unsupportedScheme("encrypted modes take symmetric weights of at most 8 bits; the plan's scheme is \(s.nBits)-bit \(s.description). Compile with n_bits ≤ 8 (or use mode: disable)")
         }
-        (self.plan, self.client, self.transport) = (plan, client, transport)
+        (self.plan, self.client, self.transport, self.productProtocol) = (plan, client, transport, productProtocol)
+        self.maskStore = productProtocol == .masked ? maskStore : nil
+        precondition(productProtocol == .he || maskStore != nil, "the masked protocol needs a mask store")
         var modules: [String: Module] = [:]
         for m in metadata {
             modules[m.name] = Module(forward: m.forward.header, backward: m.backward.header, forwardInfo: m.forward.info, backwardInfo: m.backward.info)
@@ -141,22 +191,66 @@ public final class EncryptedLinearBackend: LinearBackend {
         self.modules = modules
         // Every module must have a plan for the widest inputs its scheme produces.
         let widest = Double(s.symmetricActivations ? (1 << (s.nBits - 1)) - 1 : (1 << s.nBits) - 1)
+        let byName = Dictionary(metadata.map { ($0.name, $0) }) { a, _ in a }
         for name in plan.remoteModules {
-            guard let m = modules[name] else { throw .unknownModule(name) }
+            guard let m = modules[name] else { throw EncryptedBackendError.unknownModule(name) }
             for (d, info) in [(ProductDirection.forward, m.forwardInfo), (.backward, m.backwardInfo)] {
-                do { _ = try CallPlan.choose(for: info.shape(rows: 1, maxAbsInput: widest)) } catch {
-                    throw .noPlan(module: name, direction: d, reason: error.description)
+                let call: CallPlan
+                do { call = try CallPlan.choose(for: info.shape(rows: 1, maxAbsInput: widest)) } catch {
+                    throw EncryptedBackendError.noPlan(module: name, direction: d, reason: error.description)
                 }
+                guard let store = self.maskStore else { continue }
+                // Offline: full rings of pads; k = the message bits of the widest inputs' products.
+                let ring = call.parameters.ringDegree
+                let offline: CallPlan
+                do { offline = try CallPlan.plan(for: info.shape(rows: ring, maxAbsInput: widest), parameters: call.parameters) } catch {
+                    throw EncryptedBackendError.noPlan(module: name, direction: d, reason: error.description)
+                }
+                var identity = SHA256()
+                client.keyring.key(for: offline.parameters).coefficients.withUnsafeBytes { identity.update(bufferPointer: $0) }
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                identity.update(data: try encoder.encode(byName[name]!.weights(d)))
+                identity.update(data: Data("\(offline.description) \(s.nBits) \(s.description)".utf8))
+                let spec = MaskStreamSpec(module: name, direction: d, bits: offline.messageBits, features: info.inputs, outputs: info.outputs,
+                                          segmentRows: ring, identity: SHA256Digest.hex(digest: identity.finalize()))
+                try store.prepare(spec)
+                streams[spec.name] = Stream(plan: offline, spec: spec)
             }
         }
     }
 
     /// The `execute` mode: the in-process server on this model's quantized weights.
-    public convenience init(plan: HybridPlan, model: TrainableModel, keyring: Keyring) throws {
+    public convenience init(plan: HybridPlan, model: TrainableModel, keyring: Keyring, protocol productProtocol: ProductProtocol = .he,
+                            maskStore: MaskStore? = nil) throws {
         let q = try QuantizedLinearBackend(plan: plan, model: model)
         let (weights, metadata) = try q.remoteModules()
-        try self.init(plan: q.plan, metadata: metadata, client: FHEClient(keyring: keyring), transport: InProcessTransport(weights: weights))
+        try self.init(plan: q.plan, metadata: metadata, client: FHEClient(keyring: keyring), transport: InProcessTransport(weights: weights),
+                      protocol: productProtocol, maskStore: maskStore)
     }
+
+    /// Fills the mask store ahead so that `rows` rows of every stream are ready (offline work
+    /// only); `progress(done, total)` counts segments.
+    public func prefillMasks(rows: Int, progress: (Int, Int) -> Void = { _, _ in }) throws {
+        guard let store = maskStore else { return }
+        let names = streams.keys.sorted()
+        var needed: [String: Int] = [:]
+        for n in names {
+            let s = streams[n]!
+            needed[n] = max(0, (rows - store.available(n) + s.spec.segmentRows - 1) / s.spec.segmentRows)
+        }
+        let total = needed.values.reduce(0, +)
+        var done = 0
+        progress(0, total)
+        for n in names where needed[n]! > 0 {
+            let s = streams[n]!
+            try store.prefill(n, rows: rows, offline: { try self.offlineProduct(s, pads: $1) }, progress: { d, _ in progress(done + d, total) })
+            done += needed[n]!
+        }
+    }
+
+    /// Gives the store's unused reservations back (at the end of a cell).
+    public func releaseMasks() { try? maskStore?.release() }
 
     public func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool {
         run(layer, .forward, input: x, output: y)
@@ -202,8 +296,87 @@ public final class EncryptedLinearBackend: LinearBackend {
         return true
     }
 
-    /// x̂·ŵᵀ through the encrypted product: the raw Σ x_q·w_q come back from the server.
+    /// The raw Σ x_q·w_q of one call, by the backend's protocol.
     func encryptedProduct(_ name: String, _ direction: ProductDirection, _ x: QuantizedRows, _ w: QuantizedRows,
+                          _ info: PublicWeightInfo) -> [Float] {
+        productProtocol == .masked ? maskedProduct(name, direction, x, w) : heProduct(name, direction, x, w, info)
+    }
+
+    /// The online product of the masked protocol: pads from the store (filled offline on
+    /// demand), x − r mod 2^k to the server, W·(x − r) + W·r back to W·x.
+    func maskedProduct(_ name: String, _ direction: ProductDirection, _ x: QuantizedRows, _ w: QuantizedRows) -> [Float] {
+        let rows = x.rows
+        if failure != nil { return [Float](repeating: 0, count: rows * w.rows) }
+        var acc: [Double]
+        do {
+            guard let stream = streams["\(name).\(direction.rawValue)"], let store = maskStore else { throw EncryptedBackendError.unknownModule(name) }
+            let k = stream.spec.bits
+            var t = ProcessInfo.processInfo.systemUptime
+            let offlineBefore = statistics.offlineSeconds
+            let taken = try store.take(stream.spec.name, rows: rows) { _, pads in try self.offlineProduct(stream, pads: pads) }
+            let integers = x.values.map { Int64($0) }
+            let request = integers.withUnsafeBufferPointer { xs in
+                taken.pads.withUnsafeBufferPointer { MaskedProduct.blind(xs, pads: $0, rows: rows, features: x.columns, bits: k) }
+            }.serialized()
+            var now = ProcessInfo.processInfo.systemUptime
+            statistics.onlineClientSeconds += now - t - (statistics.offlineSeconds - offlineBefore)
+            t = now
+            let response = try transport.multiplyMasked(module: name, direction: direction, request: request)
+            now = ProcessInfo.processInfo.systemUptime
+            statistics.onlineServerSeconds += now - t
+            t = now
+            let product: MaskedOutput
+            do { product = try MaskedOutput(serialized: response, expecting: (rows, w.rows, k)) } catch {
+                throw EncryptedBackendError.failed(module: name, reason: "the server's online product: \(error)")
+            }
+            acc = taken.products.withUnsafeBufferPointer { MaskedProduct.unblind(product, padProducts: $0) }.map { Double($0) }
+            statistics.onlineClientSeconds += ProcessInfo.processInfo.systemUptime - t
+            statistics.onlineCalls += 1
+            statistics.inputValues += rows * x.columns
+            statistics.outputValues += rows * w.rows
+            statistics.onlineBytesSent += request.count
+            statistics.onlineBytesReceived += response.count
+        } catch {
+            if failure == nil { failure = (error as? EncryptedBackendError) ?? .failed(module: name, reason: "\(error)") }
+            return [Float](repeating: 0, count: rows * w.rows)
+        }
+        return IntegerMatmul.finish(raw: &acc, x, w)
+    }
+
+    /// The offline product of one segment of pads: encrypted in full ciphertexts with message
+    /// modulus 2^k, multiplied by the server's `he` route, decrypted to W·r mod 2^k.
+    func offlineProduct(_ stream: Stream, pads: [UInt64]) throws -> [UInt64] {
+        let spec = stream.spec, plan = stream.plan, k = spec.bits
+        let half = UInt64(1) << UInt64(k - 1), modulus = Int64(1) << Int64(k)
+        // Centred representatives in [−2^(k−1), 2^(k−1)): the same residues mod 2^k.
+        let centred = pads.map { $0 >= half ? Int64($0) - modulus : Int64($0) }
+        var t = ProcessInfo.processInfo.systemUptime
+        let request = client.encrypt(centred, rows: spec.segmentRows, features: spec.features, plan: plan).serialized()
+        var now = ProcessInfo.processInfo.systemUptime
+        statistics.encryptSeconds += now - t
+        t = now
+        let response = try transport.multiply(module: spec.module, direction: spec.direction, request: request)
+        now = ProcessInfo.processInfo.systemUptime
+        statistics.serverSeconds += now - t
+        t = now
+        let product = try EncryptedProduct(serialized: response)
+        guard product.rows == spec.segmentRows, product.outputs == spec.outputs else {
+            throw EncryptedBackendError.failed(module: spec.module, reason: "the server returned \(product.rows) × \(product.outputs) values for \(spec.segmentRows) × \(spec.outputs)")
+        }
+        let mask = (UInt64(1) << UInt64(k)) - 1
+        let products = client.decrypt(product, plan: plan).map { UInt64(bitPattern: $0) & mask }
+        statistics.decryptSeconds += ProcessInfo.processInfo.systemUptime - t
+        statistics.calls += 1
+        statistics.bytesSent += request.count
+        statistics.bytesReceived += response.count
+        statistics.offlineRows += spec.segmentRows
+        if !statistics.parameterSets.contains(plan.parameters.name) { statistics.parameterSets.append(plan.parameters.name) }
+        lastPlan = plan
+        return products
+    }
+
+    /// x̂·ŵᵀ through the encrypted product: the raw Σ x_q·w_q come back from the server.
+    func heProduct(_ name: String, _ direction: ProductDirection, _ x: QuantizedRows, _ w: QuantizedRows,
                           _ info: PublicWeightInfo) -> [Float] {
         let rows = x.rows
         // After a failed call the pass is already lost (the step stops on `failure`): no more

@@ -52,7 +52,7 @@ public final class StepContext {
 
     /// The session's backend for `mode`, with the step's `server` and `token_file` for
     /// `remote`; a failure names the key at fault.
-    public func backend(_ mode: ExecutionMode, server: String?, tokenFile: String?) throws -> LinearBackend? {
+    public func backend(_ mode: ExecutionMode, server: String?, tokenFile: String?, protocol productProtocol: ProductProtocol = .masked) throws -> LinearBackend? {
         var target: RemoteTarget?
         if let server {
             var settings = RemoteSettings()
@@ -60,7 +60,7 @@ public final class StepContext {
             if let n = ProcessInfo.processInfo.environment["NB_REMOTE_ATTEMPTS"].flatMap(Int.init), n >= 1 { settings.attempts = n }
             target = RemoteTarget(server: server, tokenFile: tokenFile.map { resolve($0).path }, settings: settings)
         }
-        do { return try session.backend(for: mode, remote: target) } catch let failure as StepFailure { throw failure } catch {
+        do { return try session.backend(for: mode, remote: target, protocol: productProtocol) } catch let failure as StepFailure { throw failure } catch {
             let key = error is RemoteServerError || error is SessionError && (error as! SessionError) == .noDeployment ? "server" : "mode"
             throw StepFailure(key: key, "\(error)")
         }

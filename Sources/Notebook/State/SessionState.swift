@@ -96,9 +96,9 @@ public final class Session {
     private var loadedModels: [String: LoadedModel] = [:]
     fileprivate var loadedAdapters: [String: LoRAAdapter] = [:]
     fileprivate var backends: [HybridPlan: QuantizedLinearBackend] = [:]
-    fileprivate var encryptedBackends: [HybridPlan: EncryptedLinearBackend] = [:]
+    fileprivate var encryptedBackends: [EncryptedBackendKey: EncryptedLinearBackend] = [:]
     fileprivate var keyring: Keyring?
-    fileprivate var remoteBackends: [RemoteBackendKey: EncryptedLinearBackend] = [:]
+    fileprivate var remoteBackends: [EncryptedBackendKey: EncryptedLinearBackend] = [:]
     /// `nb serve` processes started for `server: local`, by deployment path.
     public let localServers = LocalServers()
     /// Where the client's secret key is kept (mode 0600); nil: in memory only.
@@ -196,7 +196,7 @@ extension Session {
     /// Where the frozen layers run in `mode`: nil for float on the client; the quantized
     /// backend of the session's `compile_hybrid` plan for `disable`; for `execute`, the same
     /// integers through encryption under the session's key and the in-process server.
-    public func backend(for mode: ExecutionMode, remote: RemoteTarget? = nil) throws -> LinearBackend? {
+    public func backend(for mode: ExecutionMode, remote: RemoteTarget? = nil, protocol productProtocol: ProductProtocol = .masked) throws -> LinearBackend? {
         if mode != .remote, let d = state.deployment, d.clientLoaded {
             throw SessionError.clientOnly(mode.rawValue)
         }
@@ -205,7 +205,7 @@ extension Session {
         case .remote:
             guard let plan = state.hybrid else { throw SessionError.noHybridPlan(mode.rawValue) }
             guard let remote else { throw SessionError.noServer }
-            return try remoteBackend(plan: plan, target: remote)
+            return try remoteBackend(plan: plan, target: remote, protocol: productProtocol)
         case .disable:
             guard let plan = state.hybrid else { throw SessionError.noHybridPlan(mode.rawValue) }
             if let cached = backends[plan] { return cached }
@@ -215,10 +215,13 @@ extension Session {
             return backend
         case .execute:
             guard let plan = state.hybrid else { throw SessionError.noHybridPlan(mode.rawValue) }
-            if let cached = encryptedBackends[plan] { return cached }
+            let key = EncryptedBackendKey(plan: plan, url: nil, protocol: productProtocol)
+            if let cached = encryptedBackends[key] { return cached }
             let (_, model) = try trainableModel()
-            let backend = try EncryptedLinearBackend(plan: plan, model: model, keyring: try clientKeyring())
-            encryptedBackends[plan] = backend
+            let keyring = try clientKeyring()
+            let backend = try EncryptedLinearBackend(plan: plan, model: model, keyring: keyring, protocol: productProtocol,
+                                                     maskStore: productProtocol == .masked ? try maskStore() : nil)
+            encryptedBackends[key] = backend
             return backend
         }
     }
@@ -226,9 +229,9 @@ extension Session {
     /// The `remote` backend: the plan's products through `nb serve` at `target`. The modules'
     /// public metadata comes from the deployment's client folder (or, with the whole model in
     /// this process, from its own quantization); the server must serve the same deployment.
-    func remoteBackend(plan: HybridPlan, target: RemoteTarget) throws -> EncryptedLinearBackend {
+    func remoteBackend(plan: HybridPlan, target: RemoteTarget, protocol productProtocol: ProductProtocol) throws -> EncryptedLinearBackend {
         let (url, token) = try resolve(target)
-        let key = RemoteBackendKey(plan: plan, url: url.absoluteString)
+        let key = EncryptedBackendKey(plan: plan, url: url.absoluteString, protocol: productProtocol)
         if let cached = remoteBackends[key] { return cached }
         let transport = HTTPTransport(baseURL: url, token: token, settings: target.settings)
         let served = try transport.modules()
@@ -246,7 +249,8 @@ extension Session {
                 throw RemoteServerError.wrongDeployment(url: url.absoluteString, expected: "one with this model's quantized \(m.name)", found: served.deploymentID)
             }
         }
-        let backend = try EncryptedLinearBackend(plan: plan, metadata: metadata, client: FHEClient(keyring: try clientKeyring()), transport: transport)
+        let backend = try EncryptedLinearBackend(plan: plan, metadata: metadata, client: FHEClient(keyring: try clientKeyring()), transport: transport,
+                                                 protocol: productProtocol, maskStore: productProtocol == .masked ? try maskStore() : nil)
         remoteBackends[key] = backend
         return backend
     }
@@ -283,6 +287,22 @@ extension Session {
         return made
     }
 
+    /// The masked protocol's store of pads, beside the key: under ``keyDirectory`` (the
+    /// notebook's state), else in the loaded deployment's client folder, else a temporary
+    /// directory of this process. Streams are checked against the key and the weights, so one
+    /// store serves every plan and mode that share them.
+    public func maskStore() throws -> MaskStore {
+        let directory: URL
+        if let k = keyDirectory {
+            directory = k.appendingPathComponent("masks", isDirectory: true)
+        } else if let d = state.deployment, d.clientLoaded {
+            directory = d.clientDirectory.appendingPathComponent("masks", isDirectory: true)
+        } else {
+            directory = FileManager.default.temporaryDirectory.appendingPathComponent("nb-masks-\(getpid())", isDirectory: true)
+        }
+        return try MaskStore.shared(at: directory)
+    }
+
     /// Refuses steps that need the frozen matrices when the model is a deployment's client.
     public func requireWholeModel(for step: String) throws {
         if state.deployment?.clientLoaded == true {
@@ -301,9 +321,11 @@ extension Session {
     }
 }
 
-struct RemoteBackendKey: Hashable {
+struct EncryptedBackendKey: Hashable {
     var plan: HybridPlan
-    var url: String
+    /// nil: the in-process server (`execute`).
+    var url: String?
+    var `protocol`: ProductProtocol
 }
 
 public enum SessionError: Error, Equatable, CustomStringConvertible {

@@ -20,9 +20,10 @@ enum FHEReport {
     /// `stats`: the counters of this cell; `steps`: optimizer steps (or passes) they cover;
     /// `seconds`: the cell's wall time over those steps (for the clear work's share).
     static func emit(_ backend: LinearBackend?, stats: FHEStatistics, steps: Int, stepName: String, seconds: Double, context: StepContext) {
-        guard let b = backend as? EncryptedLinearBackend, stats.calls > 0 else { return }
+        guard let b = backend as? EncryptedLinearBackend, stats.calls > 0 || stats.onlineCalls > 0 else { return }
         let perStep = 1 / Double(max(steps, 1))
-        let fhe = stats.encryptSeconds + stats.serverSeconds + stats.decryptSeconds
+        let masked = b.productProtocol == .masked
+        let fhe = stats.offlineSeconds + stats.onlineSeconds
         let clear = max(0, seconds - fhe)
         func share(_ x: Double) -> String { seconds > 0 ? String(format: "%@ (%.0f %%)", Format.duration(x * perStep), 100 * x / seconds) : "–" }
         let http = b.transport as? HTTPTransport
@@ -30,28 +31,55 @@ enum FHEReport {
         if let http {
             where_.append(Metric("server", "\(http.baseURL.absoluteString) (HTTP; \(http.retries) request\(http.retries == 1 ? "" : "s") retried so far)"))
         }
-        context.emit(.metrics(where_ + [
-            Metric("encrypted products", Format.integer(stats.calls)),
-            Metric("sent per \(stepName)", bytes(Double(stats.bytesSent) * perStep)),
-            Metric("received per \(stepName)", bytes(Double(stats.bytesReceived) * perStep)),
-            Metric("bytes per input value", String(format: "%.2f", Double(stats.bytesSent) / Double(max(stats.inputValues, 1)))),
-            Metric("bytes per output value", String(format: "%.2f", Double(stats.bytesReceived) / Double(max(stats.outputValues, 1)))),
-        ]))
-        context.emit(.table(OutputTable(
-            title: "Time per \(stepName), encrypted mode",
-            columns: ["client encrypt", http == nil ? "server product" : "server product + network", "client decrypt", "clear work (client)", "total"],
-            rows: [[share(stats.encryptSeconds), share(stats.serverSeconds), share(stats.decryptSeconds), share(clear),
-                    Format.duration(seconds * perStep)]])))
+        if masked {
+            let online = Double(stats.onlineBytesSent + stats.onlineBytesReceived)
+            context.emit(.metrics(where_ + [
+                Metric("protocol", "masked: offline pads (HE, full rings) + online one-time-padded products"),
+                Metric("online products", Format.integer(stats.onlineCalls)),
+                Metric("online bytes per \(stepName)", "\(bytes(Double(stats.onlineBytesSent) * perStep)) sent, \(bytes(Double(stats.onlineBytesReceived) * perStep)) received"),
+                Metric("online bytes per value", String(format: "%.2f in, %.2f out", Double(stats.onlineBytesSent) / Double(max(stats.inputValues, 1)),
+                                                          Double(stats.onlineBytesReceived) / Double(max(stats.outputValues, 1)))),
+                Metric("offline products (HE)", "\(Format.integer(stats.calls)) (\(Format.integer(stats.offlineRows)) pad rows)"),
+                Metric("offline bytes", "\(bytes(Double(stats.bytesSent))) sent, \(bytes(Double(stats.bytesReceived))) received"
+                    + (online > 0 ? String(format: " (%.1f× the online bytes)", Double(stats.bytesSent + stats.bytesReceived) / online) : "")),
+            ]))
+            context.emit(.table(OutputTable(
+                title: "Time per \(stepName), encrypted mode (masked protocol)",
+                columns: ["offline (HE: encrypt, server, decrypt)", "online client (pad, unpad)", http == nil ? "online server product" : "online server + network",
+                          "clear work (client)", "total"],
+                rows: [[share(stats.offlineSeconds), share(stats.onlineClientSeconds), share(stats.onlineServerSeconds), share(clear),
+                        Format.duration(seconds * perStep)]])))
+        } else {
+            context.emit(.metrics(where_ + [
+                Metric("protocol", "he: every call encrypted whole"),
+                Metric("encrypted products", Format.integer(stats.calls)),
+                Metric("sent per \(stepName)", bytes(Double(stats.bytesSent) * perStep)),
+                Metric("received per \(stepName)", bytes(Double(stats.bytesReceived) * perStep)),
+                Metric("bytes per input value", String(format: "%.2f", Double(stats.bytesSent) / Double(max(stats.inputValues, 1)))),
+                Metric("bytes per output value", String(format: "%.2f", Double(stats.bytesReceived) / Double(max(stats.outputValues, 1)))),
+            ]))
+            context.emit(.table(OutputTable(
+                title: "Time per \(stepName), encrypted mode",
+                columns: ["client encrypt", http == nil ? "server product" : "server product + network", "client decrypt", "clear work (client)", "total"],
+                rows: [[share(stats.encryptSeconds), share(stats.serverSeconds), share(stats.decryptSeconds), share(clear),
+                        Format.duration(seconds * perStep)]])))
+        }
         var lines: [String] = []
         for name in stats.parameterSets {
             if let p = FHEParameters.all.first(where: { $0.name == name }) { lines.append(p.description) }
         }
         if let plan = b.lastPlan {
-            lines.append("Last call: \(plan.description). Each call's plan keeps the failure probability per value at or below 2^-64 "
+            lines.append("\(masked ? "Last offline call" : "Last call"): \(plan.description). Each call's plan keeps the failure probability per value at or below 2^-64 "
                 + "(formula: the noise's variance from σ, the rounding steps and the weights' largest row norm).")
         }
-        lines.append("The server saw only ciphertexts: seeds, rounded bodies and the products' masks and bodies; "
-            + "the secret key (mode 0600, \(http == nil ? "under the notebook's state directory" : "in the client's folder")) never left the client.")
+        if masked {
+            lines.append("Online, the server saw only x − r mod 2^k for one-time pads r (uniform, each used once: the mask store records its use on disk before a row is sent); "
+                + "offline, only ciphertexts of the pads. The pads' seeds and the secret key never left the client.")
+            if let store = b.maskStore, !store.notices.isEmpty { lines.append("Mask store: " + store.notices.joined(separator: "; ")) }
+        } else {
+            lines.append("The server saw only ciphertexts: seeds, rounded bodies and the products' masks and bodies; "
+                + "the secret key (mode 0600, \(http == nil ? "under the notebook's state directory" : "in the client's folder")) never left the client.")
+        }
         context.emit(.text(lines.joined(separator: "\n")))
     }
 }

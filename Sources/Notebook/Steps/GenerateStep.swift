@@ -17,7 +17,7 @@ public enum GenerateStep: Step {
     public static let summary = "continue prompts with the loaded model (greedy or sampled, KV cache)"
 
     public struct Parameters: StepParameters {
-        public enum Keys: String, CodingKey, CaseIterable { case prompts, maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", seed, chat, qa, stop, adapter, mode, server, tokenFile = "token_file" }
+        public enum Keys: String, CodingKey, CaseIterable { case prompts, maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", seed, chat, qa, stop, adapter, mode, server, tokenFile = "token_file", productProtocol = "protocol" }
         public typealias CodingKeys = Keys
         public var prompts: [String]
         public var maxTokens: Int
@@ -36,9 +36,12 @@ public enum GenerateStep: Step {
         public var mode: ExecutionMode
         public var server: String?
         public var tokenFile: String?
+        /// `execute`/`remote`: `masked` (offline pads, online products per token) or `he`.
+        public var productProtocol: ProductProtocol
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
+            productProtocol = try c.decodeChoice(ProductProtocol.self, forKey: .productProtocol) ?? .masked
             prompts = try c.decode([String].self, forKey: .prompts)
             maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens) ?? 40
             temperature = try c.decodeIfPresent(Double.self, forKey: .temperature) ?? 0
@@ -93,7 +96,8 @@ public enum GenerateStep: Step {
                 progress.update(i + 1)
             }
         }
-        let backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile)
+        let backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile, protocol: p.productProtocol)
+        defer { (backend as? EncryptedLinearBackend)?.releaseMasks() }
         let statsAtStart = (backend as? EncryptedLinearBackend)?.statistics ?? FHEStatistics()
         let generationStarted = Date()
         if let backend, let model = loaded.model as? TrainableModel {

@@ -90,7 +90,7 @@ public enum TrainStep: Step {
             case data, epochs, batchSize = "batch_size", learningRate = "learning_rate", schedule, warmupSteps = "warmup_steps"
             case weightDecay = "weight_decay", gradientAccumulation = "gradient_accumulation", maxGradNorm = "max_grad_norm"
             case maxLength = "max_length", padding, seed, shuffle, checkpointEvery = "checkpoint_every", generate, mode
-            case server, tokenFile = "token_file"
+            case server, tokenFile = "token_file", productProtocol = "protocol"
         }
         public typealias CodingKeys = Keys
         public var data: String
@@ -112,9 +112,12 @@ public enum TrainStep: Step {
         /// `mode: remote`: the server's URL, or `local`; and its token file.
         public var server: String?
         public var tokenFile: String?
+        /// `execute`/`remote`: `masked` (offline pads, online products that follow the tokens) or `he`.
+        public var productProtocol: ProductProtocol
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
+            productProtocol = try c.decodeChoice(ProductProtocol.self, forKey: .productProtocol) ?? .masked
             data = try c.decodeIfPresent(String.self, forKey: .data) ?? "train"
             epochs = try c.decodeIfPresent(Int.self, forKey: .epochs) ?? 1
             batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? 4
@@ -172,7 +175,8 @@ public enum TrainStep: Step {
             epochs: p.epochs, batchSize: p.batchSize, gradientAccumulation: p.gradientAccumulation, learningRate: p.learningRate,
             schedule: p.schedule, warmupSteps: p.warmupSteps, weightDecay: p.weightDecay, maxGradientNorm: p.maxGradNorm,
             seed: UInt64(p.seed), shuffle: p.shuffle,
-            // Quantized modes: one call per remote layer per step (an encrypted call fills its ciphertexts).
+            // Quantized modes: one call per remote layer per step (an `he` call fills its
+            // ciphertexts; a masked call makes one request instead of several).
             fuseMicroBatches: p.mode != .torch)
         let run: LoRATrainingRun
         do { run = try LoRATrainingRun(model: model, adapter: adapter, data: data, settings: settings) } catch {
@@ -181,7 +185,8 @@ public enum TrainStep: Step {
             default: throw StepFailure(key: "data", "\(context.session.state.datasets[p.data]?.displayPath ?? p.data): \(error.description)")
             }
         }
-        run.backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile)
+        run.backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile, protocol: p.productProtocol)
+        defer { (run.backend as? EncryptedLinearBackend)?.releaseMasks() }
 
         // Resume from this very computation's checkpoint, if an earlier run left one.
         let checkpoints = context.checkpointDirectory
@@ -339,7 +344,10 @@ public enum EvaluateStep: Step {
     public static let summary = "loss and perplexity of the model (with or without its adapter) on a data set"
 
     public struct Parameters: StepParameters {
-        public enum Keys: String, CodingKey, CaseIterable { case data, batchSize = "batch_size", maxLength = "max_length", padding, adapter, mode, server, tokenFile = "token_file" }
+        public enum Keys: String, CodingKey, CaseIterable {
+            case data, batchSize = "batch_size", maxLength = "max_length", padding, adapter, mode, server, tokenFile = "token_file"
+            case productProtocol = "protocol"
+        }
         public typealias CodingKeys = Keys
         public var data: String
         public var batchSize: Int
@@ -349,9 +357,11 @@ public enum EvaluateStep: Step {
         public var mode: ExecutionMode
         public var server: String?
         public var tokenFile: String?
+        public var productProtocol: ProductProtocol
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
+            productProtocol = try c.decodeChoice(ProductProtocol.self, forKey: .productProtocol) ?? .masked
             server = try c.decodeIfPresent(String.self, forKey: .server)
             tokenFile = try c.decodeIfPresent(String.self, forKey: .tokenFile)
             data = try c.decodeIfPresent(String.self, forKey: .data) ?? "train"
@@ -374,7 +384,8 @@ public enum EvaluateStep: Step {
         let (loaded, model) = try context.session.trainableModel()
         let data = try RowSettings(maxLength: p.maxLength, padding: p.padding).data(p.data, key: "data", context: context, loaded: loaded)
         let adapter = p.adapter ? try context.session.adapter() : nil
-        let backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile)
+        let backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile, protocol: p.productProtocol)
+        defer { (backend as? EncryptedLinearBackend)?.releaseMasks() }
         let progress = context.progress("evaluate", total: data.batchesPerEpoch(batchSize: p.batchSize))
         let started = Date()
         let statsAtStart = (backend as? EncryptedLinearBackend)?.statistics ?? FHEStatistics()

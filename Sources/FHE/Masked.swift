@@ -1,0 +1,203 @@
+import CFHEKernels
+import Foundation
+
+/// The online half of the preprocessing (offline/online) protocol: products of one-time-padded
+/// integers by the server's clear weights, mod 2^k.
+///
+/// Offline, the client draws uniform pads r ∈ Z_{2^k}^K per token, encrypts them in full
+/// ciphertexts (the token-packed GLWE scheme, message modulus 2^k), and decrypts W·r mod 2^k.
+/// Online it sends u = x − r mod 2^k — uniform whatever x is, so it reveals nothing — the
+/// server answers W·u mod 2^k with a plain integer kernel, and the client adds W·r:
+///
+///     W·u + W·r ≡ W·x  (mod 2^k),   and |W·x| < 2^(k−1), so the centred residue is W·x exactly.
+///
+/// The cost and the bytes follow the tokens (k bits per value each way), and the result is
+/// the clear integer product bit for bit. Each pad must be used once: two uses would reveal
+/// x₁ − x₂ (the store in the Engine makes reuse impossible).
+public enum MaskedProduct {
+    /// Message moduli 2^k offered: up to 56 bits (the products of the widest inputs with their
+    /// sign), at least 2.
+    public static let bitRange = 2...56
+
+    /// Limbs of 16 bits the server's kernel splits a k-bit value into.
+    public static func limbs(bits k: Int) -> Int { (k + 15) / 16 }
+
+    /// u = x − r mod 2^k, feature-major (K × R) as the wire carries it, from x (R × K,
+    /// row-major) and the pads r (R × K, row-major, values mod 2^k).
+    public static func blind(_ x: UnsafeBufferPointer<Int64>, pads r: UnsafeBufferPointer<UInt64>, rows: Int, features: Int, bits k: Int) -> MaskedInput {
+        precondition(x.count == rows * features && r.count == x.count && rows > 0 && features > 0, "x: \(x.count), pads: \(r.count), \(rows) × \(features)")
+        precondition(bitRange.contains(k))
+        let mask: UInt64 = (1 << UInt64(k)) - 1
+        var u: [UInt64] = Parallel.uninitialized(rows * features) { out in
+            for i in 0..<(rows * features) { out[i] = (UInt64(bitPattern: x[i]) &- r[i]) & mask }
+        }
+        let transposed: [UInt64] = u.withUnsafeBufferPointer { b in
+            Parallel.uninitialized(rows * features) { Parallel.transpose(b.baseAddress!, rows: rows, columns: features, into: $0.baseAddress!) }
+        }
+        // Packed at k bits: the packer keeps a value's top bits, so shift each up first.
+        let shifted = transposed.map { $0 << UInt64(64 - k) }
+        u.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
+        let body = shifted.withUnsafeBufferPointer { Parallel.packBits($0, bits: k) }
+        return MaskedInput(bits: k, rows: rows, features: features, body: body)
+    }
+
+    /// W·x (R × O, row-major, centred in [−2^(k−1), 2^(k−1))) from the server's W·u and the
+    /// client's W·r (R × O, row-major, mod 2^k).
+    public static func unblind(_ y: MaskedOutput, padProducts wr: UnsafeBufferPointer<UInt64>) -> [Int64] {
+        let (rows, outputs, k) = (y.rows, y.outputs, y.bits)
+        precondition(wr.count == rows * outputs, "pad products: \(wr.count) values for \(rows) × \(outputs)")
+        let byOutput = Parallel.unpackBits(y.body, count: rows * outputs, bits: k)  // O × R, value << (64 − k)
+        let shift = UInt64(64 - k)
+        return Parallel.uninitialized(rows * outputs) { (out: UnsafeMutableBufferPointer<Int64>) in
+            for o in 0..<outputs {
+                for r in 0..<rows {
+                    // In the top bits, the sum wraps mod 2^64 = wraps mod 2^k; the arithmetic shift centres it.
+                    let sum = byOutput[o * rows + r] &+ (wr[r * outputs + o] << shift)
+                    out[r * outputs + o] = Int64(bitPattern: sum) >> Int64(shift)
+                }
+            }
+        }
+    }
+}
+
+extension FHEServer {
+    /// The online product: W·u mod 2^k for the one-time-padded u, with the limb GEMM of the
+    /// encrypted product (u placed in the top k bits of a 64-bit word, so the kernel's result
+    /// mod 2^64 holds W·u mod 2^k in its top k bits). No mask, no noise: the cost follows the rows.
+    public static func multiply(_ input: MaskedInput, by w: ServerWeights) throws(FHEServerError) -> MaskedOutput {
+        _ = AllocatorTuning.applied
+        guard input.features == w.inputs else {
+            throw .shapeMismatch("the padded input has \(input.features) features; this matrix takes \(w.inputs)")
+        }
+        let (rows, k, o, bits) = (input.rows, input.features, w.outputs, input.bits)
+        let limbs = MaskedProduct.limbs(bits: bits)
+        let digits = Parallel.unpackBits(input.body, count: k * rows, bits: bits).withUnsafeBufferPointer {
+            Parallel.packLimbs($0, rows: k, columns: rows, limbs: limbs)
+        }
+        var out = [UInt64](repeating: 0, count: o * rows)
+        w.values.withUnsafeBufferPointer { wv in
+            out.withUnsafeMutableBufferPointer { ob in
+                parallelChunks(o, align: 6) { range in
+                    nb_fhe_limb_gemm(wv.baseAddress!, w.paddedInputs, digits, rows, limbs, ob.baseAddress!, range.lowerBound, range.upperBound)
+                }
+            }
+        }
+        let body = out.withUnsafeBufferPointer { Parallel.packBits($0, bits: bits) }
+        return MaskedOutput(bits: bits, rows: rows, outputs: o, body: body)
+    }
+
+    /// One online request as bytes in, the response as bytes out.
+    public static func handleMasked(request: [UInt8], weights: ServerWeights) throws(FHEServerError) -> [UInt8] {
+        let input: MaskedInput
+        do { input = try MaskedInput(serialized: request) } catch { throw .wire(error) }
+        return try multiply(input, by: weights).serialized()
+    }
+}
+
+/// What the client sends online: u = x − r mod 2^k for R tokens and K features, feature-major,
+/// packed LSB-first at k bits.
+public struct MaskedInput: Sendable, Equatable {
+    public var bits: Int
+    public var rows: Int
+    public var features: Int
+    public var body: [UInt8]
+
+    public init(bits: Int, rows: Int, features: Int, body: [UInt8]) {
+        (self.bits, self.rows, self.features, self.body) = (bits, rows, features, body)
+    }
+
+    public func serialized() -> [UInt8] {
+        var w = ByteWriter()
+        w.bytes(FHEWire.magic); w.u16(FHEWire.version); w.u8(FHEWire.kindMaskedInput)
+        w.u8(UInt8(bits)); w.u32(UInt32(rows)); w.u32(UInt32(features))
+        w.u64(UInt64(body.count)); w.bytes(body)
+        return w.data
+    }
+
+    public init(serialized bytes: [UInt8]) throws(FHEWireError) {
+        var r = ByteReader(bytes)
+        try r.header(kind: FHEWire.kindMaskedInput, name: "padded input")
+        bits = Int(try r.u8())
+        guard MaskedProduct.bitRange.contains(bits) else {
+            throw .invalidField(name: "bits", value: "\(bits), expected \(MaskedProduct.bitRange.lowerBound)…\(MaskedProduct.bitRange.upperBound)")
+        }
+        rows = Int(try r.u32()); features = Int(try r.u32())
+        guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows), expected 1…\(FHEWire.maxRows)") }
+        guard (1...FHEWire.maxFeatures).contains(features) else { throw .invalidField(name: "features", value: "\(features), expected 1…\(FHEWire.maxFeatures)") }
+        let count = try r.u64()
+        let expected = packedByteCount(rows * features, bits: bits)
+        guard count == UInt64(expected) else { throw .shapeMismatch("body of \(count) bytes, \(rows) × \(features) values at \(bits) bits need \(expected)") }
+        body = try r.bytes(expected, "padded values")
+        guard r.remaining == 0 else { throw .invalidField(name: "length", value: "\(r.remaining) trailing bytes") }
+    }
+}
+
+/// What the server answers online: W·u mod 2^k for O outputs and R tokens, output-major,
+/// packed LSB-first at k bits.
+public struct MaskedOutput: Sendable, Equatable {
+    public var bits: Int
+    public var rows: Int
+    public var outputs: Int
+    public var body: [UInt8]
+
+    public init(bits: Int, rows: Int, outputs: Int, body: [UInt8]) {
+        (self.bits, self.rows, self.outputs, self.body) = (bits, rows, outputs, body)
+    }
+
+    public func serialized() -> [UInt8] {
+        var w = ByteWriter()
+        w.bytes(FHEWire.magic); w.u16(FHEWire.version); w.u8(FHEWire.kindMaskedOutput)
+        w.u8(UInt8(bits)); w.u32(UInt32(rows)); w.u32(UInt32(outputs))
+        w.u64(UInt64(body.count)); w.bytes(body)
+        return w.data
+    }
+
+    /// Reads a response; `expecting` (rows, outputs, bits) refuses any other shape before the
+    /// body is copied.
+    public init(serialized bytes: [UInt8], expecting: (rows: Int, outputs: Int, bits: Int)? = nil) throws(FHEWireError) {
+        var r = ByteReader(bytes)
+        try r.header(kind: FHEWire.kindMaskedOutput, name: "padded product")
+        bits = Int(try r.u8())
+        guard MaskedProduct.bitRange.contains(bits) else { throw .invalidField(name: "bits", value: "\(bits)") }
+        rows = Int(try r.u32()); outputs = Int(try r.u32())
+        guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows)") }
+        guard (1...FHEWire.maxFeatures).contains(outputs) else { throw .invalidField(name: "outputs", value: "\(outputs)") }
+        if let e = expecting, (e.rows, e.outputs, e.bits) != (rows, outputs, bits) {
+            throw .shapeMismatch("\(rows) × \(outputs) values at \(bits) bits, expected \(e.rows) × \(e.outputs) at \(e.bits)")
+        }
+        let count = try r.u64()
+        let expected = packedByteCount(rows * outputs, bits: bits)
+        guard count == UInt64(expected) else { throw .shapeMismatch("body of \(count) bytes, expected \(expected)") }
+        body = try r.bytes(expected, "padded products")
+        guard r.remaining == 0 else { throw .invalidField(name: "length", value: "\(r.remaining) trailing bytes") }
+    }
+}
+
+/// The one-time pads of a mask store: r for row `index` of a stream is the AES-256-CTR
+/// keystream under the stream's secret seed from the counter block (index ‖ 0 ‖ 0), read as
+/// little-endian words and reduced mod 2^k. The seed never leaves the client: with it the
+/// server could remove the pads.
+public struct PadExpander {
+    private var expander: MaskExpander
+    public let bits: Int
+
+    public init(seed: MaskSeed, bits: Int) {
+        precondition(MaskedProduct.bitRange.contains(bits))
+        (expander, self.bits) = (MaskExpander(seed: seed), bits)
+    }
+
+    /// Rows [first, first + count) of K pads each, row-major, values mod 2^k.
+    public mutating func pads(first: Int, count: Int, features: Int) -> [UInt64] {
+        precondition(first >= 0 && first + count <= Int(UInt32.max), "pad rows beyond 2^32")
+        let mask: UInt64 = (1 << UInt64(bits)) - 1
+        var out = [UInt64](repeating: 0, count: count * features)
+        out.withUnsafeMutableBufferPointer { o in
+            for i in 0..<count {
+                let row = UnsafeMutableBufferPointer(rebasing: o[(i * features)..<((i + 1) * features)])
+                expander.expand(group: first + i, feature: 0, into: row)
+                for j in row.indices { row[j] &= mask }
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,235 @@
+import FHE
+import Foundation
+import Testing
+
+@testable import Engine
+
+/// The masked protocol: exact (equal to `disable` bit for bit), and each pad used once — across
+/// calls, reopened stores, crashes, and damaged files.
+@Suite struct MaskedProtocolTests {
+    static func temporaryStore() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("nb-masks-test-\(UUID().uuidString)", isDirectory: true)
+        return dir
+    }
+
+    static func plan(_ m: TrainableModel) -> HybridPlan {
+        HybridPlan(scheme: QuantizationScheme(named: "DTok-SC", nBits: 8)!, remoteModules: m.linearModules.map(\.name))
+    }
+
+    /// A stand-in offline product: W·r mod 2^k for a fixed small W (the store only keeps what
+    /// it is given; the backend tests below use the real encrypted product).
+    static func fakeOffline(_ spec: MaskStreamSpec, calls: Counter) -> MaskStore.Offline {
+        { first, pads in
+            calls.value += 1
+            let mask: UInt64 = (1 << UInt64(spec.bits)) - 1
+            var out = [UInt64](repeating: 0, count: spec.segmentRows * spec.outputs)
+            for r in 0..<spec.segmentRows {
+                for o in 0..<spec.outputs {
+                    var s: UInt64 = 0
+                    for k in 0..<spec.features { s = s &+ pads[r * spec.features + k] &* UInt64(o + k + 1) }
+                    out[r * spec.outputs + o] = s & mask
+                }
+            }
+            return out
+        }
+    }
+
+    final class Counter: @unchecked Sendable { var value = 0 }
+
+    static let spec = MaskStreamSpec(module: "m", direction: .forward, bits: 20, features: 5, outputs: 3, segmentRows: 16, identity: "a")
+    static let other = MaskStreamSpec(module: "n", direction: .backward, bits: 20, features: 4, outputs: 2, segmentRows: 16, identity: "a")
+
+    /// Every row handed out is new: within a process, after a clean release and reopen, and after
+    /// a crash (a store dropped without release); and a second process cannot open a store in use.
+    @Test func padsAreNeverHandedOutTwice() throws {
+        let dir = try Self.temporaryStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let calls = Counter()
+        var seen = Set<[UInt64]>(), rows = Set<Int>()
+        func take(_ store: MaskStore, _ n: Int) throws {
+            let t = try store.take(Self.spec.name, rows: n, offline: Self.fakeOffline(Self.spec, calls: calls))
+            for r in 0..<n {
+                #expect(rows.insert(t.first + r).inserted, "row \(t.first + r) handed out twice")
+                #expect(seen.insert(Array(t.pads[(r * 5)..<((r + 1) * 5)])).inserted, "a pad came back")
+            }
+            // The products are those of the pads handed out (W·r of the same rows).
+            let again = try Self.fakeOffline(Self.spec, calls: Counter())(0, t.pads + [UInt64](repeating: 0, count: (16 - n) * 5))
+            #expect(Array(again.prefix(n * 3)) == t.products)
+        }
+        do {
+            let store = try MaskStore(directory: dir)
+            store.reserveAhead = 8
+            try store.prepare(Self.spec)
+            try store.prepare(Self.other)
+            for n in [1, 3, 7, 16, 2] { try take(store, n) }
+            // The same directory cannot be opened again while this store holds it.
+            #expect(throws: MaskStoreError.inUse(path: dir.path)) { try MaskStore(directory: dir) }
+            try store.release()
+        }
+        let afterRelease: Int
+        do {
+            let store = try MaskStore(directory: dir)
+            store.reserveAhead = 8
+            try store.prepare(Self.spec)
+            // Released cleanly: it continues exactly after the last row used.
+            #expect(store.nextRow(Self.spec.name) == 29)
+            try take(store, 5)
+            afterRelease = store.nextRow(Self.spec.name)!
+            // Dropped without release: a crash.
+        }
+        do {
+            let store = try MaskStore(directory: dir)
+            try store.prepare(Self.spec)
+            // After the crash it starts at the durable mark, past every row the crashed process may have sent.
+            let next = try #require(store.nextRow(Self.spec.name))
+            #expect(next >= afterRelease)
+            for n in [4, 9] { try take(store, n) }
+        }
+        #expect(rows.count == 1 + 3 + 7 + 16 + 2 + 5 + 4 + 9)
+        // Segments are computed once each, and only for rows that were needed.
+        #expect(calls.value <= 6)
+    }
+
+    /// A segment file damaged on disk is detected by its digest and computed again (it was
+    /// never sent); a damaged state file starts the store afresh with new seeds; a changed key
+    /// or weights (the spec's identity) starts that stream afresh.
+    @Test func damagedFilesAreRebuiltNeverUsed() throws {
+        let dir = try Self.temporaryStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let calls = Counter()
+        let offline = Self.fakeOffline(Self.spec, calls: calls)
+        var firstPads: [UInt64] = []
+        do {
+            let store = try MaskStore(directory: dir)
+            try store.prepare(Self.spec)
+            firstPads = try store.take(Self.spec.name, rows: 2, offline: offline).pads
+            try store.prefill(Self.spec.name, rows: 40, offline: offline)
+            try store.release()
+        }
+        // Flip one byte of every segment file.
+        for name in try FileManager.default.contentsOfDirectory(atPath: dir.path) where name.hasSuffix(".wr") {
+            let url = dir.appendingPathComponent(name)
+            var bytes = try [UInt8](Data(contentsOf: url))
+            bytes[5] ^= 0x40
+            try Data(bytes).write(to: url)
+        }
+        do {
+            let store = try MaskStore(directory: dir)
+            try store.prepare(Self.spec)
+            let before = calls.value
+            let t = try store.take(Self.spec.name, rows: 4, offline: offline)
+            #expect(calls.value == before + 1)  // the damaged segment was computed again
+            #expect(store.notices.contains { $0.contains("does not match its digest") })
+            let truth = try Self.fakeOffline(Self.spec, calls: Counter())(0, t.pads + [UInt64](repeating: 0, count: 12 * 5))
+            #expect(Array(truth.prefix(12)) == t.products)
+            try store.release()
+        }
+        // A damaged state file: new seeds, so none of the earlier pads can come back.
+        let state = dir.appendingPathComponent("state")
+        var bytes = try [UInt8](Data(contentsOf: state))
+        bytes[bytes.count - 3] ^= 1
+        try Data(bytes).write(to: state)
+        do {
+            let store = try MaskStore(directory: dir)
+            #expect(store.notices.contains { $0.contains("damaged") })
+            try store.prepare(Self.spec)
+            let t = try store.take(Self.spec.name, rows: 2, offline: offline)
+            #expect(t.first == 0 && t.pads != firstPads)
+            // Another identity (key or weights changed): the stream starts afresh too.
+            var changed = Self.spec
+            changed.identity = "b"
+            try store.prepare(changed)
+            let u = try store.take(changed.name, rows: 2, offline: offline)
+            #expect(u.first == 0 && u.pads != t.pads)
+            #expect(store.notices.contains { $0.contains("changed") })
+        }
+    }
+
+    static func run(_ name: String, targets: LoRATargets, backend: (TrainableModel) throws -> LinearBackend?) throws
+        -> (losses: [Float], adapter: [[Float]], backend: LinearBackend?) {
+        try EncryptedBackendTests.run(name, targets: targets, backend: backend)
+    }
+
+    /// Training with the masked protocol gives exactly the losses and adapter of `disable` (and
+    /// of `he`): forward and backward, with accumulation and dropout, on GPT-2 and LLaMA. The
+    /// online requests carry k bits per value (≤ 4 bytes each way).
+    @Test(arguments: [("tiny-gpt2", LoRATargets.modules(["c_attn"])), ("tiny-llama", LoRATargets.allLinear)])
+    func maskedEqualsDisable(_ name: String, _ targets: LoRATargets) throws {
+        let dir = try Self.temporaryStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let disable = try Self.run(name, targets: targets) { try QuantizedLinearBackend(plan: Self.plan($0), model: $0) }
+        let keyring = Keyring()
+        let store = try MaskStore(directory: dir)
+        let masked = try Self.run(name, targets: targets) {
+            try EncryptedLinearBackend(plan: Self.plan($0), model: $0, keyring: keyring, protocol: .masked, maskStore: store)
+        }
+        #expect(disable.losses.count == 4)
+        #expect(masked.losses == disable.losses)
+        #expect(masked.adapter == disable.adapter)
+        let backend = try #require(masked.backend as? EncryptedLinearBackend)
+        #expect(backend.failure == nil)
+        let stats = backend.statistics
+        let modules = try #require(try PEFTAdapterTests.model(name) as? TrainableModel).linearModules.count
+        #expect(stats.onlineCalls == 6 * 2 * modules)
+        // One offline segment per stream covers these few rows.
+        #expect(stats.calls == 2 * modules && stats.offlineRows == stats.calls * 2048)
+        #expect(Double(stats.onlineBytesSent) / Double(stats.inputValues) <= 4.1)
+        #expect(Double(stats.onlineBytesReceived) / Double(stats.outputValues) <= 4.1)
+        // A second run on the same store uses fresh rows and still gives the same numbers.
+        let tiny = try #require(try PEFTAdapterTests.model(name) as? TrainableModel)
+        let first = Self.plan(tiny).remoteModules[0]
+        let nextBefore = try #require(store.nextRow("\(first).forward"))
+        let again = try Self.run(name, targets: targets) {
+            try EncryptedLinearBackend(plan: Self.plan($0), model: $0, keyring: keyring, protocol: .masked, maskStore: store)
+        }
+        #expect(again.losses == disable.losses && again.adapter == disable.adapter)
+        #expect(try #require(store.nextRow("\(first).forward")) > nextBefore)
+    }
+
+    /// Generation with the KV cache through the masked protocol gives the clear 8-bit tokens.
+    @Test func maskedGenerationEqualsDisable() throws {
+        let dir = try Self.temporaryStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let model = try #require(try PEFTAdapterTests.model("tiny-llama") as? TrainableModel)
+        let plan = Self.plan(model)
+        var clear = LinearHooks<Float>()
+        clear.backend = try QuantizedLinearBackend(plan: plan, model: model)
+        let masked = try EncryptedLinearBackend(plan: plan, model: model, keyring: Keyring(), protocol: .masked, maskStore: try MaskStore(directory: dir))
+        var hooks = LinearHooks<Float>()
+        hooks.backend = masked
+        let prompt = [5, 9, 17, 3]
+        let expected = generateThroughHooks(model: model, prompt: prompt, maxTokens: 6, hooks: clear)
+        #expect(generateThroughHooks(model: model, prompt: prompt, maxTokens: 6, hooks: hooks) == expected)
+        #expect(masked.failure == nil)
+        // One call per module and token (the prompt once, then one row per new token).
+        #expect(masked.statistics.onlineCalls == model.linearModules.count * expected.count)
+    }
+
+    /// Through the deployment's server handler (the code `nb serve` runs), masked and `he` agree.
+    @Test func maskedThroughTheServerFolderEqualsExecute() throws {
+        let dir = try Self.temporaryStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let keyring = Keyring()
+        let (deployment, _, _, _) = try DeploymentTests.save("tiny-llama", keyring: keyring)
+        let server = try ServerDeployment(path: deployment)
+        let transport = DeploymentTests.FolderTransport(server)
+        let client = try ClientManifest.load(from: deployment.appendingPathComponent("client"))
+        let model = try #require(try PEFTAdapterTests.model("tiny-llama") as? TrainableModel)
+        let store = try MaskStore(directory: dir)
+        let remote = try EncryptedLinearBackend(plan: client.plan, metadata: client.modules, client: FHEClient(keyring: keyring), transport: transport,
+                                                protocol: .masked, maskStore: store)
+        let local = try QuantizedLinearBackend(plan: client.plan, model: model)
+        let m = model.linearModules[2]
+        let layer = LinearLayer(name: m.name, inFeatures: m.inFeatures, outFeatures: m.outFeatures)
+        let x = (0..<(3 * layer.inFeatures)).map { Float(($0 * 37) % 23) / 11 - 1 }
+        var a = [Float](repeating: 0, count: 3 * layer.outFeatures), b = a
+        _ = x.withUnsafeBufferPointer { xs in a.withUnsafeMutableBufferPointer { remote.forward(layer, x: xs, y: $0) } }
+        _ = x.withUnsafeBufferPointer { xs in b.withUnsafeMutableBufferPointer { local.forward(layer, x: xs, y: $0) } }
+        #expect(remote.failure == nil)
+        #expect(a == b)
+        // The online request the server got: the padded values only (k bits each), not x.
+        let online = try #require(transport.requests.last)
+        let input = try MaskedInput(serialized: online)
+        #expect(input.rows == 3 && input.features == layer.inFeatures)
+    }
+}

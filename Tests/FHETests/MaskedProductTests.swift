@@ -1,0 +1,155 @@
+import XCTest
+
+@testable import FHE
+
+/// The masked (offline/online) protocol's primitives: the online product is exact mod 2^k,
+/// the offline product of uniform pads decrypts to W·r mod 2^k with the noise the formula
+/// predicts and P_fail ≤ 2^-64, and the wire messages refuse malformed bytes.
+final class MaskedProductTests: XCTestCase {
+    func randomWeights(_ o: Int, _ k: Int, _ rng: inout TestRNG, maxAbs: Int = 127) throws -> ServerWeights {
+        try ServerWeights(outputs: o, inputs: k) { _, _ in Int(rng.next() % UInt64(2 * maxAbs + 1)) - maxAbs }
+    }
+
+    /// Σ_k w·v mod 2^bits for rows × K values v (row-major), in wrapping 64-bit arithmetic.
+    func clearProductMod(_ v: [UInt64], rows: Int, _ w: ServerWeights, bits: Int) -> [UInt64] {
+        let mask: UInt64 = bits == 64 ? ~0 : (1 << UInt64(bits)) - 1
+        var y = [UInt64](repeating: 0, count: rows * w.outputs)
+        for r in 0..<rows {
+            for o in 0..<w.outputs {
+                var s: UInt64 = 0
+                for k in 0..<w.inputs { s = s &+ v[r * w.inputs + k] &* UInt64(bitPattern: Int64(w.value(o, k))) }
+                y[r * w.outputs + o] = s & mask
+            }
+        }
+        return y
+    }
+
+    /// blind → server → unblind gives W·x exactly, for unsigned and signed inputs, k from 10 to
+    /// 56 bits (one to four limbs), odd shapes, extreme values, and the tile edges of the kernel.
+    func testOnlineProductIsExact() throws {
+        var rng = TestRNG(state: 5)
+        for (rows, k, o, lo, hi) in [(1, 7, 5, 0, 255), (17, 64, 6, -127, 127), (300, 257, 13, 0, 255), (33, 768, 12, 0, 65535), (5, 3, 1, -128, 128)] as [(Int, Int, Int, Int64, Int64)] {
+            let w = try randomWeights(o, k, &rng, maxAbs: 128)
+            let x = (0..<(rows * k)).map { i -> Int64 in i % 97 == 0 ? hi : lo + Int64(rng.next() % UInt64(hi - lo + 1)) }
+            let bound = Double(max(abs(lo), abs(hi))) * Double(128 * k)
+            let minimal = Int(ceil(log2(bound + 1))) + 1
+            for bits in Set([minimal, 32, 33, 48, 56].filter { $0 >= minimal }) {
+                let mask: UInt64 = (1 << UInt64(bits)) - 1
+                let pads = (0..<(rows * k)).map { _ in rng.next() & mask }
+                let request = x.withUnsafeBufferPointer { xs in pads.withUnsafeBufferPointer { MaskedProduct.blind(xs, pads: $0, rows: rows, features: k, bits: bits) } }
+                XCTAssertEqual(request.body.count, (rows * k * bits + 7) / 8)
+                let response = try FHEServer.handleMasked(request: request.serialized(), weights: w)
+                let output = try MaskedOutput(serialized: response, expecting: (rows, o, bits))
+                let wr = clearProductMod(pads, rows: rows, w, bits: bits)
+                let y = wr.withUnsafeBufferPointer { MaskedProduct.unblind(output, padProducts: $0) }
+                let truth = clearProductMod(x.map { UInt64(bitPattern: $0) }, rows: rows, w, bits: 64).map { Int64(bitPattern: $0) }
+                XCTAssertEqual(y, truth, "rows \(rows), K \(k), O \(o), k = \(bits)")
+            }
+        }
+    }
+
+    /// What the server receives online is x − r mod 2^k: with uniform pads its values are
+    /// uniform whatever x is — here x is constant and the padded values still cover every
+    /// bucket of [0, 2^k) evenly (χ² over 64 buckets), and reveal neither x nor its rows.
+    func testPaddedValuesAreUniform() throws {
+        let (rows, k, bits) = (64, 256, 24)
+        let x = [Int64](repeating: 200, count: rows * k)
+        var pad = PadExpander(seed: .fresh(), bits: bits)
+        let pads = pad.pads(first: 0, count: rows, features: k)
+        let input = x.withUnsafeBufferPointer { xs in pads.withUnsafeBufferPointer { MaskedProduct.blind(xs, pads: $0, rows: rows, features: k, bits: bits) } }
+        var values = [UInt64](repeating: 0, count: rows * k)
+        input.body.withUnsafeBufferPointer { b in values.withUnsafeMutableBufferPointer { nb_fhe_unpack_bits_wrapper(b, $0, bits) } }
+        var buckets = [Double](repeating: 0, count: 64)
+        for v in values { buckets[Int((v >> UInt64(64 - bits)) >> UInt64(bits - 6))] += 1 }
+        let expected = Double(values.count) / 64
+        let chi2 = buckets.reduce(0) { $0 + ($1 - expected) * ($1 - expected) / expected }
+        // 63 degrees of freedom: P(χ² > 110) < 1e-4.
+        XCTAssertLessThan(chi2, 110, "χ² = \(chi2)")
+    }
+
+    /// Pads: the same seed and row give the same pads, other rows and seeds others; every value
+    /// is below 2^k.
+    func testPadsAreDeterministicPerRowAndBounded() {
+        let seed = MaskSeed.fresh()
+        var a = PadExpander(seed: seed, bits: 20), b = PadExpander(seed: seed, bits: 20), c = PadExpander(seed: .fresh(), bits: 20)
+        let whole = a.pads(first: 10, count: 4, features: 33)
+        XCTAssertEqual(Array(whole[33..<66]), b.pads(first: 11, count: 1, features: 33))
+        XCTAssertNotEqual(Array(whole[0..<33]), Array(whole[33..<66]))
+        XCTAssertNotEqual(whole, c.pads(first: 10, count: 4, features: 33))
+        XCTAssertTrue(whole.allSatisfy { $0 < 1 << 20 })
+    }
+
+    /// Offline: uniform pads mod 2^k, encrypted in a full ring with k message bits, decrypt to
+    /// W·r mod 2^k exactly; the measured noise is the formula's (within 10 %) and the plan's
+    /// failure probability per value is ≤ 2^-64 for the k in use (8-bit inputs, the widest
+    /// weights and the GPT-2 and SmolLM2 inner dimensions).
+    func testOfflineProductOfUniformPadsIsExactWithTheFormulasNoise() throws {
+        var rng = TestRNG(state: 21)
+        let client = FHEClient()
+        let (k, o) = (256, 16)
+        let w = try ServerWeights(outputs: o, inputs: k) { _, _ in rng.next() % 2 == 0 ? 127 : -127 }
+        let plan = try CallPlan.choose(for: w.shape(rows: 2048, maxAbsInput: 255))
+        let rows = plan.parameters.ringDegree, bits = plan.messageBits
+        var pad = PadExpander(seed: .fresh(), bits: bits)
+        let pads = pad.pads(first: 0, count: rows, features: k)
+        let half = UInt64(1) << UInt64(bits - 1)
+        let centred = pads.map { $0 >= half ? Int64($0) - Int64(1) << Int64(bits) : Int64($0) }
+        let product = try FHEServer.multiply(client.encrypt(centred, rows: rows, features: k, plan: plan), by: w)
+        let mask = (UInt64(1) << UInt64(bits)) - 1
+        let decrypted = client.decrypt(product, plan: plan).map { UInt64(bitPattern: $0) & mask }
+        let truth = clearProductMod(pads, rows: rows, w, bits: bits)
+        XCTAssertEqual(decrypted, truth)
+        // Noise against the formula: E = v − Δ·m, where Δ·m wraps mod 2^64 as the products do.
+        let expected = truth.map { Int64(bitPattern: $0) }
+        let e = client.decryptionErrors(product, expected: expected, plan: plan)
+        let measured = (e.reduce(0) { $0 + $1 * $1 } / Double(e.count)).squareRoot()
+        let predicted = plan.noiseVariance(weightNorm: w.maxRowL2).squareRoot()
+        XCTAssertEqual(measured / predicted, 1, accuracy: 0.10, "measured \(measured), formula \(predicted)")
+        XCTAssertLessThanOrEqual(plan.log2FailureProbability(weightNorm: w.maxRowL2), -64)
+        XCTAssertLessThan(e.map(abs).max()!, Double(plan.delta) / 2)
+        for inner in [768, 3072, 576, 1536] {
+            let shape = ProductShape.worstCase(rows: 2048, innerDimension: inner, inputBits: 8, weightBits: 8)
+            let p = try CallPlan.choose(for: shape)
+            XCTAssertLessThanOrEqual(p.log2FailureProbability(weightNorm: shape.maxRowL2), -64, "K = \(inner): \(p)")
+        }
+    }
+
+    /// Malformed online messages are refused with a reason, never a crash: wrong magic, kind,
+    /// bits, rows, lengths, trailing bytes, and 2,000 random truncations and byte flips.
+    func testMalformedMaskedMessagesAreRejected() throws {
+        var rng = TestRNG(state: 8)
+        let w = try randomWeights(4, 9, &rng)
+        let x = [Int64](repeating: 3, count: 2 * 9), pads = [UInt64](repeating: 5, count: 2 * 9)
+        let good = x.withUnsafeBufferPointer { xs in pads.withUnsafeBufferPointer { MaskedProduct.blind(xs, pads: $0, rows: 2, features: 9, bits: 20) } }.serialized()
+        XCTAssertNoThrow(try FHEServer.handleMasked(request: good, weights: w))
+        func rejects(_ bytes: [UInt8], _ fragment: String, line: UInt = #line) {
+            XCTAssertThrowsError(try FHEServer.handleMasked(request: bytes, weights: w), line: line) { XCTAssertTrue("\($0)".contains(fragment), "\($0)", line: line) }
+        }
+        rejects(Array(good.prefix(3)), "not an nb message")
+        var kind = good; kind[6] = 2
+        rejects(kind, "expected a padded input")
+        var bits = good; bits[7] = 60
+        rejects(bits, "invalid bits")
+        var zeroRows = good; zeroRows[8] = 0
+        rejects(zeroRows, "invalid rows")
+        rejects(good + [0], "trailing")
+        rejects(Array(good.dropLast()), "truncated")
+        let wrongWidth = try randomWeights(4, 10, &rng)
+        XCTAssertThrowsError(try FHEServer.handleMasked(request: good, weights: wrongWidth)) { XCTAssertTrue("\($0)".contains("features"), "\($0)") }
+        for i in 0..<2000 {
+            var b = good
+            if i % 2 == 0 { b = Array(b.prefix(Int(rng.next() % UInt64(b.count)))) } else { b[Int(rng.next() % UInt64(b.count))] ^= UInt8(1 + rng.next() % 255) }
+            _ = try? FHEServer.handleMasked(request: b, weights: w)
+            _ = try? MaskedOutput(serialized: b)
+        }
+        // A response of another shape than the one asked for is refused before its body is read.
+        let response = try FHEServer.handleMasked(request: good, weights: w)
+        XCTAssertThrowsError(try MaskedOutput(serialized: response, expecting: (2, 5, 20))) { XCTAssertTrue("\($0)".contains("expected 2 × 5"), "\($0)") }
+    }
+}
+
+/// The kernel's bit unpacking over buffers (values come back as v << (64 − bits)).
+func nb_fhe_unpack_bits_wrapper(_ input: UnsafeBufferPointer<UInt8>, _ out: UnsafeMutableBufferPointer<UInt64>, _ bits: Int) {
+    let v = Parallel.unpackBits(Array(input), count: out.count, bits: bits)
+    _ = out.update(fromContentsOf: v)
+}

@@ -60,8 +60,14 @@ func deploymentChildModes() throws -> Bool {
         let transport = HTTPTransport(baseURL: url, token: ProcessInfo.processInfo.environment["NB_BENCH_TOKEN"])
         let served = try transport.modules()
         guard served.deploymentID == manifest.deploymentID else { throw RemoteServerError.wrongDeployment(url: url.absoluteString, expected: manifest.deploymentID, found: served.deploymentID) }
+        let masked = args.contains("--masked")
+        let maskDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("nb-bench-remote-masks-\(getpid())")
+        defer { try? FileManager.default.removeItem(at: maskDirectory) }
         let backend = try EncryptedLinearBackend(plan: manifest.plan, metadata: manifest.modules,
-                                                 client: FHEClient(keyring: try Keyring.load(from: client.appendingPathComponent("secret.key"))), transport: transport)
+                                                 client: FHEClient(keyring: try Keyring.load(from: client.appendingPathComponent("secret.key"))), transport: transport,
+                                                 protocol: masked ? .masked : .he, maskStore: masked ? try MaskStore(directory: maskDirectory) : nil)
+        if masked { try backend.prefillMasks(rows: steps * rows * length) }
+        let offline = backend.statistics
         let run = try LoRATrainingRun(model: model, adapter: adapter, data: benchData(rows: rows, length: length, vocabulary: loaded.model.vocabularySize),
                                       settings: TrainingSettings(epochs: 1, batchSize: rows, learningRate: 2e-3, shuffle: false))
         run.backend = backend
@@ -73,8 +79,11 @@ func deploymentChildModes() throws -> Bool {
             if k > 0 { times.append(now() - t) }
             losses.append(Double(record.loss))
         }
-        let s = backend.statistics, n = Double(steps)
+        let s = backend.statistics.since(offline), n = Double(steps)
         print(jsonLine(["step": median(times), "peak": peakRSSMB(), "losses": losses, "encrypt": s.encryptSeconds / n, "server": s.serverSeconds / n,
+                        "onlineSent": Double(s.onlineBytesSent) / n, "onlineReceived": Double(s.onlineBytesReceived) / n,
+                        "onlineBytesPerInput": Double(s.onlineBytesSent) / Double(max(s.inputValues, 1)),
+                        "onlineBytesPerOutput": Double(s.onlineBytesReceived) / Double(max(s.outputValues, 1)),
                         "decrypt": s.decryptSeconds / n, "sent": Double(s.bytesSent) / n, "received": Double(s.bytesReceived) / n,
                         "retries": transport.retries, "clientParameters": loaded.model.parameterCount]))
         return true
@@ -209,6 +218,20 @@ func deploymentRows(selfURL: URL) -> [Row] {
                         note: String(format: "per step: encrypt %.2f s, server + network %.2f s, decrypt %.2f s, sent %.1f MB, received %.1f MB; losses %@ execute's",
                                      r["encrypt"] as! Double, r["server"] as! Double, r["decrypt"] as! Double, (r["sent"] as! Double) / 1e6,
                                      (r["received"] as! Double) / 1e6, same ? "equal to" : "DIFFER from")))
+        // The masked protocol's online step over HTTP against the same in-process (offline filled ahead in both).
+        guard which == "gpt2",
+              let (c3, rm) = try? runProcess(selfURL, ["--remote-client", dir.path, server.url, "\(batch)", "\(length)", "\(steps)", "--masked"], in: URL(fileURLWithPath: ".")),
+              c3 == 0, let q = parseJSON(rm),
+              let (c4, em) = try? runProcess(selfURL, ["--train-step", which, "\(batch)", "--length", "\(length)", "--steps", "\(steps)", "--masked"],
+                                             in: URL(fileURLWithPath: ".")), c4 == 0 else { continue }
+        let executeOnline = em.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }[0]
+        let remoteOnline = q["step"] as! Double
+        let maskedLosses = (q["losses"] as? [Double]) ?? []
+        rows.append(Row(name: "remote step \(batch)×\(length) online (masked protocol, \(label), nb serve on loopback)", value: remoteOnline, unit: "s",
+                        baselineName: "execute online (in-process server), same batch, this run", baseline: executeOnline, ratio: remoteOnline / executeOnline,
+                        note: String(format: "target ≤ 1.2×; online per step sent %.2f MB, received %.2f MB (%.2f B per input value, %.2f B per output value, target ≤ 4); losses %@ he's",
+                                     (q["onlineSent"] as! Double) / 1e6, (q["onlineReceived"] as! Double) / 1e6, q["onlineBytesPerInput"] as! Double,
+                                     q["onlineBytesPerOutput"] as! Double, maskedLosses.map { Float($0) } == remoteLosses.map { Float($0) } ? "equal to" : "DIFFER from")))
     }
     return rows
 }

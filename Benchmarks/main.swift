@@ -145,6 +145,44 @@ func hybridGenerationSeconds(_ model: TrainableModel, bits: Int = 8, prompt: Int
     return (min(run(true), run(true)), run(false))
 }
 
+/// Greedy generation with every linear layer remote through the masked protocol (in-process
+/// server, 8-bit DTok-SC, all-linear adapter): the offline pads are filled first (forward only),
+/// then the online seconds per token are timed. Also checks the tokens against `disable`.
+func maskedGenerationSeconds(_ model: TrainableModel, prompt: Int = 40, tokens: Int = 32)
+    throws -> (online: Double, offlinePerRow: Double, offlineSeconds: Double, segments: Int, segmentRows: Int, same: Bool) {
+    let plan = HybridPlan(scheme: QuantizationScheme(named: "DTok-SC", nBits: 8)!, remoteModules: model.linearModules.map(\.name))
+    let adapter = try LoRAAdapter(config: LoRAConfig(rank: 8, alpha: 32, dropout: 0, targets: .allLinear, seed: 1), modules: model.linearModules)
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("nb-bench-gen-masks-\(getpid())")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let backend = try EncryptedLinearBackend(plan: plan, model: model, keyring: Keyring(), protocol: .masked, maskStore: try MaskStore(directory: dir))
+    try backend.prefillMasks(rows: prompt + tokens, directions: [.forward])
+    let offline = backend.statistics
+    var hooks = adapter.hooks()
+    hooks.backend = backend
+    let ids = (0..<prompt).map { 100 + 37 * $0 }
+    _ = generateThroughHooks(model: model, prompt: ids, maxTokens: 2, hooks: hooks)  // warm-up
+    let t0 = now()
+    let out = generateThroughHooks(model: model, prompt: ids, maxTokens: tokens, hooks: hooks)
+    let online = (now() - t0) / Double(out.count)
+    if let f = backend.failure { throw f }
+    var clear = adapter.hooks()
+    clear.backend = try QuantizedLinearBackend(plan: plan, model: model)
+    let same = generateThroughHooks(model: model, prompt: ids, maxTokens: tokens, hooks: clear) == out
+    // Offline seconds per token: a token takes one row of each forward stream.
+    let streams = Double(model.linearModules.count)
+    return (online, offline.offlineSeconds / (Double(max(offline.offlineRows, 1)) / streams), offline.offlineSeconds, offline.calls,
+            offline.offlineRows / max(offline.calls, 1), same)
+}
+
+/// Child mode: `--masked-generate`: that row's figures, for quick runs.
+if CommandLine.arguments.contains("--masked-generate") {
+    let model = try LoadedModel.load(try ModelCatalog.locate("smollm2-135m-instruct")).model as! TrainableModel
+    let g = try maskedGenerationSeconds(model)
+    print(String(format: "masked generation: online %.1f ms/token, offline %.2f ms/row (%d segments of %d rows in %.1f s), same tokens as disable: %@",
+                 g.online * 1000, g.offlinePerRow * 1000, g.segments, g.segmentRows, g.offlineSeconds, g.same ? "yes" : "NO"))
+    exit(0)
+}
+
 /// Child mode: `--hybrid-generate [BITS]`: that row's figures, for quick runs.
 if let i = CommandLine.arguments.firstIndex(of: "--hybrid-generate") {
     let bits = CommandLine.arguments.count > i + 1 ? Int(CommandLine.arguments[i + 1]) ?? 8 : 8
@@ -207,12 +245,28 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
     if CommandLine.arguments.contains("--disable") {  // every frozen layer in 8-bit DTok-SC integers
         run.backend = try QuantizedLinearBackend(plan: plan, model: model)
     }
-    if CommandLine.arguments.contains("--execute") {  // the same integers, encrypted, in-process server
-        run.backend = try EncryptedLinearBackend(plan: plan, model: model, keyring: Keyring())
-    }
     // Large batches: 1 warm-up and 2 timed steps (an encrypted 32×128 step takes minutes).
     var (warmup, timed) = batch >= 16 ? (1, 2) : (3, 10)
     if let steps = option("--steps") { (warmup, timed) = (1, steps - 1) }
+    let masked = CommandLine.arguments.contains("--masked")
+    var offlinePerRow = 0.0
+    let maskDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("nb-bench-masks-\(getpid())")
+    defer { try? FileManager.default.removeItem(at: maskDirectory) }
+    if CommandLine.arguments.contains("--execute") || masked {  // the same integers, encrypted, in-process server
+        let b = try EncryptedLinearBackend(plan: plan, model: model, keyring: Keyring(), protocol: masked ? .masked : .he,
+                                           maskStore: masked ? try MaskStore(directory: maskDirectory) : nil)
+        run.backend = b
+        if masked {
+            // Offline ahead of the steps (full rings), so the timed steps are the online work alone.
+            try b.prefillMasks(rows: (warmup + timed) * batch * length)
+            // Seconds of offline work per token (a token takes one row of every stream).
+            let s = b.statistics
+            offlinePerRow = s.offlineSeconds / (Double(max(s.offlineRows, 1)) / Double(b.maskStreamCount))
+            FileHandle.standardError.write(Data(String(format: "offline: encrypt %.1f s, server %.1f s, decrypt %.1f s for %d rows per stream; %@\n",
+                                                       s.encryptSeconds, s.serverSeconds, s.decryptSeconds, s.offlineRows / b.maskStreamCount,
+                                                       b.offlinePlan(plan.remoteModules[0], .forward)?.description ?? "").utf8))
+        }
+    }
     var times: [Double] = [], losses: [Float] = []
     for k in 0..<(warmup + timed) {
         let t = now()
@@ -220,7 +274,12 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
         if k >= warmup { times.append(now() - t) }
     }
     var extra = ""
-    if let e = run.backend as? EncryptedLinearBackend {
+    if masked, let e = run.backend as? EncryptedLinearBackend {
+        let s = e.statistics, steps = Double(warmup + timed)
+        extra = String(format: " %.6f %.0f %.0f %.3f %.3f %.4f %.4f %.0f", offlinePerRow, Double(s.onlineBytesSent) / steps, Double(s.onlineBytesReceived) / steps,
+                       Double(s.onlineBytesSent) / Double(max(s.inputValues, 1)), Double(s.onlineBytesReceived) / Double(max(s.outputValues, 1)),
+                       s.onlineClientSeconds / steps, s.onlineServerSeconds / steps, Double(s.offlineRows))
+    } else if let e = run.backend as? EncryptedLinearBackend {
         let s = e.statistics, steps = Double(warmup + timed)
         extra = String(format: " %.4f %.4f %.4f %.0f %.0f", s.encryptSeconds / steps, s.serverSeconds / steps, s.decryptSeconds / steps,
                        Double(s.bytesSent) / steps, Double(s.bytesReceived) / steps)
@@ -377,6 +436,15 @@ if let (code, out) = try? runProcess(selfURL, ["--load-smollm2"], in: URL(fileUR
                     baselineName: torchLlama == nil ? "PyTorch 2.3.1 (REFERENCE.md figure, not this run)" : "PyTorch (bench_torch.py, this run)",
                     baseline: base, ratio: smolSpeed.decode / base,
                     note: "target ≥ 1.5×; weights read per token: " + decodeBytes(smol.model)))
+    if let trainable = smol.model as? TrainableModel, ProcessInfo.processInfo.environment["NB_BENCH_MASKED"] != "0",
+       let g = try? maskedGenerationSeconds(trainable) {
+        let floatToken = 1 / smolSpeed.decode
+        rows.append(Row(name: "encrypted generation SmolLM2 per token (masked protocol, all layers remote, KV cache, offline amortized)",
+                        value: g.online + g.offlinePerRow, unit: "s", baselineName: "float greedy decode per token, this run", baseline: floatToken,
+                        ratio: (g.online + g.offlinePerRow) / floatToken,
+                        note: String(format: "target ≤ 0.1 s; online %.1f ms, offline %.1f ms per token (%d segments of %d rows filled in %.0f s); tokens %@ the clear 8-bit ones",
+                                     g.online * 1000, g.offlinePerRow * 1000, g.segments, g.segmentRows, g.offlineSeconds, g.same ? "equal to" : "DIFFER from")))
+    }
     if let trainable = smol.model as? TrainableModel, let g = try? hybridGenerationSeconds(trainable) {
         rows.append(Row(name: "SmolLM2-135M generation through 8-bit products + adapter (40-token prompt, 32 tokens)", value: 1 / g.cached,
                         unit: "tokens/s", baselineName: "re-running the sequence per token, this run", baseline: 1 / g.recomputed,
@@ -448,6 +516,36 @@ if ProcessInfo.processInfo.environment["NB_BENCH_EXECUTE"] != "0",
     let perToken = ex[0] / 4096
     rows.append(Row(name: "execute training step, seconds per token (forward + backward)", value: perToken, unit: "s",
                     baselineName: "Concrete ML GPT-2 inference per token (its figure)", baseline: 300, ratio: perToken / 300))
+}
+
+// 8b. The masked protocol (offline pads in full rings, online products that follow the tokens), GPT-2 shape, every
+// linear layer remote: online against `disable` on the same batch, online + amortized offline against float.
+if ProcessInfo.processInfo.environment["NB_BENCH_MASKED"] != "0" {
+    func numbers(_ out: String) -> [Double] { out.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) } }
+    for batch in [1, 4] {
+        let steps = batch == 1 ? [] : ["--steps", "5"]
+        guard let float = rows.first(where: { $0.name.hasPrefix("GPT-2-shape LoRA train step \(batch)×128") })?.value,
+              let (c1, disableOut) = try? runProcess(selfURL, ["--train-step", "gpt2", "\(batch)", "--disable"] + steps, in: URL(fileURLWithPath: ".")), c1 == 0,
+              let (c2, maskedOut) = try? runProcess(selfURL, ["--train-step", "gpt2", "\(batch)", "--masked"] + steps, in: URL(fileURLWithPath: ".")), c2 == 0
+        else { print("bench: the masked \(batch)×128 step did not run; its rows are left out"); continue }
+        let d = numbers(disableOut), m = numbers(maskedOut)
+        let sameLosses = disableOut.components(separatedBy: "losses:").last == maskedOut.components(separatedBy: "losses:").last
+        let online = m[0], offline = m[3] * Double(batch * 128)
+        rows.append(Row(name: "encrypted step \(batch)×128 online (masked protocol, GPT-2 shape, every linear remote)", value: online, unit: "s",
+                        baselineName: "disable mode (clear 8-bit integers), same batch, this run", baseline: d[0], ratio: online / d[0],
+                        note: String(format: "target ≤ 1.5×; online client %.2f s, server %.2f s per step; %.2f B per input value, %.2f B per output value; losses %@ disable's",
+                                     m[8], m[9], m[6], m[7], sameLosses ? "equal to" : "DIFFER from")))
+        rows.append(Row(name: "encrypted step \(batch)×128 total (online + offline amortized at full rings)", value: online + offline, unit: "s",
+                        baselineName: "float (mode torch), same batch, this run", baseline: float, ratio: (online + offline) / float,
+                        note: String(format: "target ≤ 5×; offline %.2f ms per token (%.0f pad rows filled), %.2f s per step", m[3] * 1000, m[10], offline)))
+    }
+    if let float = rows.first(where: { $0.name.hasPrefix("GPT-2-shape LoRA train step 1×128") })?.value,
+       let (c, out) = try? runProcess(selfURL, ["--train-step", "gpt2", "1", "--execute", "--steps", "3"], in: URL(fileURLWithPath: ".")), c == 0 {
+        let h = numbers(out)
+        rows.append(Row(name: "encrypted step 1×128, he protocol (every call a full ring)", value: h[0], unit: "s",
+                        baselineName: "float (mode torch), same batch, this run", baseline: float, ratio: h[0] / float,
+                        note: String(format: "sent %.0f MB, received %.0f MB per step", h[6] / 1e6, h[7] / 1e6)))
+    }
 }
 
 // 9. The deployment: a client holding only its folder, against `nb serve` on loopback.

@@ -202,7 +202,7 @@ import Testing
         }
         // No plaintext activation pattern: the request bodies (ciphertexts) look uniformly
         // random (quantized activations are small integers, floats have fixed exponent bytes).
-        var bodies = Data()
+        var bodies = Data(), online = Data()
         var starts: [Int] = []
         for marker in ["POST /v1/", "GET /v1/"] {
             var from = sent.startIndex
@@ -218,6 +218,9 @@ import Testing
             let length = head.components(separatedBy: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
                 .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
             bodies.append(sent[end.upperBound..<min(end.upperBound + length, next)])
+            if head.hasPrefix("POST ") && head.components(separatedBy: " ")[1].hasSuffix("/masked") {
+                online.append(sent[end.upperBound..<min(end.upperBound + length, next)])
+            }
         }
         #expect(bodies.count > 100_000)
         var counts = [Double](repeating: 0, count: 256)
@@ -226,6 +229,15 @@ import Testing
         let chiSquare = counts.reduce(0) { $0 + ($1 - expected) * ($1 - expected) / expected }
         // 255 degrees of freedom: mean 255, sd ≈ 22.6; the messages' few header bytes add little.
         #expect(chiSquare < 255 + 8 * 22.6, "byte histogram of the bodies: χ² = \(chiSquare) over \(bodies.count) bytes")
+        // The masked protocol's online requests (x − r mod 2^k, one-time pads) were sent, and
+        // they are uniform too: quantized activations (small integers, mostly below 2^8) would
+        // pile up on a few byte values.
+        #expect(online.count > 20_000, "online requests: \(online.count) bytes")
+        var onlineCounts = [Double](repeating: 0, count: 256)
+        for b in online { onlineCounts[Int(b)] += 1 }
+        let onlineExpected = Double(online.count) / 256
+        let onlineChi = onlineCounts.reduce(0) { $0 + ($1 - onlineExpected) * ($1 - onlineExpected) / onlineExpected }
+        #expect(onlineChi < 255 + 8 * 22.6, "byte histogram of the online bodies: χ² = \(onlineChi) over \(online.count) bytes")
         // The HTTP heads carry only the route, the token and the framing.
         for head in heads {
             let line = head.components(separatedBy: "\r\n")[0]

@@ -130,11 +130,13 @@ import Testing
         }
     }
 
-    /// `mode: execute` on SmolLM2 with four remote modules: training gives the same losses as
-    /// `disable` (same integers), the report states the parameters, security, bytes and time
-    /// split, and the secret key is saved with mode 0600 and nowhere in the report.
+    /// `mode: execute` on SmolLM2 with four remote modules, in both protocols: training gives the
+    /// same losses as `disable` (same integers), the report states the parameters, security,
+    /// bytes and time split (offline and online apart for the masked protocol), and the secret
+    /// key and the mask store are saved with mode 0600 (0700 for the store's folder) and nowhere
+    /// in the report.
     @Test func executeModeTrainsLikeDisable() throws {
-        func report(_ mode: String) throws -> (String, Workspace) {
+        func report(_ mode: String, _ extra: String = "") throws -> (String, Workspace) {
             let hybrid = """
             ```nb compile_hybrid id=hybrid
             scheme: DTok-SC
@@ -145,12 +147,12 @@ import Testing
 
 
             """
-            let w = try Self.workspace(Self.notebook(train: Self.train + "\nmode: \(mode)", beforeTrain: hybrid) + """
+            let w = try Self.workspace(Self.notebook(train: Self.train + "\nmode: \(mode)" + extra, beforeTrain: hybrid) + """
             ```nb generate id=gen
             prompts: ["What is FHE?"]
             max_tokens: 2
             qa: true
-            mode: \(mode)
+            mode: \(mode)\(extra)
             ```
 
             """)
@@ -159,6 +161,7 @@ import Testing
             return (try w.read("outputs/nb.html"), w)
         }
         let (execute, w) = try report("execute")
+        let (he, _) = try report("execute", "\nprotocol: he")
         let (disable, _) = try report("disable")
         func metric(_ html: String, _ name: String) -> String? {
             guard let r = html.range(of: "<span class=\"metric-name\">\(name)</span><span class=\"metric-value\">") else { return nil }
@@ -166,11 +169,21 @@ import Testing
         }
         for name in ["first loss", "final loss"] {
             #expect(metric(execute, name) != nil && metric(execute, name) == metric(disable, name), "\(name): \(metric(execute, name) ?? "-") vs \(metric(disable, name) ?? "-")")
+            #expect(metric(he, name) == metric(disable, name), "\(name): \(metric(he, name) ?? "-") vs \(metric(disable, name) ?? "-")")
         }
         for fact in ["nb-glwe-2048", "≥ 128-bit security", "2^-64", "client encrypt", "server product", "client decrypt", "sent per step",
-                     "remote layers encrypted"] {
-            #expect(execute.contains(fact), "report lacks \(fact)")
+                     "remote layers encrypted", "he: every call encrypted whole"] {
+            #expect(he.contains(fact), "he report lacks \(fact)")
         }
+        for fact in ["nb-glwe-2048", "≥ 128-bit security", "2^-64", "masked: offline pads", "offline (HE: encrypt, server, decrypt)", "online client (pad, unpad)",
+                     "online server product", "online bytes per step", "offline products (HE)", "remote layers encrypted", "each used once"] {
+            #expect(execute.contains(fact), "masked report lacks \(fact)")
+        }
+        let store = w.root.appendingPathComponent("outputs/.nb/nb/keys/masks")
+        let storeMode = (try FileManager.default.attributesOfItem(atPath: store.path)[.posixPermissions] as! NSNumber).intValue
+        #expect(storeMode == 0o700)
+        let stateMode = (try FileManager.default.attributesOfItem(atPath: store.appendingPathComponent("state").path)[.posixPermissions] as! NSNumber).intValue
+        #expect(stateMode == 0o600)
         let key = w.root.appendingPathComponent("outputs/.nb/nb/keys/secret.key")
         let mode = (try FileManager.default.attributesOfItem(atPath: key.path)[.posixPermissions] as! NSNumber).intValue
         #expect(mode == 0o600)

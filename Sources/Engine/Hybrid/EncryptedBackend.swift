@@ -231,9 +231,10 @@ public final class EncryptedLinearBackend: LinearBackend {
 
     /// Fills the mask store ahead so that `rows` rows of every stream are ready (offline work
     /// only); `progress(done, total)` counts segments.
-    public func prefillMasks(rows: Int, progress: (Int, Int) -> Void = { _, _ in }) throws {
+    public func prefillMasks(rows: Int, directions: Set<ProductDirection> = [.forward, .backward],
+                             progress: (Int, Int) -> Void = { _, _ in }) throws {
         guard let store = maskStore else { return }
-        let names = streams.keys.sorted()
+        let names = streams.keys.sorted().filter { directions.contains(streams[$0]!.spec.direction) }
         var needed: [String: Int] = [:]
         for n in names {
             let s = streams[n]!
@@ -251,6 +252,10 @@ public final class EncryptedLinearBackend: LinearBackend {
 
     /// Gives the store's unused reservations back (at the end of a cell).
     public func releaseMasks() { try? maskStore?.release() }
+
+    /// Streams of the masked protocol (remote modules × directions), and one's offline plan.
+    public var maskStreamCount: Int { streams.count }
+    public func offlinePlan(_ module: String, _ direction: ProductDirection) -> CallPlan? { streams["\(module).\(direction.rawValue)"]?.plan }
 
     public func forward(_ layer: LinearLayer, x: UnsafeBufferPointer<Float>, y: UnsafeMutableBufferPointer<Float>) -> Bool {
         run(layer, .forward, input: x, output: y)

@@ -52,7 +52,7 @@ public struct MaskStreamSpec: Codable, Equatable, Sendable {
 /// The client's store of offline work for the masked protocol: per stream (remote module and
 /// direction) a secret seed from which the one-time pads r of every row are expanded
 /// (``PadExpander``), and the decrypted pad products W·r mod 2^k, in segment files of one
-/// offline call each, memory-mapped when read.
+/// offline call each, read row by row (`pread`) as they are used.
 ///
 /// **Each pad is used once, by construction.** Rows are handed out in increasing order, and
 /// before any row is handed out the store durably records (atomic rename, fsync) a mark at or
@@ -96,7 +96,8 @@ public final class MaskStore: @unchecked Sendable {
     /// The next row to hand out, per stream (≥ the mark of the state this process read).
     private var next: [String: Int] = [:]
     private var expanders: [String: PadExpander] = [:]
-    private var mapped: [String: MappedFile] = [:]
+    /// Segment files checked against their digests by this process (or written by it).
+    private var verified = Set<String>()
     private var lockDescriptor: Int32 = -1
     private let lock = NSLock()
 
@@ -286,7 +287,7 @@ public final class MaskStore: @unchecked Sendable {
             let drop = min(floor - s.firstSegment, s.digests.count)
             for i in 0..<drop {
                 let url = segmentURL(s, s.firstSegment + i)
-                mapped[url.path] = nil
+                verified.remove(url.path)
                 unlink(url.path)
             }
             t.digests.removeFirst(drop)
@@ -344,7 +345,7 @@ public final class MaskStore: @unchecked Sendable {
         do { try AtomicFile.write(bytes, to: url, permissions: 0o600) } catch {
             throw MaskStoreError.unwritable(path: url.path, reason: "\(error.localizedDescription)")
         }
-        mapped[url.path] = nil
+        verified.insert(url.path)
         segmentsFilled += 1
         return SHA256Digest.hex(bytes)
     }
@@ -357,26 +358,36 @@ public final class MaskStore: @unchecked Sendable {
         return expanders[name]!.pads(first: first, count: count, features: s.spec.features)
     }
 
-    /// W·r of rows [first, first + count): from the mapped segments, each checked against its
-    /// digest the first time this process maps it (a damaged one is computed again).
+    /// W·r of rows [first, first + count): read from the segment files (only the rows asked for,
+    /// so the client's memory holds one call's products), each file checked against its digest
+    /// the first time this process reads it (a damaged one is computed again).
     private func productRows(_ name: String, first: Int, count: Int, offline: Offline) throws -> [UInt64] {
         let spec = state.streams[name]!.spec
-        let o = spec.outputs, mask: UInt64 = spec.bits == 64 ? ~0 : (1 << UInt64(spec.bits)) - 1
+        let o = spec.outputs, width = spec.bytesPerValue
+        let mask: UInt64 = spec.bits == 64 ? ~0 : (1 << UInt64(spec.bits)) - 1
         var out = [UInt64](repeating: 0, count: count * o)
         var row = first
         while row < first + count {
             let index = row / spec.segmentRows
-            let file = try segment(name, index, offline: offline)
+            let url = try verifiedSegment(name, index, offline: offline)
             let inSegment = row - index * spec.segmentRows
             let n = min(first + count - row, spec.segmentRows - inSegment)
-            out.withUnsafeMutableBufferPointer { dst in
+            var bytes = [UInt8](repeating: 0, count: n * o * width)
+            let fd = open(url.path, O_RDONLY)
+            guard fd >= 0 else { throw MaskStoreError.unwritable(path: url.path, reason: String(cString: strerror(errno))) }
+            defer { close(fd) }
+            var done = 0
+            while done < bytes.count {
+                let got = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(inSegment * o * width + done)) }
+                guard got > 0 else { throw MaskStoreError.unwritable(path: url.path, reason: "short read (\(got < 0 ? String(cString: strerror(errno)) : "end of file"))") }
+                done += got
+            }
+            bytes.withUnsafeBytes { raw in
                 let at = (row - first) * o
-                if spec.bytesPerValue == 4 {
-                    let src = file.base.assumingMemoryBound(to: UInt32.self) + inSegment * o
-                    for i in 0..<(n * o) { dst[at + i] = UInt64(UInt32(littleEndian: src[i])) & mask }
+                if width == 4 {
+                    for i in 0..<(n * o) { out[at + i] = UInt64(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) & mask }
                 } else {
-                    let src = file.base.assumingMemoryBound(to: UInt64.self) + inSegment * o
-                    for i in 0..<(n * o) { dst[at + i] = UInt64(littleEndian: src[i]) & mask }
+                    for i in 0..<(n * o) { out[at + i] = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)) & mask }
                 }
             }
             row += n
@@ -384,33 +395,35 @@ public final class MaskStore: @unchecked Sendable {
         return out
     }
 
-    private func segment(_ name: String, _ index: Int, offline: Offline) throws -> MappedFile {
+    /// The segment's file, checked (size and SHA-256) once per process; a missing or damaged
+    /// one is computed again from its pads (none of its rows has been sent: rows are read
+    /// before they are used).
+    private func verifiedSegment(_ name: String, _ index: Int, offline: Offline) throws -> URL {
         var s = state.streams[name]!
         let url = segmentURL(s, index)
-        if let m = mapped[url.path] { return m }
+        if verified.contains(url.path) { return url }
         let slot = index - s.firstSegment
         precondition(slot >= 0 && slot < s.digests.count, "segment \(index) of \(name) is not filled")
-        var why: String?
-        if let m = try? MappedFile(url: url) {
-            if m.count != s.spec.segmentBytes {
-                why = "has \(m.count) bytes, expected \(s.spec.segmentBytes)"
-            } else if SHA256Digest.hex(Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: m.base), count: m.count, deallocator: .none)) != s.digests[slot] {
+        let why: String
+        var st = stat()
+        if stat(url.path, &st) == 0 {
+            let size = Int(st.st_size)
+            if size != s.spec.segmentBytes {
+                why = "has \(size) bytes, expected \(s.spec.segmentBytes)"
+            } else if (try? SHA256Digest.hex(fileAt: url)) != s.digests[slot] {
                 why = "does not match its digest"
             } else {
-                mapped[url.path] = m
-                return m
+                verified.insert(url.path)
+                return url
             }
         } else {
             why = "is missing"
         }
-        notices.append("\(name): segment \(url.lastPathComponent) \(why!); computed again from its pads (none of them was sent)")
+        notices.append("\(name): segment \(url.lastPathComponent) \(why); computed again from its pads (none of them was sent)")
         s.digests[slot] = try computeSegment(s, index, offline: offline)
         state.streams[name] = s
         try writeState()
-        let m: MappedFile
-        do { m = try MappedFile(url: url) } catch { throw MaskStoreError.unwritable(path: url.path, reason: "\(error)") }
-        mapped[url.path] = m
-        return m
+        return url
     }
 }
 

@@ -106,6 +106,7 @@ public struct StepRegistry: Sendable {
         r.register(LoraTrainerStep.self)
         r.register(MathEvalStep.self)
         r.register(EvalCompareStep.self)
+        r.register(FillMasksStep.self)
         return r
     }()
 }

@@ -233,3 +233,55 @@ import Testing
         #expect(input.rows == 3 && input.features == layer.inFeatures)
     }
 }
+
+extension MaskedProtocolTests {
+    /// A crash between using pads and finishing the step: the run resumed from its checkpoint
+    /// in a new process (a new store on the same folder, the old one dropped without release)
+    /// gets rows past everything the crashed process reserved, and ends with the losses and
+    /// adapter of an uninterrupted run.
+    @Test func crashAndResumeUseFreshPadsAndGiveTheSameTraining() throws {
+        let dir = try Self.temporaryStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let model = try #require(try PEFTAdapterTests.model("tiny-llama") as? TrainableModel)
+        let plan = Self.plan(model)
+        func makeRun() throws -> (LoRATrainingRun, LoRAAdapter) {
+            let adapter = try LoRAAdapter(config: LoRAConfig(rank: 4, alpha: 8, dropout: 0.1, targets: .allLinear, seed: 3), modules: model.linearModules)
+            var rng = SeededGenerator(seed: 9)
+            let examples = (0..<6).map { i -> TokenizedExample in
+                let ids = (0..<(8 + i)).map { _ in Int(rng.next() % 250) + 1 }
+                return TokenizedExample(tokens: ids, labels: ids.enumerated().map { $0.offset < 3 ? -100 : $0.element }, line: i + 1)
+            }
+            let data = CausalLMData(examples: examples, options: CausalLMDataOptions(maxLength: 16, padding: .longest), paddingTokenID: 0)
+            let run = try LoRATrainingRun(model: model, adapter: adapter, data: data,
+                                          settings: TrainingSettings(epochs: 2, batchSize: 2, gradientAccumulation: 1, learningRate: 1e-2, fuseMicroBatches: true))
+            return (run, adapter)
+        }
+        let (reference, referenceAdapter) = try makeRun()
+        reference.backend = try QuantizedLinearBackend(plan: plan, model: model)
+        while !reference.isFinished { _ = try reference.step() }
+
+        let keyring = Keyring()
+        let checkpoint = dir.appendingPathComponent("checkpoint.safetensors")
+        let stream = "\(plan.remoteModules[0]).forward"
+        var crashedMark = 0
+        do {
+            let store = try MaskStore(directory: dir)
+            let (run, _) = try makeRun()
+            run.backend = try EncryptedLinearBackend(plan: plan, model: model, keyring: keyring, protocol: .masked, maskStore: store)
+            for _ in 0..<2 { _ = try run.step() }
+            try run.saveCheckpoint(to: checkpoint)
+            _ = try run.step()  // pads used after the checkpoint, then the crash: no release, no checkpoint
+            crashedMark = try #require(store.nextRow(stream))
+        }
+        let store = try MaskStore(directory: dir)
+        let (run, adapter) = try makeRun()
+        let backend = try EncryptedLinearBackend(plan: plan, model: model, keyring: keyring, protocol: .masked, maskStore: store)
+        run.backend = backend
+        #expect(try #require(store.nextRow(stream)) >= crashedMark, "the resumed process could reuse rows of the crashed one")
+        try run.restoreCheckpoint(from: checkpoint)
+        while !run.isFinished { _ = try run.step() }
+        #expect(backend.failure == nil)
+        #expect(run.position.history.map(\.loss) == reference.position.history.map(\.loss))
+        #expect(adapter.layers.flatMap { [$0.a, $0.b] } == referenceAdapter.layers.flatMap { [$0.a, $0.b] })
+    }
+}

@@ -24,20 +24,23 @@ public enum MaskedProduct {
 
     /// u = x − r mod 2^k, feature-major (K × R) as the wire carries it, from x (R × K,
     /// row-major) and the pads r (R × K, row-major, values mod 2^k).
-    public static func blind(_ x: UnsafeBufferPointer<Int64>, pads r: UnsafeBufferPointer<UInt64>, rows: Int, features: Int, bits k: Int) -> MaskedInput {
-        precondition(x.count == rows * features && r.count == x.count && rows > 0 && features > 0, "x: \(x.count), pads: \(r.count), \(rows) × \(features)")
+    public static func blind(_ x: UnsafeBufferPointer<Int64>, pads: UnsafeBufferPointer<UInt64>, rows: Int, features: Int, bits k: Int) -> MaskedInput {
+        precondition(x.count == rows * features && pads.count == x.count && rows > 0 && features > 0, "x: \(x.count), pads: \(pads.count), \(rows) × \(features)")
         precondition(bitRange.contains(k))
-        let mask: UInt64 = (1 << UInt64(k)) - 1
+        let mask: UInt64 = (1 << UInt64(k)) - 1, shift = UInt64(64 - k)
+        // u feature-major and in the top k bits of each word (the packer keeps a value's top bits).
         var u: [UInt64] = Parallel.uninitialized(rows * features) { out in
-            for i in 0..<(rows * features) { out[i] = (UInt64(bitPattern: x[i]) &- r[i]) & mask }
+            parallelChunks(features) { columns in
+                for c in columns {
+                    for r in 0..<rows {
+                        let i = r * features + c
+                        out[c * rows + r] = ((UInt64(bitPattern: x[i]) &- pads[i]) & mask) << shift
+                    }
+                }
+            }
         }
-        let transposed: [UInt64] = u.withUnsafeBufferPointer { b in
-            Parallel.uninitialized(rows * features) { Parallel.transpose(b.baseAddress!, rows: rows, columns: features, into: $0.baseAddress!) }
-        }
-        // Packed at k bits: the packer keeps a value's top bits, so shift each up first.
-        let shifted = transposed.map { $0 << UInt64(64 - k) }
+        let body = u.withUnsafeBufferPointer { Parallel.packBits($0, bits: k) }
         u.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
-        let body = shifted.withUnsafeBufferPointer { Parallel.packBits($0, bits: k) }
         return MaskedInput(bits: k, rows: rows, features: features, body: body)
     }
 
@@ -186,16 +189,25 @@ public struct PadExpander {
         (expander, self.bits) = (MaskExpander(seed: seed), bits)
     }
 
-    /// Rows [first, first + count) of K pads each, row-major, values mod 2^k.
+    /// Rows [first, first + count) of K pads each, row-major, values mod 2^k. For k ≤ 32 each
+    /// keystream word gives two pads (its low and high halves): half the AES work.
     public mutating func pads(first: Int, count: Int, features: Int) -> [UInt64] {
         precondition(first >= 0 && first + count <= Int(UInt32.max), "pad rows beyond 2^32")
         let mask: UInt64 = (1 << UInt64(bits)) - 1
+        let words = bits <= 32 ? (features + 1) / 2 : features
         var out = [UInt64](repeating: 0, count: count * features)
+        var stream = [UInt64](repeating: 0, count: words)
         out.withUnsafeMutableBufferPointer { o in
-            for i in 0..<count {
-                let row = UnsafeMutableBufferPointer(rebasing: o[(i * features)..<((i + 1) * features)])
-                expander.expand(group: first + i, feature: 0, into: row)
-                for j in row.indices { row[j] &= mask }
+            stream.withUnsafeMutableBufferPointer { w in
+                for i in 0..<count {
+                    expander.expand(group: first + i, feature: 0, into: w)
+                    let row = o.baseAddress! + i * features
+                    if bits <= 32 {
+                        for j in 0..<features { row[j] = (j & 1 == 0 ? w[j >> 1] : w[j >> 1] >> 32) & mask }
+                    } else {
+                        for j in 0..<features { row[j] = w[j] & mask }
+                    }
+                }
             }
         }
         return out

@@ -49,31 +49,6 @@ public protocol EncryptedTransport: AnyObject {
     func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8]
 }
 
-/// The server's side of a hybrid model: the remote modules' quantized weights, W for the
-/// forward and Wᵀ for the backward, as the FHE server multiplies them. No key, no client data.
-public final class RemoteModuleWeights: @unchecked Sendable {
-    public let modules: [String: (forward: ServerWeights, backward: ServerWeights)]
-
-    public init(modules: [String: (forward: ServerWeights, backward: ServerWeights)]) { self.modules = modules }
-
-    public func info(_ name: String, _ direction: ProductDirection) -> PublicWeightInfo? {
-        modules[name].map { PublicWeightInfo(direction == .forward ? $0.forward : $0.backward) }
-    }
-
-}
-
-/// The in-process server of the `execute` mode.
-public final class InProcessTransport: EncryptedTransport {
-    public let weights: RemoteModuleWeights
-    public init(weights: RemoteModuleWeights) { self.weights = weights }
-    public func multiply(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
-        try weights.respond(module: module, direction: direction, request: request)
-    }
-    public func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
-        try weights.respondMasked(module: module, direction: direction, request: request)
-    }
-}
-
 public enum EncryptedBackendError: Error, CustomStringConvertible {
     case unsupportedScheme(String)
     case unsupportedWeights(module: String, reason: String)

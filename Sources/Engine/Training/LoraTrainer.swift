@@ -23,14 +23,13 @@ import Foundation
 /// ending with the same adapter as an uninterrupted run.
 public final class LoraTrainer {
     /// Where the remote layers' products run (see the notebook modes).
-    public enum Mode: String, Codable, Sendable, CaseIterable {
-        /// Float32 everywhere (no quantization).
-        case torch
-        /// The compiled plan's integers, in clear.
-        case disable
-        /// The same integers, encrypted under ``keyring`` and multiplied by the in-process server.
-        case execute
-    }
+    /// `torch`, `disable` or `execute` (`remote` needs a deployment's server: use the notebook's steps).
+    public typealias Mode = ExecutionMode
+
+    /// How `execute` computes its products (``ProductProtocol``; the masked protocol keeps its
+    /// pads in ``maskStore``, or in a store of this process's temporary directory).
+    public var productProtocol: ProductProtocol = .masked
+    public var maskStore: MaskStore?
 
     public let model: TrainableModel
     public let tokenizer: BPETokenizer
@@ -95,8 +94,13 @@ public final class LoraTrainer {
         if mode == .torch { return nil }
         guard let plan else { throw TrainingError.invalidSettings(key: "mode", message: "mode \(mode.rawValue) needs compile(inputset:) first") }
         if let b = backends[mode] { return b }
+        if mode == .remote { throw TrainingError.invalidSettings(key: "mode", message: "LoraTrainer runs torch, disable or execute; remote goes through a deployment's client (nb train with mode: remote)") }
+        var store: MaskStore?
+        if mode == .execute && productProtocol == .masked {
+            store = try maskStore ?? MaskStore.shared(at: FileManager.default.temporaryDirectory.appendingPathComponent("nb-masks-\(getpid())", isDirectory: true))
+        }
         let b: LinearBackend = mode == .disable ? try QuantizedLinearBackend(plan: plan, model: model)
-            : try EncryptedLinearBackend(plan: plan, model: model, keyring: keyring)
+            : try EncryptedLinearBackend(plan: plan, model: model, keyring: keyring, protocol: productProtocol, maskStore: store)
         backends[mode] = b
         return b
     }

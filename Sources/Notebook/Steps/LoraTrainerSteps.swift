@@ -86,6 +86,7 @@ public enum LoraTrainerStep: Step {
         }
 
         public func validate() throws(ParameterError) {
+            if mode == .remote { throw ParameterError("mode", "lora_trainer runs torch, disable or execute; remote training goes through nb train with a deployment's client") }
             if r <= 0 { throw ParameterError("r", "the LoRA rank must be a positive integer, got \(r)") }
             if !(alpha > 0 && alpha.isFinite) { throw ParameterError("alpha", "\(alpha) must be a positive number") }
             if !(dropout >= 0 && dropout < 1) { throw ParameterError("dropout", "\(dropout) must be in [0, 1)") }
@@ -119,6 +120,7 @@ public enum LoraTrainerStep: Step {
                                       lora: LoRAConfig(rank: p.r, alpha: p.alpha, dropout: p.dropout, targets: targets, seed: UInt64(p.seed)),
                                       settings: settings, keyring: try context.session.clientKeyring())
         } catch { throw StepFailure(key: "target_modules", "\(error)") }
+        trainer.maskStore = try context.session.maskStore()
         let rows = RowSettings(maxLength: p.maxLength, padding: .longest)
         let data = try rows.data(p.data, key: "data", context: context, loaded: loaded)
         let test = try p.test.map { try rows.data($0, key: "test", context: context, loaded: loaded) }

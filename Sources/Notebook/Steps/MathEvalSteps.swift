@@ -89,6 +89,7 @@ public enum MathEvalStep: Step {
                                         warmupSteps: p.warmupSteps, weightDecay: 0.01, maxGradientNorm: 1, seed: UInt64(p.seed))
         let trainer = try LoraTrainer(model: model, tokenizer: tok, lora: LoRAConfig(rank: 8, alpha: 32, dropout: 0.01, targets: .allLinear, seed: UInt64(p.seed)),
                                       settings: settings, keyring: try context.session.clientKeyring())
+        trainer.maskStore = try context.session.maskStore()
         let mode: LoraTrainer.Mode
         switch p.mode {
         case .torch: mode = .torch

@@ -189,6 +189,76 @@ void nb_fhe_limb_gemm(const int16_t *w, size_t k_padded, const int16_t *packed, 
     (void)avx;
 }
 
+void nb_fhe_pack_limbs_columns(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *digits) {
+    const size_t kp = rows + (rows & 1);
+    const unsigned drop = (unsigned)(64 - 16 * limbs);
+    for (size_t c = 0; c < columns; c++) {
+        for (size_t t = 0; t < limbs; t++) digits[(t * columns + c) * kp + kp - 1] = 0;
+        for (size_t r = 0; r < rows; r++) {
+            uint64_t x = round_top(values[r * columns + c], drop);
+            for (size_t t = 0; t < limbs; t++) {
+                const int16_t d = (int16_t)(uint16_t)(x & 0xFFFF);
+                x = (x - (uint64_t)(int64_t)d) >> 16;
+                digits[(t * columns + c) * kp + r] = d;
+            }
+        }
+    }
+}
+
+// Σ_k w[k]·d[k] over kp (even) int16s, exactly: int32 lanes flushed into int64 every 64 steps of 16
+// (each lane's sum of 64 pair products stays below 2^29).
+static int64_t dot_scalar(const int16_t *w, const int16_t *d, size_t kp) {
+    int64_t s = 0;
+    for (size_t k = 0; k < kp; k++) s += (int64_t)w[k] * d[k];
+    return s;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2")))
+static int64_t dot_avx2(const int16_t *w, const int16_t *d, size_t kp) {
+    int64_t total = 0;
+    size_t k = 0;
+    while (k + 16 <= kp) {
+        __m256i acc = _mm256_setzero_si256();
+        const size_t end = k + 64 * 16 < kp ? k + 64 * 16 : kp;
+        for (; k + 16 <= end; k += 16) {
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(w + k)),
+                                                          _mm256_loadu_si256((const __m256i *)(d + k))));
+        }
+        const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc));
+        const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc, 1));
+        const __m256i sum = _mm256_add_epi64(lo, hi);
+        int64_t lanes[4];
+        _mm256_storeu_si256((__m256i *)lanes, sum);
+        total += lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    }
+    for (; k < kp; k++) total += (int64_t)w[k] * d[k];
+    return total;
+}
+#endif
+
+void nb_fhe_limb_gemv(const int16_t *w, size_t k_padded, const int16_t *digits, size_t columns, size_t limbs,
+                      uint64_t *out, size_t o_begin, size_t o_end) {
+    const int avx = nb_fhe_has_avx2();
+    for (size_t o = o_begin; o < o_end; o++) {
+        const int16_t *row = w + o * k_padded;
+        for (size_t c = 0; c < columns; c++) {
+            uint64_t v = 0;
+            for (size_t t = 0; t < limbs; t++) {
+                const int16_t *d = digits + (t * columns + c) * k_padded;
+#if defined(__x86_64__)
+                const int64_t s = avx ? dot_avx2(row, d, k_padded) : dot_scalar(row, d, k_padded);
+#else
+                const int64_t s = dot_scalar(row, d, k_padded);
+#endif
+                v += (uint64_t)s << (64 - 16 * limbs + 16 * t);
+            }
+            out[o * columns + c] += v;
+        }
+    }
+    (void)avx;
+}
+
 // MARK: - Bit packing
 
 void nb_fhe_pack_bits(const uint64_t *values, size_t n, unsigned bits, uint8_t *out) {

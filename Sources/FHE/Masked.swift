@@ -19,6 +19,10 @@ public enum MaskedProduct {
     /// sign), at least 2.
     public static let bitRange = 2...56
 
+    /// Below this many rows the server multiplies along the inner dimension (GEMV) instead of
+    /// by tiles of 16 rows.
+    public static let gemvColumns = 8
+
     /// Limbs of 16 bits the server's kernel splits a k-bit value into.
     public static func limbs(bits k: Int) -> Int { (k + 15) / 16 }
 
@@ -74,14 +78,26 @@ extension FHEServer {
         }
         let (rows, k, o, bits) = (input.rows, input.features, w.outputs, input.bits)
         let limbs = MaskedProduct.limbs(bits: bits)
-        let digits = Parallel.unpackBits(input.body, count: k * rows, bits: bits).withUnsafeBufferPointer {
-            Parallel.packLimbs($0, rows: k, columns: rows, limbs: limbs)
-        }
+        let values = Parallel.unpackBits(input.body, count: k * rows, bits: bits)
         var out = [UInt64](repeating: 0, count: o * rows)
-        w.values.withUnsafeBufferPointer { wv in
-            out.withUnsafeMutableBufferPointer { ob in
-                parallelChunks(o, align: 6) { range in
-                    nb_fhe_limb_gemm(wv.baseAddress!, w.paddedInputs, digits, rows, limbs, ob.baseAddress!, range.lowerBound, range.upperBound)
+        if rows < MaskedProduct.gemvColumns {
+            // Few tokens (generation): a matrix-vector product along the inner dimension.
+            var digits = [Int16](repeating: 0, count: limbs * rows * w.paddedInputs)
+            values.withUnsafeBufferPointer { v in digits.withUnsafeMutableBufferPointer { nb_fhe_pack_limbs_columns(v.baseAddress!, k, rows, limbs, $0.baseAddress!) } }
+            w.values.withUnsafeBufferPointer { wv in
+                out.withUnsafeMutableBufferPointer { ob in
+                    parallelChunks(o, align: 8) { range in
+                        nb_fhe_limb_gemv(wv.baseAddress!, w.paddedInputs, digits, rows, limbs, ob.baseAddress!, range.lowerBound, range.upperBound)
+                    }
+                }
+            }
+        } else {
+            let digits = values.withUnsafeBufferPointer { Parallel.packLimbs($0, rows: k, columns: rows, limbs: limbs) }
+            w.values.withUnsafeBufferPointer { wv in
+                out.withUnsafeMutableBufferPointer { ob in
+                    parallelChunks(o, align: 6) { range in
+                        nb_fhe_limb_gemm(wv.baseAddress!, w.paddedInputs, digits, rows, limbs, ob.baseAddress!, range.lowerBound, range.upperBound)
+                    }
                 }
             }
         }

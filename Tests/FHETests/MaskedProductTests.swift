@@ -25,10 +25,11 @@ final class MaskedProductTests: XCTestCase {
     }
 
     /// blind → server → unblind gives W·x exactly, for unsigned and signed inputs, k from 10 to
-    /// 56 bits (one to four limbs), odd shapes, extreme values, and the tile edges of the kernel.
+    /// 56 bits (one to four limbs), odd shapes, extreme values, the tile edges of the kernel, and the
+    /// few-row (GEMV) path with its exact int32 flushes over a long inner dimension.
     func testOnlineProductIsExact() throws {
         var rng = TestRNG(state: 5)
-        for (rows, k, o, lo, hi) in [(1, 7, 5, 0, 255), (17, 64, 6, -127, 127), (300, 257, 13, 0, 255), (33, 768, 12, 0, 65535), (5, 3, 1, -128, 128)] as [(Int, Int, Int, Int64, Int64)] {
+        for (rows, k, o, lo, hi) in [(1, 7, 5, 0, 255), (17, 64, 6, -127, 127), (300, 257, 13, 0, 255), (33, 768, 12, 0, 65535), (5, 3, 1, -128, 128), (7, 3001, 9, -128, 128), (1, 576, 14, 0, 255)] as [(Int, Int, Int, Int64, Int64)] {
             let w = try randomWeights(o, k, &rng, maxAbs: 128)
             let x = (0..<(rows * k)).map { i -> Int64 in i % 97 == 0 ? hi : lo + Int64(rng.next() % UInt64(hi - lo + 1)) }
             let bound = Double(max(abs(lo), abs(hi))) * Double(128 * k)

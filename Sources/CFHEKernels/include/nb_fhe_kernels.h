@@ -38,6 +38,15 @@ void nb_fhe_pack_limbs_range(const uint64_t *values, size_t rows, size_t columns
 void nb_fhe_limb_gemm(const int16_t *w, size_t k_padded, const int16_t *packed, size_t columns, size_t limbs,
                       uint64_t *out, size_t o_begin, size_t o_end);
 
+/// The same product for few columns (a matrix-vector product, e.g. one token per call): digits
+/// laid out column-major, [limb][column][k_padded] int16 (from nb_fhe_pack_limbs_columns), and
+/// vectorized along k. out is (O x columns), row-major.
+void nb_fhe_limb_gemv(const int16_t *w, size_t k_padded, const int16_t *digits, size_t columns, size_t limbs,
+                      uint64_t *out, size_t o_begin, size_t o_end);
+/// Digits of `rows` x `columns` values (row-major) for nb_fhe_limb_gemv: [limb][column][k_padded],
+/// k_padded = rows rounded up to even (the padding digit is zero).
+void nb_fhe_pack_limbs_columns(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *digits);
+
 /// Keeps the top `bits` bits of each value, rounded to nearest (mod 2^64), and packs them
 /// LSB-first into ceil(n*bits/8) bytes.
 void nb_fhe_pack_bits(const uint64_t *values, size_t n, unsigned bits, uint8_t *out);

@@ -285,3 +285,28 @@ extension MaskedProtocolTests {
         #expect(adapter.layers.flatMap { [$0.a, $0.b] } == referenceAdapter.layers.flatMap { [$0.a, $0.b] })
     }
 }
+
+extension MaskedProtocolTests {
+    /// The online route refuses, before allocating, a request whose product would be over the
+    /// per-request limit of values, and a request of another width; an unknown module is named.
+    @Test func onlineRequestsAreBoundedAndChecked() throws {
+        let w = try ServerWeights(outputs: 128, inputs: 1) { o, _ in o % 7 - 3 }
+        let weights = RemoteModuleWeights(modules: ["m": (w, w.transposed())])
+        let rows = RemoteModuleWeights.maxMaskedValues / 128 + 1
+        let big = MaskedInput(bits: 20, rows: rows, features: 1, body: [UInt8](repeating: 0, count: (rows * 20 + 7) / 8))
+        #expect(throws: RemoteRequestError.self) { try weights.respondMasked(module: "m", direction: .forward, request: big.serialized()) }
+        do { _ = try weights.respondMasked(module: "m", direction: .forward, request: big.serialized()) } catch {
+            #expect(error.httpStatus == 422 && error.description.contains("over the limit"), "\(error)")
+        }
+        let wide = MaskedInput(bits: 20, rows: 1, features: 2, body: [0, 0, 0, 0, 0])
+        do { _ = try weights.respondMasked(module: "m", direction: .forward, request: wide.serialized()) } catch {
+            #expect(error.httpStatus == 422 && error.description.contains("takes 1"), "\(error)")
+        }
+        do { _ = try weights.respondMasked(module: "n", direction: .forward, request: wide.serialized()) } catch {
+            #expect(error.httpStatus == 404 && error.description.contains("n"), "\(error)")
+        }
+        let fine = MaskedInput(bits: 20, rows: 3, features: 1, body: [UInt8](repeating: 0xA5, count: 8))
+        let answer = try MaskedOutput(serialized: try weights.respondMasked(module: "m", direction: .forward, request: fine.serialized()))
+        #expect(answer.rows == 3 && answer.outputs == 128 && answer.bits == 20)
+    }
+}

@@ -63,6 +63,17 @@ final class ServeTests {
 
     func path(_ module: String, _ direction: ProductDirection) -> String { "/v1/modules/\(module)/\(direction.rawValue)" }
 
+    /// An online request of the masked protocol (k = 24): its body, the pads and the inputs.
+    func maskedRequest(_ module: String, _ direction: ProductDirection, rows: Int) -> (body: [UInt8], pads: [UInt64], x: [Int64]) {
+        let metadata = deployment.manifest.modules.first { $0.name == module }!.weights(direction)
+        let k = metadata.inputs
+        let x = (0..<(rows * k)).map { _ in Int64.random(in: -127...127, using: &rng) }
+        var expander = PadExpander(seed: .fresh(), bits: 24)
+        let pads = expander.pads(first: 0, count: rows, features: k)
+        let body = x.withUnsafeBufferPointer { xs in pads.withUnsafeBufferPointer { MaskedProduct.blind(xs, pads: $0, rows: rows, features: k, bits: 24) } }
+        return (body.serialized(), pads, x)
+    }
+
     /// POSTs a valid product and checks it decrypts to X·Wᵀ (or G·W) exactly.
     func expectValidProduct(port: Int, token: String? = nil, module: String? = nil, direction: ProductDirection = .forward,
                             on connection: RawConnection? = nil) throws {
@@ -109,6 +120,26 @@ final class ServeTests {
             }
         }
 
+        // The masked protocol's online route: x − r mod 2^k in, W·(x − r) mod 2^k out; adding
+        // W·r (computed here in clear from the server's weights) gives W·x exactly.
+        for m in deployment.manifest.modules {
+            for direction in [ProductDirection.forward, .backward] {
+                let (body, pads, x) = maskedRequest(m.name, direction, rows: 3)
+                let response = try RawConnection.exchange(port: server.port, "POST", path(m.name, direction) + "/masked", body: body)
+                try #require(response.status == 200, "\(m.name) \(direction) masked: \(response.status) \(response.text)")
+                let w = direction == .forward ? deployment.weights.modules[m.name]!.forward : deployment.weights.modules[m.name]!.backward
+                let output = try MaskedOutput(serialized: response.body, expecting: (3, w.outputs, 24))
+                func product(_ v: [UInt64]) -> [UInt64] {
+                    (0..<(3 * w.outputs)).map { i in
+                        let (r, o) = (i / w.outputs, i % w.outputs)
+                        return (0..<w.inputs).reduce(UInt64(0)) { $0 &+ v[r * w.inputs + $1] &* UInt64(bitPattern: Int64(w.value(o, $1))) } & 0xFF_FFFF
+                    }
+                }
+                let y = product(pads).withUnsafeBufferPointer { MaskedProduct.unblind(output, padProducts: $0) }
+                #expect(y == product(x.map { UInt64(bitPattern: $0) }).map { Int64(bitPattern: $0 << 40) >> 40 }, "\(m.name) \(direction): masked product")
+            }
+        }
+
         // Eight at once on their own connections: two are computed at a time, the others wait.
         let module = deployment.manifest.modules[2].name
         let products = try (0..<8).map { _ in try product(module, .backward) }
@@ -150,6 +181,13 @@ final class ServeTests {
             return b
         }
         let forward = path(attention, .forward)
+        let maskedValid = maskedRequest(attention, .forward, rows: 2).body
+        let maskedWrongShape = maskedRequest(wider.name, .forward, rows: 2).body
+        func maskedPatched(_ at: Int, _ bytes: [UInt8]) -> [UInt8] {
+            var b = maskedValid
+            b.replaceSubrange(at..<(at + bytes.count), with: bytes)
+            return b
+        }
         var garbage = [UInt8](repeating: 0, count: 300)
         for i in garbage.indices { garbage[i] = UInt8.random(in: 0...255, using: &rng) }
         // Wire header: magic "NBCT" (0..<4), version u16 (4..<6), kind u8 (6), parameter set u16 (7..<9).
@@ -168,6 +206,13 @@ final class ServeTests {
             BadRequest(name: "unknown path", method: "GET", path: "/v1/nothing", status: 404),
             BadRequest(name: "GET on a product", method: "GET", path: forward, status: 404),
             BadRequest(name: "declared body over the limit", path: forward, headers: ["Content-Length": String(maxBodyBytes + 1)], status: 413, says: "over the limit"),
+            // The masked protocol's online route: header magic (0..<4), version (4..<6), kind (6), bits (7), rows u32 (8..<12).
+            BadRequest(name: "masked: random bytes", path: forward + "/masked", body: garbage, status: 400, says: "not an nb message"),
+            BadRequest(name: "masked: a ciphertext on the online route", path: forward + "/masked", body: valid, status: 400, says: "expected a padded input"),
+            BadRequest(name: "masked: bits out of range", path: forward + "/masked", body: maskedPatched(7, [60]), status: 400, says: "invalid bits"),
+            BadRequest(name: "masked: truncated", path: forward + "/masked", body: Array(maskedValid.dropLast(3)), status: 400, says: "truncated"),
+            BadRequest(name: "masked: wrong shape", path: forward + "/masked", body: maskedWrongShape, status: 422, says: "features"),
+            BadRequest(name: "masked: unknown module", path: "/v1/modules/transformer.h.9.attn.c_attn/forward/masked", body: maskedValid, status: 404, says: "no remote module"),
         ]
         if let token {
             for i in cases.indices { cases[i].headers["Authorization"] = "Bearer \(token)" }

@@ -229,8 +229,8 @@ func deploymentRows(selfURL: URL) -> [Row] {
         let maskedLosses = (q["losses"] as? [Double]) ?? []
         rows.append(Row(name: "remote step \(batch)×\(length) online (masked protocol, \(label), nb serve on loopback)", value: remoteOnline, unit: "s",
                         baselineName: "execute online (in-process server), same batch, this run", baseline: executeOnline, ratio: remoteOnline / executeOnline,
-                        note: String(format: "target ≤ 1.2×; online per step sent %.2f MB, received %.2f MB (%.2f B per input value, %.2f B per output value, target ≤ 4); losses %@ he's",
-                                     (q["onlineSent"] as! Double) / 1e6, (q["onlineReceived"] as! Double) / 1e6, q["onlineBytesPerInput"] as! Double,
+                        note: String(format: "target ≤ 1.2×; client peak RSS %.0f MB (offline fill included); online per step sent %.2f MB, received %.2f MB (%.2f B per input value, %.2f B per output value, target ≤ 4); losses %@ he's",
+                                     q["peak"] as! Double, (q["onlineSent"] as! Double) / 1e6, (q["onlineReceived"] as! Double) / 1e6, q["onlineBytesPerInput"] as! Double,
                                      q["onlineBytesPerOutput"] as! Double, maskedLosses.map { Float($0) } == remoteLosses.map { Float($0) } ? "equal to" : "DIFFER from")))
     }
     return rows

@@ -113,6 +113,42 @@ extension FHEServer {
     }
 }
 
+/// The two online messages share one layout after the common header: k (u8), rows (u32), the
+/// other dimension (u32), the body's byte count (u64) and the body, k-bit values packed LSB-first.
+private enum PackedValues {
+    static func write(kind: UInt8, bits: Int, rows: Int, columns: Int, body: [UInt8]) -> [UInt8] {
+        var w = ByteWriter()
+        w.bytes(FHEWire.magic); w.u16(FHEWire.version); w.u8(kind)
+        w.u8(UInt8(bits)); w.u32(UInt32(rows)); w.u32(UInt32(columns))
+        w.u64(UInt64(body.count)); w.bytes(body)
+        return w.data
+    }
+
+    /// Reads and checks one message; `expecting` (rows, columns, bits) refuses any other shape
+    /// before the body is copied.
+    static func read(_ bytes: [UInt8], kind: UInt8, name: String, columnsName: String,
+                     expecting: (rows: Int, columns: Int, bits: Int)? = nil) throws(FHEWireError) -> (bits: Int, rows: Int, columns: Int, body: [UInt8]) {
+        var r = ByteReader(bytes)
+        try r.header(kind: kind, name: name)
+        let bits = Int(try r.u8())
+        guard MaskedProduct.bitRange.contains(bits) else {
+            throw .invalidField(name: "bits", value: "\(bits), expected \(MaskedProduct.bitRange.lowerBound)…\(MaskedProduct.bitRange.upperBound)")
+        }
+        let rows = Int(try r.u32()), columns = Int(try r.u32())
+        guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows), expected 1…\(FHEWire.maxRows)") }
+        guard (1...FHEWire.maxFeatures).contains(columns) else { throw .invalidField(name: columnsName, value: "\(columns), expected 1…\(FHEWire.maxFeatures)") }
+        if let e = expecting, (e.rows, e.columns, e.bits) != (rows, columns, bits) {
+            throw .shapeMismatch("\(rows) × \(columns) values at \(bits) bits, expected \(e.rows) × \(e.columns) at \(e.bits)")
+        }
+        let count = try r.u64()
+        let expected = packedByteCount(rows * columns, bits: bits)
+        guard count == UInt64(expected) else { throw .shapeMismatch("body of \(count) bytes, \(rows) × \(columns) values at \(bits) bits need \(expected)") }
+        let body = try r.bytes(expected, name + " values")
+        guard r.remaining == 0 else { throw .invalidField(name: "length", value: "\(r.remaining) trailing bytes") }
+        return (bits, rows, columns, body)
+    }
+}
+
 /// What the client sends online: u = x − r mod 2^k for R tokens and K features, feature-major,
 /// packed LSB-first at k bits.
 public struct MaskedInput: Sendable, Equatable {
@@ -126,28 +162,11 @@ public struct MaskedInput: Sendable, Equatable {
     }
 
     public func serialized() -> [UInt8] {
-        var w = ByteWriter()
-        w.bytes(FHEWire.magic); w.u16(FHEWire.version); w.u8(FHEWire.kindMaskedInput)
-        w.u8(UInt8(bits)); w.u32(UInt32(rows)); w.u32(UInt32(features))
-        w.u64(UInt64(body.count)); w.bytes(body)
-        return w.data
+        PackedValues.write(kind: FHEWire.kindMaskedInput, bits: bits, rows: rows, columns: features, body: body)
     }
 
     public init(serialized bytes: [UInt8]) throws(FHEWireError) {
-        var r = ByteReader(bytes)
-        try r.header(kind: FHEWire.kindMaskedInput, name: "padded input")
-        bits = Int(try r.u8())
-        guard MaskedProduct.bitRange.contains(bits) else {
-            throw .invalidField(name: "bits", value: "\(bits), expected \(MaskedProduct.bitRange.lowerBound)…\(MaskedProduct.bitRange.upperBound)")
-        }
-        rows = Int(try r.u32()); features = Int(try r.u32())
-        guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows), expected 1…\(FHEWire.maxRows)") }
-        guard (1...FHEWire.maxFeatures).contains(features) else { throw .invalidField(name: "features", value: "\(features), expected 1…\(FHEWire.maxFeatures)") }
-        let count = try r.u64()
-        let expected = packedByteCount(rows * features, bits: bits)
-        guard count == UInt64(expected) else { throw .shapeMismatch("body of \(count) bytes, \(rows) × \(features) values at \(bits) bits need \(expected)") }
-        body = try r.bytes(expected, "padded values")
-        guard r.remaining == 0 else { throw .invalidField(name: "length", value: "\(r.remaining) trailing bytes") }
+        (bits, rows, features, body) = try PackedValues.read(bytes, kind: FHEWire.kindMaskedInput, name: "padded input", columnsName: "features")
     }
 }
 
@@ -164,31 +183,14 @@ public struct MaskedOutput: Sendable, Equatable {
     }
 
     public func serialized() -> [UInt8] {
-        var w = ByteWriter()
-        w.bytes(FHEWire.magic); w.u16(FHEWire.version); w.u8(FHEWire.kindMaskedOutput)
-        w.u8(UInt8(bits)); w.u32(UInt32(rows)); w.u32(UInt32(outputs))
-        w.u64(UInt64(body.count)); w.bytes(body)
-        return w.data
+        PackedValues.write(kind: FHEWire.kindMaskedOutput, bits: bits, rows: rows, columns: outputs, body: body)
     }
 
     /// Reads a response; `expecting` (rows, outputs, bits) refuses any other shape before the
     /// body is copied.
     public init(serialized bytes: [UInt8], expecting: (rows: Int, outputs: Int, bits: Int)? = nil) throws(FHEWireError) {
-        var r = ByteReader(bytes)
-        try r.header(kind: FHEWire.kindMaskedOutput, name: "padded product")
-        bits = Int(try r.u8())
-        guard MaskedProduct.bitRange.contains(bits) else { throw .invalidField(name: "bits", value: "\(bits)") }
-        rows = Int(try r.u32()); outputs = Int(try r.u32())
-        guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows)") }
-        guard (1...FHEWire.maxFeatures).contains(outputs) else { throw .invalidField(name: "outputs", value: "\(outputs)") }
-        if let e = expecting, (e.rows, e.outputs, e.bits) != (rows, outputs, bits) {
-            throw .shapeMismatch("\(rows) × \(outputs) values at \(bits) bits, expected \(e.rows) × \(e.outputs) at \(e.bits)")
-        }
-        let count = try r.u64()
-        let expected = packedByteCount(rows * outputs, bits: bits)
-        guard count == UInt64(expected) else { throw .shapeMismatch("body of \(count) bytes, expected \(expected)") }
-        body = try r.bytes(expected, "padded products")
-        guard r.remaining == 0 else { throw .invalidField(name: "length", value: "\(r.remaining) trailing bytes") }
+        (bits, rows, outputs, body) = try PackedValues.read(bytes, kind: FHEWire.kindMaskedOutput, name: "padded product", columnsName: "outputs",
+                                                            expecting: expecting.map { ($0.rows, $0.outputs, $0.bits) })
     }
 }
 

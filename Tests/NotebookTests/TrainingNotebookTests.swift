@@ -175,7 +175,7 @@ import Testing
                      "remote layers encrypted", "he: every call encrypted whole"] {
             #expect(he.contains(fact), "he report lacks \(fact)")
         }
-        for fact in ["nb-glwe-2048", "≥ 128-bit security", "2^-64", "masked: offline pads", "offline (HE: encrypt, server, decrypt)", "online client (pad, unpad)",
+        for fact in ["nb-glwe-2048", "≥ 128-bit security", "2^-64", "masked: offline pads", "offline (HE: encrypt, server, decrypt; store)", "online client (pad, unpad)",
                      "online server product", "online bytes per step", "offline products (HE)", "remote layers encrypted", "each used once"] {
             #expect(execute.contains(fact), "masked report lacks \(fact)")
         }

@@ -88,13 +88,15 @@ public struct FHEStatistics: Codable, Equatable, Sendable {
     public var onlineBytesReceived = 0
     public var onlineClientSeconds = 0.0
     public var onlineServerSeconds = 0.0
-    /// Pad rows computed offline (one full ring per segment).
+    /// Pad rows computed offline (one full ring per segment), and the seconds spent writing
+    /// and hashing their segments in the mask store.
     public var offlineRows = 0
+    public var offlineStoreSeconds = 0.0
 
     public init() {}
 
-    /// Seconds in the offline (HE) products.
-    public var offlineSeconds: Double { encryptSeconds + serverSeconds + decryptSeconds }
+    /// Seconds of offline work: the HE products and the mask store's segments.
+    public var offlineSeconds: Double { encryptSeconds + serverSeconds + decryptSeconds + offlineStoreSeconds }
     public var onlineSeconds: Double { onlineClientSeconds + onlineServerSeconds }
 
     /// self − earlier (counters since `earlier`).
@@ -105,7 +107,7 @@ public struct FHEStatistics: Codable, Equatable, Sendable {
         d.encryptSeconds -= earlier.encryptSeconds; d.serverSeconds -= earlier.serverSeconds; d.decryptSeconds -= earlier.decryptSeconds
         d.onlineCalls -= earlier.onlineCalls; d.onlineBytesSent -= earlier.onlineBytesSent; d.onlineBytesReceived -= earlier.onlineBytesReceived
         d.onlineClientSeconds -= earlier.onlineClientSeconds; d.onlineServerSeconds -= earlier.onlineServerSeconds
-        d.offlineRows -= earlier.offlineRows
+        d.offlineRows -= earlier.offlineRows; d.offlineStoreSeconds -= earlier.offlineStoreSeconds
         return d
     }
 }
@@ -220,7 +222,9 @@ public final class EncryptedLinearBackend: LinearBackend {
         progress(0, total)
         for n in names where needed[n]! > 0 {
             let s = streams[n]!
-            try store.prefill(n, rows: rows, offline: { try self.offlineProduct(s, pads: $1) }, progress: { d, _ in progress(done + d, total) })
+            _ = try offlineWork(store) {
+                try store.prefill(n, rows: rows, offline: { try self.offlineProduct(s, pads: $1) }, progress: { d, _ in progress(done + d, total) })
+            }
             done += needed[n]!
         }
     }
@@ -292,14 +296,16 @@ public final class EncryptedLinearBackend: LinearBackend {
             guard let stream = streams["\(name).\(direction.rawValue)"], let store = maskStore else { throw EncryptedBackendError.unknownModule(name) }
             let k = stream.spec.bits
             var t = ProcessInfo.processInfo.systemUptime
-            let offlineBefore = statistics.offlineSeconds
-            let taken = try store.take(stream.spec.name, rows: rows) { _, pads in try self.offlineProduct(stream, pads: pads) }
+            let filled = try offlineWork(store) {
+                try store.take(stream.spec.name, rows: rows) { _, pads in try self.offlineProduct(stream, pads: pads) }
+            }
+            let taken = filled.result
             let integers = x.values.map { Int64($0) }
             let request = integers.withUnsafeBufferPointer { xs in
                 taken.pads.withUnsafeBufferPointer { MaskedProduct.blind(xs, pads: $0, rows: rows, features: x.columns, bits: k) }
             }.serialized()
             var now = ProcessInfo.processInfo.systemUptime
-            statistics.onlineClientSeconds += now - t - (statistics.offlineSeconds - offlineBefore)
+            statistics.onlineClientSeconds += now - t - filled.seconds
             t = now
             let response = try transport.multiplyMasked(module: name, direction: direction, request: request)
             now = ProcessInfo.processInfo.systemUptime
@@ -323,36 +329,56 @@ public final class EncryptedLinearBackend: LinearBackend {
         return IntegerMatmul.finish(raw: &acc, x, w)
     }
 
+    /// Runs `body` (which may fill segments of `store`) and counts the store's share of the
+    /// filling (writing and hashing segments) as offline work; returns the seconds filling took.
+    private func offlineWork<T>(_ store: MaskStore, _ body: () throws -> T) rethrows -> (result: T, seconds: Double) {
+        let (fillBefore, heBefore) = (store.fillSeconds, statistics.encryptSeconds + statistics.serverSeconds + statistics.decryptSeconds)
+        let result = try body()
+        let fill = store.fillSeconds - fillBefore
+        let he = statistics.encryptSeconds + statistics.serverSeconds + statistics.decryptSeconds - heBefore
+        statistics.offlineStoreSeconds += max(0, fill - he)
+        return (result, fill)
+    }
+
     /// The offline product of one segment of pads: encrypted in full ciphertexts with message
     /// modulus 2^k, multiplied by the server's `he` route, decrypted to W·r mod 2^k.
     func offlineProduct(_ stream: Stream, pads: [UInt64]) throws -> [UInt64] {
-        let spec = stream.spec, plan = stream.plan, k = spec.bits
+        let spec = stream.spec, k = spec.bits
         let half = UInt64(1) << UInt64(k - 1), modulus = Int64(1) << Int64(k)
         // Centred representatives in [−2^(k−1), 2^(k−1)): the same residues mod 2^k.
         let centred = pads.map { $0 >= half ? Int64($0) - modulus : Int64($0) }
+        let mask = (UInt64(1) << UInt64(k)) - 1
+        let products = try encryptedCall(spec.module, spec.direction, centred, rows: spec.segmentRows, features: spec.features,
+                                         outputs: spec.outputs, plan: stream.plan)
+        statistics.offlineRows += spec.segmentRows
+        return products.map { UInt64(bitPattern: $0) & mask }
+    }
+
+    /// One `he` call: encrypt `values` (rows × features) for `plan`, the server's product,
+    /// decrypt (rows × outputs, centred mod 2^b), with its counters.
+    private func encryptedCall(_ name: String, _ direction: ProductDirection, _ values: [Int64], rows: Int, features: Int, outputs: Int,
+                               plan: CallPlan) throws -> [Int64] {
         var t = ProcessInfo.processInfo.systemUptime
-        let request = client.encrypt(centred, rows: spec.segmentRows, features: spec.features, plan: plan).serialized()
+        let request = client.encrypt(values, rows: rows, features: features, plan: plan).serialized()
         var now = ProcessInfo.processInfo.systemUptime
         statistics.encryptSeconds += now - t
         t = now
-        let response = try transport.multiply(module: spec.module, direction: spec.direction, request: request)
+        let response = try transport.multiply(module: name, direction: direction, request: request)
         now = ProcessInfo.processInfo.systemUptime
         statistics.serverSeconds += now - t
         t = now
         let product = try EncryptedProduct(serialized: response)
-        guard product.rows == spec.segmentRows, product.outputs == spec.outputs else {
-            throw EncryptedBackendError.failed(module: spec.module, reason: "the server returned \(product.rows) × \(product.outputs) values for \(spec.segmentRows) × \(spec.outputs)")
+        guard product.rows == rows, product.outputs == outputs else {
+            throw EncryptedBackendError.failed(module: name, reason: "the server returned \(product.rows) × \(product.outputs) values for \(rows) × \(outputs)")
         }
-        let mask = (UInt64(1) << UInt64(k)) - 1
-        let products = client.decrypt(product, plan: plan).map { UInt64(bitPattern: $0) & mask }
+        let decrypted = client.decrypt(product, plan: plan)
         statistics.decryptSeconds += ProcessInfo.processInfo.systemUptime - t
         statistics.calls += 1
         statistics.bytesSent += request.count
         statistics.bytesReceived += response.count
-        statistics.offlineRows += spec.segmentRows
         if !statistics.parameterSets.contains(plan.parameters.name) { statistics.parameterSets.append(plan.parameters.name) }
         lastPlan = plan
-        return products
+        return decrypted
     }
 
     /// x̂·ŵᵀ through the encrypted product: the raw Σ x_q·w_q come back from the server.
@@ -366,29 +392,10 @@ public final class EncryptedLinearBackend: LinearBackend {
         do {
             let maxAbs = x.quantizers.map { max(abs($0.qMin), abs($0.qMax)) }.max() ?? 0
             let plan = try CallPlan.choose(for: info.shape(rows: rows, maxAbsInput: maxAbs))
-            var t = ProcessInfo.processInfo.systemUptime
-            let integers = x.values.map { Int64($0) }
-            let request = client.encrypt(integers, rows: rows, features: x.columns, plan: plan).serialized()
-            var now = ProcessInfo.processInfo.systemUptime
-            statistics.encryptSeconds += now - t
-            t = now
-            let response = try transport.multiply(module: name, direction: direction, request: request)
-            now = ProcessInfo.processInfo.systemUptime
-            statistics.serverSeconds += now - t
-            t = now
-            let product = try EncryptedProduct(serialized: response)
-            guard product.rows == rows, product.outputs == w.rows else {
-                throw EncryptedBackendError.failed(module: name, reason: "the server returned \(product.rows) × \(product.outputs) values for \(rows) × \(w.rows)")
-            }
-            acc = client.decrypt(product, plan: plan).map { Double($0) }
-            statistics.decryptSeconds += ProcessInfo.processInfo.systemUptime - t
-            statistics.calls += 1
+            acc = try encryptedCall(name, direction, x.values.map { Int64($0) }, rows: rows, features: x.columns, outputs: w.rows, plan: plan)
+                .map { Double($0) }
             statistics.inputValues += rows * x.columns
             statistics.outputValues += rows * w.rows
-            statistics.bytesSent += request.count
-            statistics.bytesReceived += response.count
-            if !statistics.parameterSets.contains(plan.parameters.name) { statistics.parameterSets.append(plan.parameters.name) }
-            lastPlan = plan
         } catch {
             // Nothing falls back to clear computation: record the failure, return zeros, and let
             // the step stop on it.

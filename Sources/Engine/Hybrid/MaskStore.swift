@@ -74,8 +74,10 @@ public final class MaskStore: @unchecked Sendable {
     public var reserveAhead = 256
     /// What was found damaged and rebuilt (for reports).
     public private(set) var notices: [String] = []
-    /// Segments computed offline by this process.
+    /// Segments computed offline by this process, and the seconds they took (the offline
+    /// product and writing the segment).
     public private(set) var segmentsFilled = 0
+    public private(set) var fillSeconds = 0.0
 
     struct Stream: Codable {
         var spec: MaskStreamSpec
@@ -324,6 +326,8 @@ public final class MaskStore: @unchecked Sendable {
     /// Runs the offline product of one segment and writes it; returns its digest.
     private func computeSegment(_ s: Stream, _ index: Int, offline: Offline) throws -> String {
         let spec = s.spec
+        let started = ProcessInfo.processInfo.systemUptime
+        defer { fillSeconds += ProcessInfo.processInfo.systemUptime - started }
         let first = index * spec.segmentRows
         let pads = padRows(spec.name, first: first, count: spec.segmentRows)
         let products: [UInt64]
@@ -342,7 +346,9 @@ public final class MaskStore: @unchecked Sendable {
             }
         }
         let url = segmentURL(s, index)
-        do { try AtomicFile.write(bytes, to: url, permissions: 0o600) } catch {
+        // Not flushed to disk: a segment lost or torn by a power cut fails its digest and is
+        // computed again (only the state file, which orders the use of pads, must be durable).
+        do { try AtomicFile.write(bytes, to: url, permissions: 0o600, durable: false) } catch {
             throw MaskStoreError.unwritable(path: url.path, reason: "\(error.localizedDescription)")
         }
         verified.insert(url.path)

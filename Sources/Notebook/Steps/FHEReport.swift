@@ -45,7 +45,7 @@ enum FHEReport {
             ]))
             context.emit(.table(OutputTable(
                 title: "Time per \(stepName), encrypted mode (masked protocol)",
-                columns: ["offline (HE: encrypt, server, decrypt)", "online client (pad, unpad)", http == nil ? "online server product" : "online server + network",
+                columns: ["offline (HE: encrypt, server, decrypt; store)", "online client (pad, unpad)", http == nil ? "online server product" : "online server + network",
                           "clear work (client)", "total"],
                 rows: [[share(stats.offlineSeconds), share(stats.onlineClientSeconds), share(stats.onlineServerSeconds), share(clear),
                         Format.duration(seconds * perStep)]])))

@@ -11,13 +11,7 @@ import Testing
         -> (losses: [Float], adapter: [[Float]], backend: LinearBackend?) {
         let model = try #require(try PEFTAdapterTests.model(name) as? TrainableModel)
         let adapter = try LoRAAdapter(config: LoRAConfig(rank: 4, alpha: 8, dropout: dropout, targets: targets, seed: 3), modules: model.linearModules)
-        var rng = SeededGenerator(seed: 9)
-        let examples = (0..<6).map { i -> TokenizedExample in
-            let ids = (0..<(8 + i)).map { _ in Int(rng.next() % 250) + 1 }
-            return TokenizedExample(tokens: ids, labels: ids.enumerated().map { $0.offset < 3 ? -100 : $0.element }, line: i + 1)
-        }
-        let data = CausalLMData(examples: examples, options: CausalLMDataOptions(maxLength: 16, padding: .longest), paddingTokenID: 0)
-        let run = try LoRATrainingRun(model: model, adapter: adapter, data: data,
+        let run = try LoRATrainingRun(model: model, adapter: adapter, data: data(),
                                       settings: TrainingSettings(epochs: 2, batchSize: 2, gradientAccumulation: 2, learningRate: 1e-2,
                                                                  fuseMicroBatches: fuse))
         let b = try backend(model)
@@ -26,6 +20,16 @@ import Testing
         while !run.isFinished { losses.append(try run.step().loss) }
         let weights = adapter.layers.flatMap { [$0.a, $0.b] }
         return (losses, weights, b)
+    }
+
+    /// Six random rows of 8 to 13 tokens, the first three of each masked from the loss.
+    static func data() -> CausalLMData {
+        var rng = SeededGenerator(seed: 9)
+        let examples = (0..<6).map { i -> TokenizedExample in
+            let ids = (0..<(8 + i)).map { _ in Int(rng.next() % 250) + 1 }
+            return TokenizedExample(tokens: ids, labels: ids.enumerated().map { $0.offset < 3 ? -100 : $0.element }, line: i + 1)
+        }
+        return CausalLMData(examples: examples, options: CausalLMDataOptions(maxLength: 16, padding: .longest), paddingTokenID: 0)
     }
 
     /// Training in `execute` gives exactly the losses and adapter weights of `disable` with the

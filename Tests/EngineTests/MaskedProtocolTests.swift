@@ -246,13 +246,7 @@ extension MaskedProtocolTests {
         let plan = Self.plan(model)
         func makeRun() throws -> (LoRATrainingRun, LoRAAdapter) {
             let adapter = try LoRAAdapter(config: LoRAConfig(rank: 4, alpha: 8, dropout: 0.1, targets: .allLinear, seed: 3), modules: model.linearModules)
-            var rng = SeededGenerator(seed: 9)
-            let examples = (0..<6).map { i -> TokenizedExample in
-                let ids = (0..<(8 + i)).map { _ in Int(rng.next() % 250) + 1 }
-                return TokenizedExample(tokens: ids, labels: ids.enumerated().map { $0.offset < 3 ? -100 : $0.element }, line: i + 1)
-            }
-            let data = CausalLMData(examples: examples, options: CausalLMDataOptions(maxLength: 16, padding: .longest), paddingTokenID: 0)
-            let run = try LoRATrainingRun(model: model, adapter: adapter, data: data,
+            let run = try LoRATrainingRun(model: model, adapter: adapter, data: EncryptedBackendTests.data(),
                                           settings: TrainingSettings(epochs: 2, batchSize: 2, gradientAccumulation: 1, learningRate: 1e-2, fuseMicroBatches: true))
             return (run, adapter)
         }

@@ -116,8 +116,28 @@ extension FHEServer {
 /// The two online messages share one layout after the common header: k (u8), rows (u32), the
 /// other dimension (u32), the body's byte count (u64) and the body, k-bit values packed LSB-first.
 private enum PackedValues {
+    /// magic, version, kind, bits, rows, columns, body length.
+    static let headerBytes = 4 + 2 + 1 + 1 + 4 + 4 + 8
+
+    /// The header's fields, checked; the reader is left at the body.
+    static func readHeader(_ r: inout ByteReader, kind: UInt8, name: String, columnsName: String) throws(FHEWireError) -> (bits: Int, rows: Int, columns: Int) {
+        try r.header(kind: kind, name: name)
+        let bits = Int(try r.u8())
+        guard MaskedProduct.bitRange.contains(bits) else {
+            throw .invalidField(name: "bits", value: "\(bits), expected \(MaskedProduct.bitRange.lowerBound)…\(MaskedProduct.bitRange.upperBound)")
+        }
+        let rows = Int(try r.u32()), columns = Int(try r.u32())
+        guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows), expected 1…\(FHEWire.maxRows)") }
+        guard (1...FHEWire.maxFeatures).contains(columns) else { throw .invalidField(name: columnsName, value: "\(columns), expected 1…\(FHEWire.maxFeatures)") }
+        let count = try r.u64()
+        let expected = packedByteCount(rows * columns, bits: bits)
+        guard count == UInt64(expected) else { throw .shapeMismatch("body of \(count) bytes, \(rows) × \(columns) values at \(bits) bits need \(expected)") }
+        return (bits, rows, columns)
+    }
+
     static func write(kind: UInt8, bits: Int, rows: Int, columns: Int, body: [UInt8]) -> [UInt8] {
         var w = ByteWriter()
+        w.data.reserveCapacity(headerBytes + body.count)
         w.bytes(FHEWire.magic); w.u16(FHEWire.version); w.u8(kind)
         w.u8(UInt8(bits)); w.u32(UInt32(rows)); w.u32(UInt32(columns))
         w.u64(UInt64(body.count)); w.bytes(body)
@@ -129,20 +149,11 @@ private enum PackedValues {
     static func read(_ bytes: [UInt8], kind: UInt8, name: String, columnsName: String,
                      expecting: (rows: Int, columns: Int, bits: Int)? = nil) throws(FHEWireError) -> (bits: Int, rows: Int, columns: Int, body: [UInt8]) {
         var r = ByteReader(bytes)
-        try r.header(kind: kind, name: name)
-        let bits = Int(try r.u8())
-        guard MaskedProduct.bitRange.contains(bits) else {
-            throw .invalidField(name: "bits", value: "\(bits), expected \(MaskedProduct.bitRange.lowerBound)…\(MaskedProduct.bitRange.upperBound)")
-        }
-        let rows = Int(try r.u32()), columns = Int(try r.u32())
-        guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows), expected 1…\(FHEWire.maxRows)") }
-        guard (1...FHEWire.maxFeatures).contains(columns) else { throw .invalidField(name: columnsName, value: "\(columns), expected 1…\(FHEWire.maxFeatures)") }
+        let (bits, rows, columns) = try readHeader(&r, kind: kind, name: name, columnsName: columnsName)
         if let e = expecting, (e.rows, e.columns, e.bits) != (rows, columns, bits) {
             throw .shapeMismatch("\(rows) × \(columns) values at \(bits) bits, expected \(e.rows) × \(e.columns) at \(e.bits)")
         }
-        let count = try r.u64()
         let expected = packedByteCount(rows * columns, bits: bits)
-        guard count == UInt64(expected) else { throw .shapeMismatch("body of \(count) bytes, \(rows) × \(columns) values at \(bits) bits need \(expected)") }
         let body = try r.bytes(expected, name + " values")
         guard r.remaining == 0 else { throw .invalidField(name: "length", value: "\(r.remaining) trailing bytes") }
         return (bits, rows, columns, body)
@@ -167,6 +178,20 @@ public struct MaskedInput: Sendable, Equatable {
 
     public init(serialized bytes: [UInt8]) throws(FHEWireError) {
         (bits, rows, features, body) = try PackedValues.read(bytes, kind: FHEWire.kindMaskedInput, name: "padded input", columnsName: "features")
+    }
+
+    /// What an online request's first ``Shape/byteCount`` bytes say of it.
+    public struct Shape: Sendable, Equatable {
+        public var bits: Int, rows: Int, features: Int
+        public static let byteCount = PackedValues.headerBytes
+        public var messageBytes: Int { Self.byteCount + packedByteCount(rows * features, bits: bits) }
+
+        public init(bits: Int, rows: Int, features: Int) { (self.bits, self.rows, self.features) = (bits, rows, features) }
+
+        public init(prefix: [UInt8]) throws(FHEWireError) {
+            var r = ByteReader(prefix)
+            (bits, rows, features) = try PackedValues.readHeader(&r, kind: FHEWire.kindMaskedInput, name: "padded input", columnsName: "features")
+        }
     }
 }
 

@@ -189,14 +189,21 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
     /// `shape`, over the given parameter sets.
     public static func choose(for shape: ProductShape, among sets: [FHEParameters] = FHEParameters.all,
                               maxLog2Failure: Double = -64) throws(FHEPlanError) -> CallPlan {
+        try choose(messageBits: try messageBits(for: shape), rows: shape.rows, maxRowL2: shape.maxRowL2, among: sets, maxLog2Failure: maxLog2Failure)
+    }
+
+    /// The same choice for products carried mod 2^`messageBits` (what ``choose(for:among:maxLog2Failure:)``
+    /// depends on besides the rows and the weights' largest row norm).
+    public static func choose(messageBits: Int, rows: Int, maxRowL2: Double, among sets: [FHEParameters] = FHEParameters.all,
+                              maxLog2Failure: Double = -64) throws(FHEPlanError) -> CallPlan {
         var best: CallPlan?
         var reasons: [String] = []
         for p in sets {
             do {
-                let plan = try plan(for: shape, parameters: p, maxLog2Failure: maxLog2Failure)
+                let plan = try plan(messageBits: messageBits, rows: rows, maxRowL2: maxRowL2, parameters: p, maxLog2Failure: maxLog2Failure)
                 if let b = best {
-                    let (c0, c1) = (b.serverColumns(rows: shape.rows), plan.serverColumns(rows: shape.rows))
-                    if c1 < c0 || (c1 == c0 && plan.outputBytesPerValue(rows: shape.rows) < b.outputBytesPerValue(rows: shape.rows)) { best = plan }
+                    let (c0, c1) = (b.serverColumns(rows: rows), plan.serverColumns(rows: rows))
+                    if c1 < c0 || (c1 == c0 && plan.outputBytesPerValue(rows: rows) < b.outputBytesPerValue(rows: rows)) { best = plan }
                 } else {
                     best = plan
                 }
@@ -208,35 +215,60 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
         return best
     }
 
+    /// b with |m| ≤ maxAbsInput·maxRowL1 < 2^(b−1): the signed product is recovered mod 2^b.
+    public static func messageBits(for shape: ProductShape) throws(FHEPlanError) -> Int {
+        let bound = shape.maxAbsInput * shape.maxRowL1
+        let messageBits = Int(ceil(log2(bound + 1))) + 1
+        guard messageBits <= 56 else {
+            throw .noParameters("products up to \(bound) need \(messageBits) message bits; at most 56 fit a 64-bit modulus with its noise")
+        }
+        return messageBits
+    }
+
     /// The cheapest plan within one parameter set.
     public static func plan(for shape: ProductShape, parameters p: FHEParameters,
                             maxLog2Failure: Double = -64) throws(FHEPlanError) -> CallPlan {
-        let bound = shape.maxAbsInput * shape.maxRowL1
-        // |m| ≤ bound < 2^(b−1): the signed product is recovered mod 2^b.
-        let messageBits = Int(ceil(log2(bound + 1))) + 1
-        guard messageBits <= 56 else {
-            throw .noParameters("\(p.name): products up to \(bound) need \(messageBits) message bits; at most 56 fit a 64-bit modulus with its noise")
-        }
-        // The largest variance with P_fail ≤ 2^maxLog2Failure: find z with log2 tail(z) = bound.
+        let messageBits: Int
+        do { messageBits = try Self.messageBits(for: shape) } catch { throw .noParameters("\(p.name): \(error.description)") }
+        return try plan(messageBits: messageBits, rows: shape.rows, maxRowL2: shape.maxRowL2, parameters: p, maxLog2Failure: maxLog2Failure)
+    }
+
+    /// z with log2 P(|Z| ≥ z) = `maxLog2Failure` (bisection; cached for the default −64).
+    static func tailPoint(_ maxLog2Failure: Double) -> Double {
+        if maxLog2Failure == -64 { return defaultTailPoint }
+        return solveTailPoint(maxLog2Failure)
+    }
+    private static let defaultTailPoint = solveTailPoint(-64)
+    private static func solveTailPoint(_ maxLog2Failure: Double) -> Double {
         var lo = 1.0, hi = 64.0
         for _ in 0..<100 {
             let mid = (lo + hi) / 2
             if log2GaussianTail(mid) > maxLog2Failure { lo = mid } else { hi = mid }
         }
+        return hi
+    }
+
+    /// The cheapest plan within one parameter set for products mod 2^`messageBits`.
+    public static func plan(messageBits: Int, rows: Int, maxRowL2: Double, parameters p: FHEParameters,
+                            maxLog2Failure: Double = -64) throws(FHEPlanError) -> CallPlan {
+        guard (1...56).contains(messageBits) else {
+            throw .noParameters("\(p.name): \(messageBits) message bits; 1…56 fit a 64-bit modulus with its noise")
+        }
+        // The largest variance with P_fail ≤ 2^maxLog2Failure.
+        let hi = tailPoint(maxLog2Failure)
         let half = pow(2.0, Double(63 - messageBits))
         let maxVariance = (half / hi) * (half / hi)
         let n = Double(p.ringDegree), s2 = p.secret.variance
-        let w2 = shape.maxRowL2 * shape.maxRowL2
-        let groups = (shape.rows + p.ringDegree - 1) / p.ringDegree
+        let groups = (rows + p.ringDegree - 1) / p.ringDegree
         var candidates: [(Int, Int)] = []
         for body in 1...4 { for mask in 1...4 { candidates.append((body, mask)) } }
         candidates.sort { body0, body1 in
-            let c0 = body0.0 * shape.rows + body0.1 * groups * p.ringDegree, c1 = body1.0 * shape.rows + body1.1 * groups * p.ringDegree
+            let c0 = body0.0 * rows + body0.1 * groups * p.ringDegree, c1 = body1.0 * rows + body1.1 * groups * p.ringDegree
             return c0 != c1 ? c0 < c1 : body0.0 < body1.0
         }
         for (body, mask) in candidates {
             var plan = CallPlan(parameters: p, messageBits: messageBits, bodyLimbs: body, maskLimbs: mask, outputBodyBits: 64, outputMaskBits: 64)
-            let inputVariance = plan.noiseVariance(weightNorm: shape.maxRowL2)
+            let inputVariance = plan.noiseVariance(weightNorm: maxRowL2)
             // Leave at least a quarter of the budget to the output's rounding.
             guard inputVariance <= 0.75 * maxVariance else { continue }
             let rest = maxVariance - inputVariance
@@ -244,10 +276,9 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
             let rBody = floor(log2((6 * rest).squareRoot())), rMask = floor(log2((6 * rest / (s2 * n)).squareRoot()))
             plan.outputBodyBits = min(64, max(1, 64 - Int(rBody)))
             plan.outputMaskBits = min(64, max(1, 64 - Int(rMask)))
-            guard plan.log2FailureProbability(weightNorm: shape.maxRowL2) <= maxLog2Failure else { continue }
-            _ = w2
+            guard plan.log2FailureProbability(weightNorm: maxRowL2) <= maxLog2Failure else { continue }
             return plan
         }
-        throw .noParameters("\(p.name): the noise of weights with row norm \(shape.maxRowL2) and \(messageBits) message bits exceeds the budget for P_fail ≤ 2^\(Int(maxLog2Failure))")
+        throw .noParameters("\(p.name): the noise of weights with row norm \(maxRowL2) and \(messageBits) message bits exceeds the budget for P_fail ≤ 2^\(Int(maxLog2Failure))")
     }
 }

@@ -130,6 +130,7 @@ public struct EncryptedMatrix: Sendable, Equatable {
 
     public func serialized() -> [UInt8] {
         var w = ByteWriter()
+        w.data.reserveCapacity(Shape.byteCount + body.count)
         w.bytes(FHEWire.magic); w.u16(FHEWire.version); w.u8(FHEWire.kindInput)
         w.u16(parametersID); w.u8(UInt8(bodyLimbs)); w.u8(UInt8(maskLimbs)); w.u8(UInt8(outputBodyBits)); w.u8(UInt8(outputMaskBits))
         w.u32(UInt32(rows)); w.u32(UInt32(features)); w.bytes(seed.bytes)
@@ -146,24 +147,74 @@ public struct EncryptedMatrix: Sendable, Equatable {
 
     public init(serialized bytes: [UInt8]) throws(FHEWireError) {
         var r = ByteReader(bytes)
-        try r.header(kind: FHEWire.kindInput, name: "encrypted input")
-        parametersID = try r.u16()
-        guard FHEParameters.withID(parametersID) != nil else { throw .unknownParameters(parametersID) }
-        bodyLimbs = Int(try r.u8()); maskLimbs = Int(try r.u8())
-        outputBodyBits = Int(try r.u8()); outputMaskBits = Int(try r.u8())
-        guard (1...4).contains(bodyLimbs) else { throw .invalidField(name: "body limbs", value: "\(bodyLimbs), expected 1…4") }
-        guard (1...4).contains(maskLimbs) else { throw .invalidField(name: "mask limbs", value: "\(maskLimbs), expected 1…4") }
-        guard (1...64).contains(outputBodyBits) else { throw .invalidField(name: "output body bits", value: "\(outputBodyBits), expected 1…64") }
-        guard (1...64).contains(outputMaskBits) else { throw .invalidField(name: "output mask bits", value: "\(outputMaskBits), expected 1…64") }
-        rows = Int(try r.u32()); features = Int(try r.u32())
-        guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows), expected 1…\(FHEWire.maxRows)") }
-        guard (1...FHEWire.maxFeatures).contains(features) else { throw .invalidField(name: "features", value: "\(features), expected 1…\(FHEWire.maxFeatures)") }
+        let shape = try Shape.read(&r)
+        (parametersID, bodyLimbs, maskLimbs, outputBodyBits, outputMaskBits, rows, features) =
+            (shape.parametersID, shape.bodyLimbs, shape.maskLimbs, shape.outputBodyBits, shape.outputMaskBits, shape.rows, shape.features)
         seed = MaskSeed(bytes: try r.bytes(MaskSeed.byteCount, "mask seed"))
         let count = Int(try r.u64())
-        let expected = packedByteCount(rows * features, bits: 16 * bodyLimbs)
-        guard count == expected else { throw .shapeMismatch("body of \(count) bytes, \(rows) × \(features) values at \(16 * bodyLimbs) bits need \(expected)") }
+        guard count == shape.bodyBytes else {
+            throw .shapeMismatch("body of \(count) bytes, \(rows) × \(features) values at \(16 * bodyLimbs) bits need \(shape.bodyBytes)")
+        }
         body = try r.bytes(count, "ciphertext body")
         guard r.remaining == 0 else { throw .invalidField(name: "length", value: "\(r.remaining) trailing bytes") }
+    }
+
+    public var shape: Shape {
+        Shape(parametersID: parametersID, bodyLimbs: bodyLimbs, maskLimbs: maskLimbs, outputBodyBits: outputBodyBits,
+              outputMaskBits: outputMaskBits, rows: rows, features: features)
+    }
+
+    /// An input message's fields but its seed and body: what its first ``Shape/byteCount``
+    /// bytes say, enough to check its plan and bound the work it asks for before reading on.
+    public struct Shape: Sendable, Equatable {
+        public var parametersID: UInt16
+        public var bodyLimbs: Int, maskLimbs: Int
+        public var outputBodyBits: Int, outputMaskBits: Int
+        public var rows: Int, features: Int
+
+        /// magic, version, kind, set, limbs and bits, rows, features, seed, body length.
+        public static let byteCount = 4 + 2 + 1 + 2 + 4 + 4 + 4 + MaskSeed.byteCount + 8
+
+        public var parameters: FHEParameters { FHEParameters.withID(parametersID)! }
+        public var bodyBytes: Int { packedByteCount(rows * features, bits: 16 * bodyLimbs) }
+        /// The whole message's length.
+        public var messageBytes: Int { Self.byteCount + bodyBytes }
+
+        /// Reads and checks the fields from the first ``byteCount`` bytes of a message (more
+        /// may follow); the body length must be the one the shape needs.
+        public init(prefix: [UInt8]) throws(FHEWireError) {
+            var r = ByteReader(prefix)
+            self = try Self.read(&r)
+            r.offset += MaskSeed.byteCount
+            let count = try r.u64()
+            guard count == UInt64(bodyBytes) else {
+                throw .shapeMismatch("body of \(count) bytes, \(rows) × \(features) values at \(16 * bodyLimbs) bits need \(bodyBytes)")
+            }
+        }
+
+        init(parametersID: UInt16, bodyLimbs: Int, maskLimbs: Int, outputBodyBits: Int, outputMaskBits: Int, rows: Int, features: Int) {
+            (self.parametersID, self.bodyLimbs, self.maskLimbs, self.outputBodyBits, self.outputMaskBits, self.rows, self.features) =
+                (parametersID, bodyLimbs, maskLimbs, outputBodyBits, outputMaskBits, rows, features)
+        }
+
+        /// The header up to the seed (the reader is left at the seed).
+        static func read(_ r: inout ByteReader) throws(FHEWireError) -> Shape {
+            try r.header(kind: FHEWire.kindInput, name: "encrypted input")
+            let parametersID = try r.u16()
+            guard FHEParameters.withID(parametersID) != nil else { throw .unknownParameters(parametersID) }
+            let bodyLimbs = Int(try r.u8()), maskLimbs = Int(try r.u8())
+            let outputBodyBits = Int(try r.u8()), outputMaskBits = Int(try r.u8())
+            guard (1...4).contains(bodyLimbs) else { throw .invalidField(name: "body limbs", value: "\(bodyLimbs), expected 1…4") }
+            guard (1...4).contains(maskLimbs) else { throw .invalidField(name: "mask limbs", value: "\(maskLimbs), expected 1…4") }
+            guard (1...64).contains(outputBodyBits) else { throw .invalidField(name: "output body bits", value: "\(outputBodyBits), expected 1…64") }
+            guard (1...64).contains(outputMaskBits) else { throw .invalidField(name: "output mask bits", value: "\(outputMaskBits), expected 1…64") }
+            let rows = Int(try r.u32()), features = Int(try r.u32())
+            guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows), expected 1…\(FHEWire.maxRows)") }
+            guard (1...FHEWire.maxFeatures).contains(features) else { throw .invalidField(name: "features", value: "\(features), expected 1…\(FHEWire.maxFeatures)") }
+            guard r.remaining >= MaskSeed.byteCount + 8 else { throw .truncated(what: "header", needed: MaskSeed.byteCount + 8, available: r.remaining) }
+            return Shape(parametersID: parametersID, bodyLimbs: bodyLimbs, maskLimbs: maskLimbs, outputBodyBits: outputBodyBits,
+                         outputMaskBits: outputMaskBits, rows: rows, features: features)
+        }
     }
 }
 
@@ -190,6 +241,7 @@ public struct EncryptedProduct: Sendable, Equatable {
 
     public func serialized() -> [UInt8] {
         var w = ByteWriter()
+        w.data.reserveCapacity(4 + 2 + 1 + 2 + 2 + 8 + 16 + masks.count + bodies.count)
         w.bytes(FHEWire.magic); w.u16(FHEWire.version); w.u8(FHEWire.kindOutput)
         w.u16(parametersID); w.u8(UInt8(outputBodyBits)); w.u8(UInt8(outputMaskBits))
         w.u32(UInt32(rows)); w.u32(UInt32(outputs))

@@ -281,26 +281,38 @@ extension MaskedProtocolTests {
 }
 
 extension MaskedProtocolTests {
-    /// The online route refuses, before allocating, a request whose product would be over the
-    /// per-request limit of values, and a request of another width; an unknown module is named.
+    /// The online route refuses a modulus wider than the weights' products of 8-bit inputs need
+    /// (which would multiply the server's work and answer), a request of another width and an
+    /// unknown module; its admission from the header alone bounds the memory before the body.
     @Test func onlineRequestsAreBoundedAndChecked() throws {
         let w = try ServerWeights(outputs: 128, inputs: 1) { o, _ in o % 7 - 3 }
         let weights = RemoteModuleWeights(modules: ["m": (w, w.transposed())])
-        let rows = RemoteModuleWeights.maxMaskedValues / 128 + 1
-        let big = MaskedInput(bits: 20, rows: rows, features: 1, body: [UInt8](repeating: 0, count: (rows * 20 + 7) / 8))
-        #expect(throws: RemoteRequestError.self) { try weights.respondMasked(module: "m", direction: .forward, request: big.serialized()) }
-        do { _ = try weights.respondMasked(module: "m", direction: .forward, request: big.serialized()) } catch {
-            #expect(error.httpStatus == 422 && error.description.contains("over the limit"), "\(error)")
+        // |x| ≤ 255 and Σ|w| ≤ 3: |W·x| ≤ 765 < 2^10, so 11 bits carry every product.
+        let wider = MaskedInput(bits: 12, rows: 3, features: 1, body: [UInt8](repeating: 0, count: 5))
+        do { _ = try weights.respondMasked(module: "m", direction: .forward, request: wider.serialized()); Issue.record("accepted 12 bits") } catch {
+            #expect(error.httpStatus == 422 && error.description.contains("at most 11 bits"), "\(error)")
         }
-        let wide = MaskedInput(bits: 20, rows: 1, features: 2, body: [0, 0, 0, 0, 0])
-        do { _ = try weights.respondMasked(module: "m", direction: .forward, request: wide.serialized()) } catch {
+        #expect(throws: RemoteRequestError.self) {
+            try weights.admit(module: "m", direction: .forward, masked: true, prefix: Array(wider.serialized().prefix(MaskedInput.Shape.byteCount)))
+        }
+        let wide = MaskedInput(bits: 11, rows: 1, features: 2, body: [0, 0, 0])
+        do { _ = try weights.respondMasked(module: "m", direction: .forward, request: wide.serialized()); Issue.record("accepted 2 features") } catch {
             #expect(error.httpStatus == 422 && error.description.contains("takes 1"), "\(error)")
         }
-        do { _ = try weights.respondMasked(module: "n", direction: .forward, request: wide.serialized()) } catch {
+        do { _ = try weights.respondMasked(module: "n", direction: .forward, request: wide.serialized()); Issue.record("accepted module n") } catch {
             #expect(error.httpStatus == 404 && error.description.contains("n"), "\(error)")
         }
-        let fine = MaskedInput(bits: 20, rows: 3, features: 1, body: [UInt8](repeating: 0xA5, count: 8))
-        let answer = try MaskedOutput(serialized: try weights.respondMasked(module: "m", direction: .forward, request: fine.serialized()))
-        #expect(answer.rows == 3 && answer.outputs == 128 && answer.bits == 20)
+        let fine = MaskedInput(bits: 11, rows: 3, features: 1, body: [UInt8](repeating: 0xA5, count: 5))
+        let bytes = fine.serialized()
+        let answer = try MaskedOutput(serialized: try weights.respondMasked(module: "m", direction: .forward, request: bytes))
+        #expect(answer.rows == 3 && answer.outputs == 128 && answer.bits == 11)
+        // The header alone gives the body's exact length and a bound that grows with the rows.
+        let small = try weights.admit(module: "m", direction: .forward, masked: true, prefix: Array(bytes.prefix(MaskedInput.Shape.byteCount)))
+        #expect(small.messageBytes == bytes.count)
+        let rows = FHEWire.maxRows
+        let big = MaskedInput(bits: 11, rows: rows, features: 1, body: [UInt8](repeating: 0, count: (rows * 11 + 7) / 8)).serialized()
+        let large = try weights.admit(module: "m", direction: .forward, masked: true, prefix: Array(big.prefix(MaskedInput.Shape.byteCount)))
+        #expect(large.messageBytes == big.count)
+        #expect(large.peakBytes >= rows * 128 * 8 && large.peakBytes > 1000 * small.peakBytes)
     }
 }

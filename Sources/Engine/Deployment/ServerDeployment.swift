@@ -129,23 +129,73 @@ public enum RemoteRequestError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+/// What a product request's header admits: its whole length and the memory its product takes.
+public struct RequestAdmission: Equatable, Sendable {
+    /// The request body's exact length (what its header declares).
+    public var messageBytes: Int
+    /// An upper bound of the server's memory for it, the body included.
+    public var peakBytes: Int
+}
+
 extension RemoteModuleWeights {
+    /// Inputs of the encrypted modes are quantized to at most 8 bits: no legitimate request
+    /// carries wider products.
+    public static let maxInputBits = 8
+
+    /// Bytes of a request's header: enough for ``admit(module:direction:masked:prefix:)``.
+    public static func headerBytes(masked: Bool) -> Int { masked ? MaskedInput.Shape.byteCount : EncryptedMatrix.Shape.byteCount }
+
+    /// Checks a request from its first ``headerBytes(masked:)`` bytes, before its body is read:
+    /// the module, a well-formed header, the shape, and a plan this server would choose itself
+    /// (so the sender cannot make the answer or the work grow by asking for more limbs, bits or
+    /// a larger parameter set than the weights need).
+    public func admit(module: String, direction: ProductDirection, masked: Bool, prefix: [UInt8]) throws(RemoteRequestError) -> RequestAdmission {
+        guard let m = modules[module] else { throw .unknownModule(module) }
+        let w = direction == .forward ? m.forward : m.backward
+        if masked {
+            let shape: MaskedInput.Shape
+            do { shape = try MaskedInput.Shape(prefix: prefix) } catch { throw .malformed(error.description) }
+            try checkMasked(shape, w, module, direction)
+            return RequestAdmission(messageBytes: shape.messageBytes, peakBytes: FHEServer.peakBytes(shape, outputs: w.outputs))
+        }
+        let shape: EncryptedMatrix.Shape
+        do { shape = try EncryptedMatrix.Shape(prefix: prefix) } catch { throw .malformed(error.description) }
+        try checkEncrypted(shape, w, module, direction)
+        return RequestAdmission(messageBytes: shape.messageBytes, peakBytes: FHEServer.peakBytes(shape, outputs: w.outputs))
+    }
+
+    private func checkEncrypted(_ shape: EncryptedMatrix.Shape, _ w: ServerWeights, _ module: String, _ direction: ProductDirection) throws(RemoteRequestError) {
+        guard shape.features == w.inputs else {
+            throw .wrongShape("the ciphertext has \(shape.features) features; \(module) \(direction.rawValue) takes \(w.inputs)")
+        }
+        if let why = CallPlan.refusal(of: shape, maxRowL1: w.maxRowL1, maxRowL2: w.maxRowL2, maxInputBits: Self.maxInputBits) {
+            throw .wrongShape(why)
+        }
+    }
+
+    private func checkMasked(_ shape: MaskedInput.Shape, _ w: ServerWeights, _ module: String, _ direction: ProductDirection) throws(RemoteRequestError) {
+        guard shape.features == w.inputs else {
+            throw .wrongShape("the padded input has \(shape.features) features; \(module) \(direction.rawValue) takes \(w.inputs)")
+        }
+        let widest = PublicWeightInfo(w).shape(rows: 1, maxAbsInput: Double((1 << Self.maxInputBits) - 1))
+        let most = (try? CallPlan.messageBits(for: widest)) ?? MaskedProduct.bitRange.upperBound
+        guard shape.bits <= most else {
+            throw .wrongShape("the padded input is carried mod 2^\(shape.bits); products of \(Self.maxInputBits)-bit inputs by these weights need at most \(most) bits")
+        }
+    }
+
     /// One request, with the error a server reports for it: the handling shared by the
     /// in-process server of `execute` and `nb serve`.
     public func respond(module: String, direction: ProductDirection, request: [UInt8]) throws(RemoteRequestError) -> [UInt8] {
         guard let m = modules[module] else { throw .unknownModule(module) }
-        do { return try FHEServer.handle(request: request, weights: direction == .forward ? m.forward : m.backward) } catch {
-            switch error {
-            case .wire(let w): throw .malformed(w.description)
-            case .shapeMismatch(let s): throw .wrongShape(s)
-            case .weightOutOfRange: throw .wrongShape(error.description)
-            }
+        let w = direction == .forward ? m.forward : m.backward
+        let input: EncryptedMatrix
+        do { input = try EncryptedMatrix(serialized: request) } catch { throw .malformed(error.description) }
+        try checkEncrypted(input.shape, w, module, direction)
+        do { return try FHEServer.multiply(input, by: w).serialized() } catch {
+            throw Self.requestError(error)
         }
     }
-
-    /// Largest online product a request may ask for (rows × outputs values): the server's
-    /// buffers for it stay within about 0.5 GiB.
-    public static let maxMaskedValues = 1 << 26
 
     /// One online request of the masked protocol (W·u mod 2^k), with the error a server
     /// reports for it.
@@ -154,16 +204,17 @@ extension RemoteModuleWeights {
         let w = direction == .forward ? m.forward : m.backward
         let input: MaskedInput
         do { input = try MaskedInput(serialized: request) } catch { throw .malformed(error.description) }
-        guard input.features == w.inputs else { throw .wrongShape("the padded input has \(input.features) features; \(module) \(direction.rawValue) takes \(w.inputs)") }
-        guard input.rows * w.outputs <= Self.maxMaskedValues else {
-            throw .wrongShape("\(input.rows) rows × \(w.outputs) outputs is over the limit of \(Self.maxMaskedValues) values per request; send fewer rows per call")
-        }
+        try checkMasked(MaskedInput.Shape(bits: input.bits, rows: input.rows, features: input.features), w, module, direction)
         do { return try FHEServer.multiply(input, by: w).serialized() } catch {
-            switch error {
-            case .wire(let e): throw .malformed(e.description)
-            case .shapeMismatch(let s): throw .wrongShape(s)
-            case .weightOutOfRange: throw .wrongShape(error.description)
-            }
+            throw Self.requestError(error)
+        }
+    }
+
+    private static func requestError(_ error: FHEServerError) -> RemoteRequestError {
+        switch error {
+        case .wire(let e): return .malformed(e.description)
+        case .shapeMismatch(let s): return .wrongShape(s)
+        case .weightOutOfRange: return .wrongShape(error.description)
         }
     }
 }

@@ -15,6 +15,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
         // The deployment's HTTP server (`nb serve`); no optional traits (swift-configuration).
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        // Below Hummingbird: the connection handler of `nb serve` (idle time, drain, closing on
+        // errors) and its graceful shutdown.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // System libraries, found with pkg-config (Debian: libcmark-gfm-dev,
@@ -58,7 +63,9 @@ let package = Package(
         // `nb serve`: a deployment's server folder over HTTP (Hummingbird).
         .target(
             name: "Serve",
-            dependencies: ["Engine", "FHE", .product(name: "Hummingbird", package: "hummingbird")]),
+            dependencies: ["Engine", "FHE", .product(name: "Hummingbird", package: "hummingbird"),
+                           .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
 
         // The `nb` executable.
         .executableTarget(

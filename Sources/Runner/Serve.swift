@@ -38,21 +38,43 @@ extension Nb {
         @Option(help: ArgumentHelp("Products computed at once; further requests wait their turn.", valueName: "N"))
         var concurrency = 1
 
-        @Option(name: .customLong("idle-timeout"), help: ArgumentHelp("Close a connection idle this many seconds (a stalled request included).", valueName: "S"))
+        @Option(name: .customLong("idle-timeout"),
+                help: ArgumentHelp("Close a connection that makes no progress either way for this many seconds (a stalled request or a reader that stopped).", valueName: "S"))
         var idleTimeout = 30
+
+        @Option(name: .customLong("max-memory-mb"),
+                help: ArgumentHelp("The server's memory, in MiB: the loaded deployment plus the requests in flight. A request that alone needs more is refused (413); one that must wait for others longer than a few seconds gets 503.", valueName: "N"))
+        var maxMemoryMB = 4096
+
+        @Option(name: .customLong("drain-timeout"), help: ArgumentHelp("On SIGTERM, the seconds the answers in flight may take to finish.", valueName: "S"))
+        var drainTimeout = 60
+
+        @Flag(name: .customLong("allow-unauthenticated"),
+              help: "Serve an address other than loopback without --token-file (refused otherwise: anyone who reaches it could use the server).")
+        var allowUnauthenticated = false
 
         func validate() throws {
             if !(0...65535).contains(port) { throw ValidationError("--port must be in 0…65535") }
             if !(1...(1 << 20)).contains(maxBodyMB) { throw ValidationError("--max-body-mb must be between 1 and 1048576") }
             if concurrency < 1 { throw ValidationError("--concurrency must be at least 1") }
             if idleTimeout < 1 { throw ValidationError("--idle-timeout must be at least 1 second") }
+            if drainTimeout < 1 { throw ValidationError("--drain-timeout must be at least 1 second") }
+            if !(64...(1 << 24)).contains(maxMemoryMB) { throw ValidationError("--max-memory-mb must be between 64 and 16777216") }
         }
 
         func run() throws {
             var options = ServeOptions(host: host, port: port, maxBodyBytes: maxBodyMB << 20, concurrency: concurrency,
-                                       idleTimeout: .seconds(idleTimeout))
+                                       idleTimeout: .seconds(idleTimeout), drainTimeout: .seconds(drainTimeout),
+                                       allowUnauthenticated: allowUnauthenticated)
             if let tokenFile { options.token = try Self.readToken(tokenFile) }
             let deployment = try Self.load(directory)
+            // The budget for requests: what the loaded deployment leaves of --max-memory-mb, less
+            // a reserve for the runtime, the event loops and the connections' buffers.
+            let loaded = Self.residentBytes(), reserve = 64 << 20
+            options.requestMemoryBytes = (maxMemoryMB << 20) - loaded - reserve
+            guard options.requestMemoryBytes >= 16 << 20 else {
+                throw Self.failure("--max-memory-mb \(maxMemoryMB) leaves no room for requests: the loaded deployment takes \(loaded >> 20) MiB, plus a reserve of \(reserve >> 20) MiB; give at least \((loaded + reserve) >> 20 + 16)", code: 2)
+            }
 
             // The server is async; this command blocks its (main) thread until it stops.
             let outcome = Outcome()
@@ -69,6 +91,14 @@ extension Nb {
             }
             done.wait()
             if let error = outcome.error { throw Self.failure("\(error)", code: 1) }
+        }
+
+        /// This process's resident memory (Linux: /proc/self/statm), 0 where unknown.
+        static func residentBytes() -> Int {
+            guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+            let fields = text.split(separator: " ")
+            guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+            return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
         }
 
         static func load(_ directory: String) throws -> ServerDeployment {

@@ -35,10 +35,11 @@ struct AccessMiddleware: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let started = ContinuousClock.now
         stats.requests.update { $0 += 1 }
-        let response: Response
+        var response: Response
         var failure: String?
         do {
             if let token, request.uri.path != Self.publicPath, !Self.authorizes(request.headers[.authorization], token: token) {
+                // Answered before a byte of the body is read; the connection is then closed.
                 throw HTTPFailure(.unauthorized, "missing or wrong bearer token", headers: [.wwwAuthenticate: "Bearer"])
             }
             response = try await next(request, context)
@@ -51,7 +52,19 @@ struct AccessMiddleware: RouterMiddleware {
             write(request, context, status: nil, bytesOut: 0, started: started, error: "connection dropped: \(error)")
             throw error
         }
-        write(request, context, status: response.status.code, bytesOut: response.body.contentLength ?? 0, started: started, error: failure)
+        // The line is written once the body has been sent, with the bytes really written (and
+        // the time the peer took to read them).
+        let (status, body, refusal) = (response.status.code, response.body, failure)
+        response.body = ResponseBody(contentLength: body.contentLength) { [self] writer in
+            let sent = Locked(0)
+            do {
+                try await body.write(CountingWriter(parent: writer, sent: sent))
+            } catch {
+                self.write(request, context, status: status, bytesOut: sent.value, started: started, error: "answer cut after \(sent.value) bytes: \(error)")
+                throw error
+            }
+            self.write(request, context, status: status, bytesOut: sent.value, started: started, error: refusal)
+        }
         return response
     }
 
@@ -81,5 +94,20 @@ struct AccessMiddleware: RouterMiddleware {
         var difference: UInt8 = given.count == token.count ? 0 : 1
         for i in token.indices { difference |= token[i] ^ (i < given.count ? given[i] : 0) }
         return difference == 0
+    }
+}
+
+/// Passes a body on and counts the bytes whose write completed.
+private struct CountingWriter: ResponseBodyWriter {
+    var parent: any ResponseBodyWriter
+    let sent: Locked<Int>
+
+    mutating func write(_ buffer: ByteBuffer) async throws {
+        try await parent.write(buffer)
+        sent.update { $0 += buffer.readableBytes }
+    }
+
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
+        try await parent.finish(trailingHeaders)
     }
 }

@@ -63,14 +63,22 @@ final class ServeTests {
 
     func path(_ module: String, _ direction: ProductDirection) -> String { "/v1/modules/\(module)/\(direction.rawValue)" }
 
-    /// An online request of the masked protocol (k = 24): its body, the pads and the inputs.
+    /// The modulus bits a client uses online for `module`: those of the products of 8-bit
+    /// inputs, the widest the server admits.
+    func maskedBits(_ module: String, _ direction: ProductDirection) -> Int {
+        let metadata = deployment.manifest.modules.first { $0.name == module }!.weights(direction)
+        return try! CallPlan.messageBits(for: ProductShape(rows: 1, innerDimension: metadata.inputs, maxAbsInput: 255,
+                                                           maxRowL1: metadata.maxRowL1, maxRowL2: metadata.maxRowL2))
+    }
+
+    /// An online request of the masked protocol: its body, the pads and the inputs.
     func maskedRequest(_ module: String, _ direction: ProductDirection, rows: Int) -> (body: [UInt8], pads: [UInt64], x: [Int64]) {
         let metadata = deployment.manifest.modules.first { $0.name == module }!.weights(direction)
-        let k = metadata.inputs
+        let k = metadata.inputs, bits = maskedBits(module, direction)
         let x = (0..<(rows * k)).map { _ in Int64.random(in: -127...127, using: &rng) }
-        var expander = PadExpander(seed: .fresh(), bits: 24)
+        var expander = PadExpander(seed: .fresh(), bits: bits)
         let pads = expander.pads(first: 0, count: rows, features: k)
-        let body = x.withUnsafeBufferPointer { xs in pads.withUnsafeBufferPointer { MaskedProduct.blind(xs, pads: $0, rows: rows, features: k, bits: 24) } }
+        let body = x.withUnsafeBufferPointer { xs in pads.withUnsafeBufferPointer { MaskedProduct.blind(xs, pads: $0, rows: rows, features: k, bits: bits) } }
         return (body.serialized(), pads, x)
     }
 
@@ -128,15 +136,16 @@ final class ServeTests {
                 let response = try RawConnection.exchange(port: server.port, "POST", path(m.name, direction) + "/masked", body: body)
                 try #require(response.status == 200, "\(m.name) \(direction) masked: \(response.status) \(response.text)")
                 let w = direction == .forward ? deployment.weights.modules[m.name]!.forward : deployment.weights.modules[m.name]!.backward
-                let output = try MaskedOutput(serialized: response.body, expecting: (3, w.outputs, 24))
+                let bits = maskedBits(m.name, direction), mask: UInt64 = (1 << UInt64(bits)) - 1, shift = UInt64(64 - bits)
+                let output = try MaskedOutput(serialized: response.body, expecting: (3, w.outputs, bits))
                 func product(_ v: [UInt64]) -> [UInt64] {
                     (0..<(3 * w.outputs)).map { i in
                         let (r, o) = (i / w.outputs, i % w.outputs)
-                        return (0..<w.inputs).reduce(UInt64(0)) { $0 &+ v[r * w.inputs + $1] &* UInt64(bitPattern: Int64(w.value(o, $1))) } & 0xFF_FFFF
+                        return (0..<w.inputs).reduce(UInt64(0)) { $0 &+ v[r * w.inputs + $1] &* UInt64(bitPattern: Int64(w.value(o, $1))) } & mask
                     }
                 }
                 let y = product(pads).withUnsafeBufferPointer { MaskedProduct.unblind(output, padProducts: $0) }
-                #expect(y == product(x.map { UInt64(bitPattern: $0) }).map { Int64(bitPattern: $0 << 40) >> 40 }, "\(m.name) \(direction): masked product")
+                #expect(y == product(x.map { UInt64(bitPattern: $0) }).map { Int64(bitPattern: $0 << shift) >> Int64(shift) }, "\(m.name) \(direction): masked product")
             }
         }
 
@@ -198,8 +207,9 @@ final class ServeTests {
             BadRequest(name: "wrong version", path: forward, body: patched(4, [2, 0]), status: 400, says: "version 2 is not supported"),
             BadRequest(name: "wrong kind", path: forward, body: patched(6, [3]), status: 400, says: "got kind 3"),
             BadRequest(name: "unknown parameter set", path: forward, body: patched(7, [0xE7, 0x03]), status: 400, says: "unknown FHE parameter set id 999"),
-            BadRequest(name: "truncated ciphertext", path: forward, body: Array(valid.dropLast(7)), status: 400, says: "truncated"),
-            BadRequest(name: "trailing bytes", path: forward, body: valid + [0], status: 400, says: "1 trailing bytes"),
+            // A Content-Length other than the header's length: refused before the body is read.
+            BadRequest(name: "truncated ciphertext", path: forward, body: Array(valid.dropLast(7)), status: 400, says: "Content-Length is \(valid.count - 7) bytes"),
+            BadRequest(name: "trailing bytes", path: forward, body: valid + [0], status: 400, says: "Content-Length is \(valid.count + 1) bytes"),
             BadRequest(name: "wrong shape", path: forward, body: wrongShape, status: 422, says: "wrong shape"),
             BadRequest(name: "unknown module", path: "/v1/modules/transformer.h.9.attn.c_attn/forward", body: valid, status: 404, says: "no remote module"),
             BadRequest(name: "unknown direction", path: "/v1/modules/\(attention)/sideways", body: valid, status: 404, says: "unknown direction"),
@@ -210,7 +220,7 @@ final class ServeTests {
             BadRequest(name: "masked: random bytes", path: forward + "/masked", body: garbage, status: 400, says: "not an nb message"),
             BadRequest(name: "masked: a ciphertext on the online route", path: forward + "/masked", body: valid, status: 400, says: "expected a padded input"),
             BadRequest(name: "masked: bits out of range", path: forward + "/masked", body: maskedPatched(7, [60]), status: 400, says: "invalid bits"),
-            BadRequest(name: "masked: truncated", path: forward + "/masked", body: Array(maskedValid.dropLast(3)), status: 400, says: "truncated"),
+            BadRequest(name: "masked: truncated", path: forward + "/masked", body: Array(maskedValid.dropLast(3)), status: 400, says: "Content-Length is"),
             BadRequest(name: "masked: wrong shape", path: forward + "/masked", body: maskedWrongShape, status: 422, says: "features"),
             BadRequest(name: "masked: unknown module", path: "/v1/modules/transformer.h.9.attn.c_attn/forward/masked", body: maskedValid, status: 404, says: "no remote module"),
         ]
@@ -271,16 +281,20 @@ final class ServeTests {
         let announced = try RawConnection(port: server.port)
         announced.send(method: "POST", path: path(attention, .forward), headers: ["Content-Length": String(limit + 1)])
         #expect(announced.readResponse()?.status == 413)
-        // Chunked (no length announced): refused once it grows past the limit.
+        // Chunked (no length announced): refused from the header, which declares a body past the
+        // limit, before the rest is read (none of it is sent).
+        let rows = 40_000
+        let big = try product(attention, .forward, rows: rows).body
         let chunked = try RawConnection(port: server.port)
         chunked.send(method: "POST", path: path(attention, .forward), headers: ["Transfer-Encoding": "chunked"])
-        let chunk = [UInt8](repeating: 0x41, count: 64 << 10)
-        for _ in 0..<(limit / chunk.count + 2) { chunked.send(Array("\(String(chunk.count, radix: 16))\r\n".utf8) + chunk + Array("\r\n".utf8)) }
-        chunked.send("0\r\n\r\n")
-        #expect(chunked.readResponse()?.status == 413)
-        // Exactly at the limit: read, then refused as malformed.
+        let header = Array(big.prefix(EncryptedMatrix.Shape.byteCount))
+        chunked.send(Array("\(String(header.count, radix: 16))\r\n".utf8) + header + Array("\r\n".utf8))
+        let refused = try #require(chunked.readResponse())
+        #expect(refused.status == 413 && refused.text.contains("over the limit of \(limit)"), "\(refused.status) \(refused.text)")
+        #expect(refused.headers["connection"] == "close")
+        // Exactly at the limit: refused as malformed from its first bytes.
         let atLimit = try RawConnection.exchange(port: server.port, "POST", path(attention, .forward), body: [UInt8](repeating: 0, count: limit))
-        #expect(atLimit.status == 400)
+        #expect(atLimit.status == 400 && atLimit.text.contains("not an nb message"))
         try expectValidProduct(port: server.port)
     }
 

@@ -133,10 +133,17 @@ struct RawResponse {
 final class RawConnection {
     let fd: Int32
     private var pending: [UInt8] = []
+    /// With a pace, each read takes at most `bytes` and is followed by a pause: a slow reader.
+    var pace: (bytes: Int, pause: TimeInterval)?
 
-    init(port: Int, receiveTimeout: TimeInterval = 10) throws {
+    /// `receiveBuffer`: a small socket buffer (set before connecting), so that a slow reader
+    /// holds the server's writes back.
+    init(port: Int, receiveTimeout: TimeInterval = 10, receiveBuffer: Int? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw ServeTestError("socket: \(String(cString: strerror(errno)))") }
+        if var size = receiveBuffer.map(Int32.init) {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -154,6 +161,7 @@ final class RawConnection {
     }
 
     deinit { close(fd) }
+
 
     /// Sends every byte (false if the server closed or reset the connection first).
     @discardableResult
@@ -180,10 +188,13 @@ final class RawConnection {
             defer { pending = [] }
             return .bytes(pending)
         }
-        var buffer = [UInt8](repeating: 0, count: 65536)
+        var buffer = [UInt8](repeating: 0, count: pace?.bytes ?? 65536)
         while true {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-            if n > 0 { return .bytes(Array(buffer[0..<n])) }
+            if n > 0 {
+                if let pace { Thread.sleep(forTimeInterval: pace.pause) }
+                return .bytes(Array(buffer[0..<n]))
+            }
             if n == 0 { return .closed }
             switch errno {
             case EINTR: continue

@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // The `remote` mode's HTTP client (bounded answers, one deadline per exchange).
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // System libraries, found with pkg-config (Debian: libcmark-gfm-dev,
@@ -49,7 +51,9 @@ let package = Package(
         // Tensors, data sets, models, training (grows with the engine issues).
         .target(
             name: "Engine",
-            dependencies: ["COpenBLAS", "CKernels", "FHE", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["COpenBLAS", "CKernels", "FHE", .product(name: "Crypto", package: "swift-crypto"),
+                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                           .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio")],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
 
         // Markdown -> cells -> steps -> state -> HTML report.

@@ -123,7 +123,8 @@ func deploymentChildModes() throws -> Bool {
                                                                                  maxRowL1: w.maxRowL1, maxRowL2: w.maxRowL2))
                                 let request = fhe.encrypt(x, rows: rows, features: w.inputs, plan: plan).serialized()
                                 let t = now()
-                                let response = try transport.multiply(module: m.name, direction: direction, request: request)
+                                let response = try transport.multiply(module: m.name, direction: direction, request: request,
+                                                                                      responseBytes: EncryptedProduct.byteCount(plan: plan, rows: rows, outputs: w.outputs))
                                 let latency = now() - t
                                 let product = try EncryptedProduct(serialized: response)
                                 guard product.rows == rows, product.outputs == w.outputs else { throw RemoteServerError.badResponse(url: url.absoluteString, reason: "shape") }

@@ -207,6 +207,9 @@ public struct MaskedOutput: Sendable, Equatable {
         (self.bits, self.rows, self.outputs, self.body) = (bits, rows, outputs, body)
     }
 
+    /// The serialized length of an answer of `rows` × `outputs` values mod 2^`bits`.
+    public static func byteCount(bits: Int, rows: Int, outputs: Int) -> Int { PackedValues.headerBytes + packedByteCount(rows * outputs, bits: bits) }
+
     public func serialized() -> [UInt8] {
         PackedValues.write(kind: FHEWire.kindMaskedOutput, bits: bits, rows: rows, columns: outputs, body: body)
     }

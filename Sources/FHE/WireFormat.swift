@@ -234,6 +234,14 @@ public struct EncryptedProduct: Sendable, Equatable {
     public var parameters: FHEParameters { FHEParameters.withID(parametersID)! }
     public var groups: Int { (rows + parameters.ringDegree - 1) / parameters.ringDegree }
 
+    /// The serialized length of the answer to a request of `rows` tokens under `plan`, by a
+    /// matrix of `outputs` rows: what a client expects, to refuse any other before reading it.
+    public static func byteCount(plan: CallPlan, rows: Int, outputs: Int) -> Int {
+        let columns = ((rows + plan.parameters.ringDegree - 1) / plan.parameters.ringDegree) * plan.parameters.ringDegree
+        return 4 + 2 + 1 + 2 + 1 + 1 + 4 + 4 + 8 + packedByteCount(outputs * columns, bits: plan.outputMaskBits)
+            + 8 + packedByteCount(outputs * rows, bits: plan.outputBodyBits)
+    }
+
     public init(parametersID: UInt16, outputBodyBits: Int, outputMaskBits: Int, rows: Int, outputs: Int, masks: [UInt8], bodies: [UInt8]) {
         (self.parametersID, self.outputBodyBits, self.outputMaskBits, self.rows, self.outputs, self.masks, self.bodies) =
             (parametersID, outputBodyBits, outputMaskBits, rows, outputs, masks, bodies)

@@ -16,11 +16,11 @@ import Testing
         let server: ServerDeployment
         var requests: [[UInt8]] = []
         init(_ server: ServerDeployment) { self.server = server }
-        func multiply(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+        func multiply(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8] {
             requests.append(request)
             return try server.handle(module: module, direction: direction, request: request)
         }
-        func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+        func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8] {
             requests.append(request)
             return try server.handleMasked(module: module, direction: direction, request: request)
         }

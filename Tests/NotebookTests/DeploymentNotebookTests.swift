@@ -266,4 +266,42 @@ import Testing
         #expect(result.stderr.contains("server"), "the error names the key")
         #expect(Date().timeIntervalSince(started) < 60)
     }
+
+    /// A checkpoint belongs to the computation, not to the server's URL: a run that crashed
+    /// against one replica resumes against another; a run whose server is gone says that the
+    /// checkpoint is kept, and the next run resumes from it.
+    @Test func aCheckpointSurvivesAChangeOfServer() throws {
+        let w = try TrainingNotebookTests.workspace(Self.full.replacingOccurrences(of: "mode: execute", with: "mode: disable"))
+        #expect(try TrainingNotebookTests.run(w).code == 0)
+        let token = w.root.appendingPathComponent("token")
+        try Data("t0k3n-\(UUID().uuidString)".utf8).write(to: token)
+        chmod(token.path, 0o600)
+        let serverFolder = w.root.appendingPathComponent("deploy/server")
+
+        // Replica A: the run dies after the checkpoint of step 2.
+        let a = try Server(directory: serverFolder, port: 0, token: token, log: w.root.appendingPathComponent("a.log"))
+        try w.write("client.md", Self.client(server: "http://127.0.0.1:\(a.port)"))
+        let crashed = try TrainingNotebookTests.run(w, ["client.md"], extra: ["NB_TEST_KILL_AFTER_STEP": "2"])
+        #expect(crashed.code != 0)
+        _ = a.stop()
+
+        // A server that is gone: the run fails and says the checkpoint is kept.
+        let proxy = try RecordingProxy(upstreamPort: 9)
+        let dead = proxy.port
+        proxy.stop()
+        try w.write("client.md", Self.client(server: "http://127.0.0.1:\(dead)"))
+        let failed = try TrainingNotebookTests.run(w, ["client.md"], extra: ["NB_REMOTE_ATTEMPTS": "2"])
+        #expect(failed.code == 1)
+        #expect(failed.stderr.contains("checkpoint is kept at") && failed.stderr.contains("resumes from it"), "\(failed.stderr)")
+
+        // Replica B, at another URL: the run resumes from step 2 and finishes.
+        let b = try Server(directory: serverFolder, port: 0, token: token, log: w.root.appendingPathComponent("b.log"))
+        defer { _ = b.stop() }
+        #expect(b.port != a.port)
+        try w.write("client.md", Self.client(server: "http://127.0.0.1:\(b.port)"))
+        let resumed = try TrainingNotebookTests.run(w, ["client.md"])
+        #expect(resumed.code == 0, "\(resumed.stderr)")
+        let html = try w.read("outputs/client.html")
+        #expect(html.contains("Resumed from the checkpoint at step 2 of 4"), "the run started over")
+    }
 }

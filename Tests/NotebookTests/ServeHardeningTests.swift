@@ -67,6 +67,7 @@ extension ServeTests {
     @Test func theMemoryBudgetBoundsEveryRequest() throws {
         let maxMemory = 256 << 20
         let server = try ServeProcess(deployment: directory, ["--max-memory-mb", String(maxMemory >> 20), "--idle-timeout", "4"])
+        _ = server.stderr.wait(timeout: 10) { $0.contains("\"event\":\"start\"") ? true : nil }
         let start = try #require(try server.logLines().first { $0["event"] as? String == "start" })
         let budget = try #require(start["request_memory_bytes"] as? Int)
         #expect(budget > 16 << 20 && budget < maxMemory)
@@ -217,6 +218,7 @@ extension ServeTests {
         #expect(refused.stderr.contains("without a token") && refused.stderr.contains("--allow-unauthenticated"), "\(refused.stderr)")
         // On loopback without a token: served, with a warning in the log.
         let server = try ServeProcess(deployment: directory)
+        _ = server.stderr.wait(timeout: 10) { $0.contains("\"event\":\"no_token\"") ? true : nil }
         let warning = try server.logLines().first { $0["event"] as? String == "no_token" }
         #expect(warning?["level"] as? String == "warning")
     }

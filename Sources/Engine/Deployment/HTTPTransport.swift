@@ -1,8 +1,8 @@
+import AsyncHTTPClient
 import FHE
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import NIOCore
+import NIOHTTP1
 
 /// Why the remote server could not be used.
 public enum RemoteServerError: Error, CustomStringConvertible, Equatable {
@@ -42,59 +42,73 @@ public struct RemoteSettings: Codable, Equatable, Sendable {
 }
 
 /// The `remote` mode's transport: each product is one `POST /v1/modules/{name}/{direction}`
-/// to `nb serve` with the serialized ciphertexts. Connection errors and 5xx answers are
-/// retried with exponential backoff (a restarting server loses nothing: it is stateless and
-/// the request is resent whole); 4xx answers are errors at once.
+/// to `nb serve` with the serialized ciphertexts, over AsyncHTTPClient. Connection errors and
+/// 5xx answers are retried with exponential backoff (a restarting server loses nothing: it is
+/// stateless and the request is resent whole); 4xx answers are errors at once.
+///
+/// Nothing the server says is trusted for size or time: an answer must be exactly the length
+/// its request implies (a `Content-Length` of anything else is refused before a byte of the
+/// body is read, a longer body is cut off as it arrives), error answers are read to 64 KiB at
+/// most, and each attempt has one deadline for the whole exchange, body included.
 public final class HTTPTransport: EncryptedTransport, @unchecked Sendable {
     public let baseURL: URL
     let token: String?
     public let settings: RemoteSettings
-    private let session: URLSession
+    private let client: HTTPClient
     /// Requests resent after a failed attempt (for reports).
     public private(set) var retries = 0
+
+    /// The most an error answer or `GET /v1/modules` may send.
+    static let maxErrorBytes = 64 << 10, maxManifestBytes = 64 << 20
 
     public init(baseURL: URL, token: String? = nil, settings: RemoteSettings = RemoteSettings()) {
         (self.baseURL, self.token, self.settings) = (baseURL, token, settings)
         // A remote client is the small side of the split: keep its memory near its model.
         FHEMemory.compact()
-        let configuration = URLSessionConfiguration.ephemeral
-        configuration.timeoutIntervalForRequest = settings.timeout
-        configuration.timeoutIntervalForResource = settings.timeout
-        configuration.httpMaximumConnectionsPerHost = 2
-        configuration.requestCachePolicy = .reloadIgnoringLocalCacheData
-        session = URLSession(configuration: configuration)
+        var configuration = HTTPClient.Configuration()
+        // A redirect could carry the token elsewhere: none is followed.
+        configuration.redirectConfiguration = .disallow
+        configuration.decompression = .disabled
+        configuration.httpVersion = .http1Only
+        // A refused connection fails the attempt at once; the retry policy below waits and retries.
+        configuration.connectionPool.retryConnectionEstablishment = false
+        let stall = TimeAmount.milliseconds(Int64(max(1, settings.timeout) * 1000))
+        configuration.timeout = .init(connect: .seconds(10), read: stall, write: stall)
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }
 
-    deinit { session.invalidateAndCancel() }
+    deinit { try? client.syncShutdown() }
 
-    public func multiply(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+    public func multiply(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8] {
         let url = baseURL.appendingPathComponent("v1/modules").appendingPathComponent(module).appendingPathComponent(direction.rawValue)
-        return try send(url, method: "POST", body: Data(request), contentType: "application/octet-stream")
+        return try send(url, method: .POST, body: request, expecting: .exactly(responseBytes))
     }
 
     /// The online product: `POST /v1/modules/{name}/{direction}/masked`.
-    public func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+    public func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8] {
         let url = baseURL.appendingPathComponent("v1/modules").appendingPathComponent(module).appendingPathComponent(direction.rawValue)
             .appendingPathComponent("masked")
-        return try send(url, method: "POST", body: Data(request), contentType: "application/octet-stream")
+        return try send(url, method: .POST, body: request, expecting: .exactly(responseBytes))
     }
 
     /// `GET /v1/modules`: the server's manifest.
     public func modules() throws -> ModulesResponse {
         let url = baseURL.appendingPathComponent("v1/modules")
-        let body = try send(url, method: "GET", body: nil, contentType: nil)
+        let body = try send(url, method: .GET, body: nil, expecting: .atMost(Self.maxManifestBytes))
         do { return try JSONDecoder().decode(ModulesResponse.self, from: Data(body)) } catch {
             throw RemoteServerError.badResponse(url: url.absoluteString, reason: "GET /v1/modules is not a deployment manifest (\(error))")
         }
     }
 
     /// One request with the retry policy; the body of a 200 answer.
-    func send(_ url: URL, method: String, body: Data?, contentType: String?) throws -> [UInt8] {
-        var request = URLRequest(url: url, cachePolicy: .reloadIgnoringLocalCacheData, timeoutInterval: settings.timeout)
-        request.httpMethod = method
-        if let contentType { request.setValue(contentType, forHTTPHeaderField: "Content-Type") }
-        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
-        request.httpBody = body
+    func send(_ url: URL, method: HTTPMethod, body: [UInt8]?, expecting size: BoundedBody.Size) throws -> [UInt8] {
+        var request: HTTPClient.Request
+        do { request = try HTTPClient.Request(url: url, method: method) } catch {
+            throw RemoteServerError.badResponse(url: url.absoluteString, reason: "not a usable URL (\(error))")
+        }
+        if body != nil { request.headers.add(name: "Content-Type", value: "application/octet-stream") }
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        if let body { request.body = .bytes(body) }
         let started = ProcessInfo.processInfo.systemUptime
         var wait = settings.backoff
         var lastError = ""
@@ -104,38 +118,94 @@ public final class HTTPTransport: EncryptedTransport, @unchecked Sendable {
                 Thread.sleep(forTimeInterval: wait)
                 wait = min(wait * 2, settings.maxBackoff)
             }
-            let (data, response, error) = perform(request)
-            if let error {
-                lastError = error.localizedDescription
+            let delegate = BoundedBody(expecting: size)
+            let deadline = NIODeadline.now() + .milliseconds(Int64(settings.timeout * 1000))
+            let answer: (status: Int, body: [UInt8])
+            do {
+                answer = try client.execute(request: request, delegate: delegate, deadline: deadline).wait()
+            } catch let error as BoundedBody.Refusal {
+                // The server answered, but not what this request implies: a broken or hostile
+                // server, not a passing failure.
+                throw RemoteServerError.badResponse(url: url.absoluteString, reason: error.description)
+            } catch let error as HTTPClientError where error == .deadlineExceeded {
+                throw RemoteServerError.unavailable(url: url.absoluteString, attempts: attempt, seconds: ProcessInfo.processInfo.systemUptime - started,
+                                                    lastError: "no complete answer within the \(Int(settings.timeout)) s deadline")
+            } catch {
+                lastError = "\(error)"
                 continue
             }
-            guard let http = response as? HTTPURLResponse else { lastError = "no HTTP response"; continue }
-            let bytes = data.map { [UInt8]($0) } ?? []
-            switch http.statusCode {
-            case 200: return bytes
-            case 500...599:
-                lastError = "HTTP \(http.statusCode) \(String(decoding: bytes.prefix(300), as: UTF8.self))"
-            default:
-                throw RemoteServerError.refused(url: url.absoluteString, status: http.statusCode,
-                                                message: String(decoding: bytes.prefix(500), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+            let text = String(decoding: answer.body.prefix(500), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            switch answer.status {
+            case 200: return answer.body
+            case 500...599: lastError = "HTTP \(answer.status) \(text)"
+            default: throw RemoteServerError.refused(url: url.absoluteString, status: answer.status, message: text)
             }
         }
         throw RemoteServerError.unavailable(url: url.absoluteString, attempts: max(1, settings.attempts),
                                             seconds: ProcessInfo.processInfo.systemUptime - started, lastError: lastError)
     }
+}
 
-    /// Runs one request and waits for it (the training pass calls the backend synchronously).
-    private func perform(_ request: URLRequest) -> (Data?, URLResponse?, Error?) {
-        let done = DispatchSemaphore(value: 0)
-        let box = ResultBox()
-        let task = session.dataTask(with: request) { data, response, error in
-            box.value = (data, response, error)
-            done.signal()
-        }
-        task.resume()
-        done.wait()
-        return box.value ?? (nil, nil, URLError(.unknown))
+/// Collects an answer within bounds fixed before it starts: a 200 answer of exactly (or at
+/// most) the size the request implies, any other of at most ``HTTPTransport/maxErrorBytes``.
+/// A declared length out of bounds fails the exchange at the head; a body that grows past its
+/// bound fails it at that part.
+final class BoundedBody: HTTPClientResponseDelegate, @unchecked Sendable {
+    // AsyncHTTPClient calls a delegate's methods one at a time, on its event loop.
+    typealias Response = (status: Int, body: [UInt8])
+
+    enum Size { case exactly(Int), atMost(Int) }
+
+    struct Refusal: Error, CustomStringConvertible {
+        var description: String
     }
 
-    private final class ResultBox: @unchecked Sendable { var value: (Data?, URLResponse?, Error?)? }
+    let size: Size
+    private var status = 0
+    private var limit = 0
+    private var body: [UInt8] = []
+
+    init(expecting size: Size) { self.size = size }
+
+    func didReceiveHead(task: HTTPClient.Task<Response>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
+        status = Int(head.status.code)
+        let declared = head.headers.first(name: "content-length").flatMap { Int($0) }
+        if status == 200 {
+            switch size {
+            case .exactly(let n):
+                if let declared, declared != n {
+                    return task.eventLoop.makeFailedFuture(Refusal(description: "the answer declares \(declared) bytes; this request's answer is exactly \(n)"))
+                }
+                limit = n
+            case .atMost(let n):
+                if let declared, declared > n {
+                    return task.eventLoop.makeFailedFuture(Refusal(description: "the answer declares \(declared) bytes, over the limit of \(n)"))
+                }
+                limit = n
+            }
+        } else {
+            limit = HTTPTransport.maxErrorBytes
+            if let declared, declared > limit {
+                return task.eventLoop.makeFailedFuture(Refusal(description: "HTTP \(status) with a body of \(declared) bytes, over the \(limit) an error may take"))
+            }
+        }
+        body.reserveCapacity(min(declared ?? 0, limit))
+        return task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didReceiveBodyPart(task: HTTPClient.Task<Response>, _ buffer: ByteBuffer) -> EventLoopFuture<Void> {
+        guard body.count + buffer.readableBytes <= limit else {
+            let what = status == 200 ? "the answer" : "HTTP \(status)'s body"
+            return task.eventLoop.makeFailedFuture(Refusal(description: "\(what) goes on past \(limit) bytes"))
+        }
+        buffer.withUnsafeReadableBytes { body.append(contentsOf: $0) }
+        return task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didFinishRequest(task: HTTPClient.Task<Response>) throws -> Response {
+        if status == 200, case .exactly(let n) = size, body.count != n {
+            throw Refusal(description: "the answer ended after \(body.count) bytes; this request's answer is exactly \(n)")
+        }
+        return (status, body)
+    }
 }

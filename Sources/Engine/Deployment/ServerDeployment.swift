@@ -22,10 +22,10 @@ public final class RemoteModuleWeights: @unchecked Sendable {
 public final class InProcessTransport: EncryptedTransport {
     public let weights: RemoteModuleWeights
     public init(weights: RemoteModuleWeights) { self.weights = weights }
-    public func multiply(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+    public func multiply(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8] {
         try weights.respond(module: module, direction: direction, request: request)
     }
-    public func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8] {
+    public func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8] {
         try weights.respondMasked(module: module, direction: direction, request: request)
     }
 }

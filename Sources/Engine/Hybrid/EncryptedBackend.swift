@@ -43,10 +43,11 @@ public enum ProductProtocol: String, Codable, CaseIterable, Sendable {
 
 /// Where encrypted requests go: the in-process server (`execute`) or an HTTP server (`remote`).
 public protocol EncryptedTransport: AnyObject {
-    /// The serialized ``EncryptedProduct`` for a serialized ``EncryptedMatrix``.
-    func multiply(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8]
+    /// The serialized ``EncryptedProduct`` for a serialized ``EncryptedMatrix``; the answer must
+    /// be `responseBytes` long (a transport over a network refuses any other before reading it).
+    func multiply(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8]
     /// The serialized ``MaskedOutput`` for a serialized ``MaskedInput`` (the online product).
-    func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8]) throws -> [UInt8]
+    func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8]
 }
 
 public enum EncryptedBackendError: Error, CustomStringConvertible {
@@ -307,7 +308,8 @@ public final class EncryptedLinearBackend: LinearBackend {
             var now = ProcessInfo.processInfo.systemUptime
             statistics.onlineClientSeconds += now - t - filled.seconds
             t = now
-            let response = try transport.multiplyMasked(module: name, direction: direction, request: request)
+            let response = try transport.multiplyMasked(module: name, direction: direction, request: request,
+                                                        responseBytes: MaskedOutput.byteCount(bits: k, rows: rows, outputs: w.rows))
             now = ProcessInfo.processInfo.systemUptime
             statistics.onlineServerSeconds += now - t
             t = now
@@ -363,7 +365,8 @@ public final class EncryptedLinearBackend: LinearBackend {
         var now = ProcessInfo.processInfo.systemUptime
         statistics.encryptSeconds += now - t
         t = now
-        let response = try transport.multiply(module: name, direction: direction, request: request)
+        let response = try transport.multiply(module: name, direction: direction, request: request,
+                                              responseBytes: EncryptedProduct.byteCount(plan: plan, rows: rows, outputs: outputs))
         now = ProcessInfo.processInfo.systemUptime
         statistics.serverSeconds += now - t
         t = now

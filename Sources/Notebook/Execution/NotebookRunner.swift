@@ -75,6 +75,9 @@ public final class NotebookRunner: @unchecked Sendable {
         /// Parameters cell: the resolved values, in order, and where each came from.
         var parameterRows: [[String]] = []
         var key: String
+        /// The key without the parameters that say where the work runs: what the cell's
+        /// checkpoints are filed under.
+        var checkpointKey: String
     }
 
     /// Parses and validates the notebook, collecting every problem (not just the first).
@@ -111,42 +114,47 @@ public final class NotebookRunner: @unchecked Sendable {
 
         var planned: [PlannedCell] = []
         var previousKey = SHA256Digest.hex("nb \(NbVersion.string) notebook \(source.name)")
+        var previousCheckpointKey = previousKey
         let hasher = FileDigestCache(stateRoot: stateRoot)
         for cell in cells {
-            var plannedCell = PlannedCell(source: cell, key: previousKey)
+            var plannedCell = PlannedCell(source: cell, key: previousKey, checkpointKey: previousCheckpointKey)
             if cell.header.step == ParametersCell.stepName {
                 plannedCell.parameterRows = rows
                 let canonical = rows.map { "\($0[0])=\($0[1])" }.joined(separator: "\n")
                 plannedCell.key = SHA256Digest.hex("\(previousKey)\nparameters\n\(canonical)")
+                plannedCell.checkpointKey = SHA256Digest.hex("\(previousCheckpointKey)\nparameters\n\(canonical)")
             } else if !badHeaders.contains(cell.fenceLine) {
                 do {
                     let body = try ParametersCell.substitute(cell.body, parameters: parameters, cell: cell, file: file)
                     let prepared = try registry.prepare(cell, body: body, file: file)
                     plannedCell.prepared = prepared
-                    let context = makeContext(cell: cell, session: Session(), key: "")
+                    let context = makeContext(cell: cell, session: Session(), key: "", checkpointKey: "")
                     let inputs = prepared.inputs(context).map { url -> String in
                         "\(url.path) \(hasher.digest(of: url) ?? "missing")"
                     }
                     if !cell.header.skip {
                         plannedCell.key = SHA256Digest.hex(
                             "\(previousKey)\n\(prepared.name)\n\(prepared.canonicalParameters)\n\(inputs.joined(separator: "\n"))")
+                        plannedCell.checkpointKey = SHA256Digest.hex(
+                            "\(previousCheckpointKey)\n\(prepared.name)\n\(prepared.computationParameters)\n\(inputs.joined(separator: "\n"))")
                     }
                 } catch {
                     errors.append(error)
                 }
             }
             previousKey = plannedCell.key
+            previousCheckpointKey = plannedCell.checkpointKey
             planned.append(plannedCell)
         }
         hasher.save()
         return (planned, parameters, errors)
     }
 
-    func makeContext(cell: CellSource, session: Session, key: String) -> StepContext {
+    func makeContext(cell: CellSource, session: Session, key: String, checkpointKey: String) -> StepContext {
         let log = options.log, interactive = options.interactive
         return StepContext(
             session: session, cell: cell, notebookPath: displayPath,
-            notebookDirectory: notebookURL.deletingLastPathComponent(), stateDirectory: stateRoot, cellKey: key,
+            notebookDirectory: notebookURL.deletingLastPathComponent(), stateDirectory: stateRoot, cellKey: key, checkpointKey: checkpointKey,
             makeProgress: { label, total in ProgressReporter(label: label, total: total, interactive: interactive, write: log) })
     }
 
@@ -249,7 +257,7 @@ public final class NotebookRunner: @unchecked Sendable {
             update(i, status: .running, note: note)
             options.log("  \(label): running\n")
             let started = ProgressReporter.monotonicSeconds()
-            let context = makeContext(cell: cell.source, session: session, key: cell.key)
+            let context = makeContext(cell: cell.source, session: session, key: cell.key, checkpointKey: cell.checkpointKey)
             do {
                 if cell.source.header.step == ParametersCell.stepName {
                     context.emit(.table(OutputTable(title: "Notebook parameters", columns: ["name", "value", "from"], rows: cell.parameterRows)))

@@ -23,17 +23,22 @@ public final class StepContext {
     /// The cell's cache key: equal keys mean the same step, parameters, inputs and history,
     /// so a checkpoint filed under it belongs to this very computation.
     public let cellKey: String
+    /// The cache key without the parameters that say where the work runs (the server's URL,
+    /// its token): a checkpoint belongs to the computation, so a run interrupted on one replica
+    /// resumes on another.
+    public let checkpointKey: String
     public private(set) var outputs: [CellOutput] = []
     let makeProgress: (String, Int) -> ProgressReporter
 
     init(session: Session, cell: CellSource, notebookPath: String, notebookDirectory: URL, stateDirectory: URL,
-         cellKey: String, makeProgress: @escaping (String, Int) -> ProgressReporter) {
+         cellKey: String, checkpointKey: String, makeProgress: @escaping (String, Int) -> ProgressReporter) {
         self.session = session
         self.cell = cell
         self.notebookPath = notebookPath
         self.notebookDirectory = notebookDirectory
         self.stateDirectory = stateDirectory
         self.cellKey = cellKey
+        self.checkpointKey = checkpointKey
         self.makeProgress = makeProgress
     }
 
@@ -42,7 +47,7 @@ public final class StepContext {
 
     /// This cell's checkpoint directory (for steps that can resume).
     public var checkpointDirectory: URL {
-        stateDirectory.appendingPathComponent("checkpoints", isDirectory: true).appendingPathComponent(cellKey, isDirectory: true)
+        stateDirectory.appendingPathComponent("checkpoints", isDirectory: true).appendingPathComponent(checkpointKey, isDirectory: true)
     }
 
     public func emit(_ output: CellOutput) { outputs.append(output) }

@@ -47,8 +47,25 @@ public struct PreparedStep: @unchecked Sendable {
     public var name: String
     /// The parameters re-encoded as canonical JSON (sorted keys): part of the cache key.
     public var canonicalParameters: String
+    /// The same without the keys that say where the work runs (``locationKeys``): what a
+    /// checkpoint belongs to, so that a run resumes on another replica of the server.
+    public var computationParameters: String
     let inputs: (StepContext) -> [URL]
     let run: (StepContext) throws -> Void
+}
+
+extension PreparedStep {
+    /// Parameters that say where a step's work runs, not what it computes: the server's URL and
+    /// the token that opens it.
+    public static let locationKeys: Set<String> = ["server", "token_file"]
+
+    /// Canonical JSON without ``locationKeys`` (unchanged when it is not an object).
+    static func withoutLocation(_ canonical: String) -> String {
+        guard var object = (try? JSONSerialization.jsonObject(with: Data(canonical.utf8))) as? [String: Any] else { return canonical }
+        for key in locationKeys { object.removeValue(forKey: key) }
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return canonical }
+        return String(decoding: data, as: UTF8.self)
+    }
 }
 
 /// The steps a notebook can use, by name.
@@ -73,7 +90,7 @@ public struct StepRegistry: Sendable {
             encoder.outputFormatting = [.sortedKeys]
             let canonical = (try? encoder.encode(parameters)).flatMap { String(data: $0, encoding: .utf8) } ?? ""
             return PreparedStep(
-                name: S.name, canonicalParameters: canonical,
+                name: S.name, canonicalParameters: canonical, computationParameters: PreparedStep.withoutLocation(canonical),
                 inputs: { S.inputs(parameters, context: $0) },
                 run: { try S.run(parameters, context: $0) })
         }

@@ -168,12 +168,15 @@ public enum TrainStep: Step {
             default: throw StepFailure(key: "data", "\(context.session.state.datasets[p.data]?.displayPath ?? p.data): \(error.description)")
             }
         }
-        run.backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile, protocol: p.productProtocol)
-        defer { (run.backend as? EncryptedLinearBackend)?.releaseMasks() }
-
         // Resume from this very computation's checkpoint, if an earlier run left one.
         let checkpoints = context.checkpointDirectory
         let checkpointURL = checkpoints.appendingPathComponent("checkpoint.safetensors")
+        do { run.backend = try context.backend(p.mode, server: p.server, tokenFile: p.tokenFile, protocol: p.productProtocol) } catch let failure as StepFailure {
+            guard FileManager.default.fileExists(atPath: checkpointURL.path) else { throw failure }
+            throw StepFailure(key: failure.key, "\(failure.message); this run's checkpoint is kept at \(context.display(checkpointURL)): the next run, with any server of this deployment, resumes from it")
+        }
+        defer { (run.backend as? EncryptedLinearBackend)?.releaseMasks() }
+
         let samplesURL = checkpoints.appendingPathComponent("generations.json")
         var samples: [EpochSample] = []
         var resumedAt = 0
@@ -247,10 +250,12 @@ public enum TrainStep: Step {
                 emitSummary(run, resumedAt: resumedAt, samples: samples, context: context)
                 throw StepFailure(key: key, "\(error.description); \(kept)")
             }
-            do { try FHEReport.check(run.backend) } catch {
+            do { try FHEReport.check(run.backend) } catch let failure as StepFailure {
+                let kept = lastCheckpoint.map { "the last good checkpoint (step \($0)) is kept at \(context.display(checkpointURL)); run the cell again (with any server of this deployment) to resume from it" }
+                    ?? "no checkpoint was written yet"
                 progress.finish()
                 emitSummary(run, resumedAt: resumedAt, samples: samples, context: context)
-                throw error
+                throw StepFailure(key: failure.key, "\(failure.message); \(kept)")
             }
             let step = run.position.step
             progress.update(step, metrics: String(format: "loss %.4f  lr %.2e  %.0f tok/s", record.loss, record.learningRate,

@@ -278,6 +278,30 @@ func removeTemporary(_ url: URL) { try? FileManager.default.removeItem(at: url.d
         }
     }
 
+    /// The probe's bit-flipped header printed a 6.2 MB error of raw file bytes (NULs among
+    /// them): every error is one printable line of bounded length, whatever the flip.
+    @Test func errorsOfBitFlippedHeadersArePrintableLines() {
+        let headerEnd = 1472
+        var errors = 0
+        for i in 4..<headerEnd {
+            for bit in [UInt8(0x01), 0x08, 0x40, 0x80] {
+                var data = original
+                data[i] ^= bit
+                guard let error = open(data).1 else { continue }
+                errors += 1
+                let line = error.description
+                #expect(line.unicodeScalars.count <= Printable.maxLine + 40, "byte \(i) bit \(bit): \(line.unicodeScalars.count) characters")
+                #expect(!line.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }, "byte \(i) bit \(bit): a control character in \(line.debugDescription)")
+            }
+        }
+        #expect(errors > 1000)
+        // A name of NULs and quotes is escaped and cut.
+        let name = String(repeating: "\u{0}'\\", count: 500)
+        let text = CheckpointError.missingTensor(path: "m.gguf", tensor: name).description
+        #expect(text.hasPrefix("m.gguf: missing tensor '\\u{0}\\'\\\\"), "\(text)")
+        #expect(text.contains("more characters)") && text.unicodeScalars.count < 500, "\(text)")
+    }
+
     @Test func badMagic() {
         let (_, error) = open(patched(at: 0, Array("GGML".utf8)))
         #expect(error == .badMagic(path: "model.gguf", found: "\"GGML\""))

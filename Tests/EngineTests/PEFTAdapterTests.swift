@@ -74,6 +74,28 @@ import Testing
         }
     }
 
+    /// The probe loaded an all-NaN adapter and printed `nan` logits: an adapter with one
+    /// non-finite value is refused, naming the tensor and the element.
+    @Test func nonFiniteAdaptersAreRefused() throws {
+        let a = try Self.golden().adapters[0]
+        let model = try Self.model(a.model)
+        let adapter = try PEFTAdapter.load(from: Self.peft.appendingPathComponent(a.adapter_dir), modules: Self.modules(of: model))
+        for bad in [Float.nan, .infinity, -.infinity] {
+            let poisoned = adapter
+            poisoned.layers[0].b[3] = bad
+            let dir = try Self.temporaryDirectory()
+            defer { try? FileManager.default.removeItem(at: dir) }
+            try PEFTAdapter.save(poisoned, to: dir, baseModelName: a.model)
+            do {
+                _ = try PEFTAdapter.load(from: dir, modules: Self.modules(of: model))
+                Issue.record("an adapter holding \(bad) loaded")
+            } catch {
+                let name = PEFTAdapter.tensorNames(module: poisoned.layers[0].module.name).b
+                #expect("\(error)".contains("tensor '\(name)' holds \(bad) at element 3"), "\(error)")
+            }
+        }
+    }
+
     /// Our files have PEFT's tensor names, shapes, metadata and config keys; the config text
     /// is even byte-identical for the same settings, and save → load is bit-exact.
     @Test func savesPEFTsLayoutAndRoundTrips() throws {

@@ -39,6 +39,8 @@ public enum CheckpointError: Error, Equatable, CustomStringConvertible {
     case unwritable(path: String, reason: String)
     /// The file's SHA-256 digest (lowercase hex) is not the expected one.
     case sha256Mismatch(path: String, expected: String, found: String)
+    /// A tensor holds NaN or ±∞ (element `index`, row-major): a corrupt or diverged file.
+    case nonFinite(path: String, tensor: String, index: Int, value: Float)
 
     /// The file or directory at fault.
     public var path: String {
@@ -48,12 +50,45 @@ public enum CheckpointError: Error, Equatable, CustomStringConvertible {
              .unknownTensorType(let p, _, _), .unsupportedTensorType(let p, _, _, _),
              .tensorOutOfBounds(let p, _, _, _), .shapeMismatch(let p, _, _, _),
              .missingTensor(let p, _), .unusedTensors(let p, _), .badHeader(let p, _),
-             .badIndex(let p, _), .unwritable(let p, _), .sha256Mismatch(let p, _, _):
+             .badIndex(let p, _), .unwritable(let p, _), .sha256Mismatch(let p, _, _), .nonFinite(let p, _, _, _):
             return p
         }
     }
 
-    public var description: String {
+    /// One line of at most ``Printable/maxLine`` characters: names and values read from the file
+    /// (keys, tensor names, header text) have their control and invalid bytes escaped and are cut
+    /// to a readable length, so a corrupt file cannot print megabytes or move the terminal.
+    public var description: String { Printable.line(rawDescription) }
+
+    private var rawDescription: String {
+        let q = { (s: String) in Printable.name(s) }
+        switch self {
+        case .badMetadata(let p, let k, let r):
+            return "\(p): metadata \(q(k)): \(r)"
+        case .badTensorInfo(let p, let t, let r):
+            return "\(p): tensor \(q(t)): \(r)"
+        case .unknownTensorType(let p, let t, let raw):
+            return "\(p): tensor \(q(t)) has unknown ggml type \(raw), which nb cannot read; supported: \(GGMLType.supported.map(\.name).joined(separator: ", "))"
+        case .unsupportedTensorType(let p, let t, let type, let s):
+            return "\(p): tensor \(q(t)) has type \(Printable.escaped(type, limit: 40)), which nb cannot read; supported: \(s.joined(separator: ", "))"
+        case .tensorOutOfBounds(let p, let t, let end, let size):
+            return "\(p): tensor \(q(t)) ends at byte \(end) but the file has \(size) bytes (truncated or corrupt file)"
+        case .shapeMismatch(let p, let t, let e, let f):
+            return "\(p): tensor \(q(t)) has shape \(f), expected \(e)"
+        case .missingTensor(let p, let t):
+            return "\(p): missing tensor \(q(t))"
+        case .nonFinite(let p, let t, let i, let v):
+            return "\(p): tensor \(q(t)) holds \(v) at element \(i): the file is corrupt or comes from a diverged run; nb loads only finite values"
+        case .unusedTensors(let p, let ts):
+            let shown = ts.prefix(5).map(q).joined(separator: ", ")
+            let more = ts.count > 5 ? " and \(ts.count - 5) more" : ""
+            return "\(p): \(ts.count) unused tensor\(ts.count == 1 ? "" : "s"): \(shown)\(more)"
+        default:
+            return plainDescription
+        }
+    }
+
+    private var plainDescription: String {
         switch self {
         case .notFound(let p):
             return "\(p): no such file"
@@ -91,7 +126,72 @@ public enum CheckpointError: Error, Equatable, CustomStringConvertible {
             return "\(p): cannot write: \(r)"
         case .sha256Mismatch(let p, let e, let f):
             return "\(p): SHA-256 is \(f), expected \(e) (corrupt or different file; delete it and download again)"
+        case .badMetadata, .badTensorInfo, .unknownTensorType, .unsupportedTensorType, .tensorOutOfBounds, .shapeMismatch,
+             .missingTensor, .unusedTensors, .nonFinite:
+            return rawDescription
         }
+    }
+}
+
+extension CheckpointError {
+    /// Throws ``nonFinite(path:tensor:index:value:)`` at the first NaN or ±∞ of `values`
+    /// (`offset`: the index of `values[0]` in the tensor).
+    static func checkFinite(_ values: UnsafeBufferPointer<Float>, path: String, tensor: String, offset: Int = 0) throws(CheckpointError) {
+        guard let base = values.baseAddress else { return }
+        // A float is finite iff its exponent bits are not all ones; OR-reducing a flag per
+        // block keeps the common case (all finite) a plain vectorizable pass.
+        let bits = UnsafeRawPointer(base).assumingMemoryBound(to: UInt32.self)
+        var start = 0
+        while start < values.count {
+            let end = min(values.count, start + 4096)
+            var bad: UInt32 = 0
+            for i in start..<end { bad |= (bits[i] & 0x7F80_0000) == 0x7F80_0000 ? 1 : 0 }
+            if bad != 0, let i = (start..<end).first(where: { !base[$0].isFinite }) {
+                throw .nonFinite(path: path, tensor: tensor, index: offset + i, value: base[i])
+            }
+            start = end
+        }
+    }
+}
+
+/// Text from outside (file contents, network input) made safe to print in one error line.
+public enum Printable {
+    /// The longest error line printed; the rest is cut with a note of how much.
+    public static let maxLine = 1000
+    /// The longest name quoted in a message.
+    public static let maxName = 120
+
+    /// `'name'`, with control characters, quotes, backslashes and bytes that were not UTF-8
+    /// escaped (`\u{0}`), cut after ``maxName`` characters.
+    public static func name(_ s: String) -> String {
+        "'" + escaped(s, limit: maxName) + "'"
+    }
+
+    /// The whole line with control characters escaped and cut after ``maxLine`` characters.
+    public static func line(_ s: String) -> String { escaped(s, limit: maxLine, keepQuotes: true) }
+
+    static func escaped(_ s: String, limit: Int, keepQuotes: Bool = false) -> String {
+        var out = ""
+        var count = 0
+        for scalar in s.unicodeScalars {
+            if count == limit {
+                let rest = s.unicodeScalars.count - count
+                return out + "…(\(rest) more character\(rest == 1 ? "" : "s"))"
+            }
+            switch scalar {
+            case "\\" where !keepQuotes: out += "\\\\"
+            case "'" where !keepQuotes: out += "\\'"
+            case "\u{FFFD}": out += "\\u{FFFD}"
+            default:
+                if scalar.value < 0x20 || (0x7F..<0xA0).contains(scalar.value) || scalar.properties.generalCategory == .format {
+                    out += "\\u{" + String(scalar.value, radix: 16) + "}"
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+            count += 1
+        }
+        return out
     }
 }
 

@@ -156,7 +156,9 @@ public final class SafeTensorsFile: @unchecked Sendable {
         guard let info = info(name) else { throw .missingTensor(path: path, tensor: name) }
         guard info.dtype == "F64" else { throw .unsupportedTensorType(path: path, tensor: name, type: info.dtype, supported: ["F64"]) }
         let source = UnsafeRawPointer(file.base + dataOffset + info.dataOffsets.lowerBound)
-        return (0..<info.elementCount).map { Double(bitPattern: UInt64(littleEndian: source.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self))) }
+        let values = (0..<info.elementCount).map { Double(bitPattern: UInt64(littleEndian: source.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self))) }
+        if let i = values.firstIndex(where: { !$0.isFinite }) { throw .nonFinite(path: path, tensor: name, index: i, value: Float(values[i])) }
+        return values
     }
 
     /// A signed 8-bit integer tensor (`I8`), row-major.
@@ -206,7 +208,7 @@ extension SafeTensorsFile: TensorSource {
         // embedding) is never resident twice, as file pages and as its copy.
         let size = Self.dtypeSizes[info.dtype]!, chunk = 1 << 20
         let type: GGMLType = info.dtype == "F32" ? .f32 : info.dtype == "F16" ? .f16 : .bf16
-        return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+        let values = [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
             var start = 0
             while start < count {
                 let n = min(chunk, count - start)
@@ -217,5 +219,6 @@ extension SafeTensorsFile: TensorSource {
             }
             initialized = count
         }
+        return values
     }
 }

@@ -16,13 +16,23 @@ public protocol TensorSource {
 }
 
 extension TensorSource {
-    /// The tensor's values, after checking that it exists and has the shape the model expects.
+    /// The tensor's values, after checking that it exists and has the shape the model expects;
+    /// NaN or ±∞ anywhere is refused (``CheckpointError/nonFinite(path:tensor:index:value:)``):
+    /// weights, adapters and training checkpoints are loaded through here.
     public func float32(_ name: String, shape expected: [Int]) throws(CheckpointError) -> [Float] {
         guard let found = shape(of: name) else { throw .missingTensor(path: path, tensor: name) }
         guard found == expected else {
             throw .shapeMismatch(path: path, tensor: name, expected: expected, found: found)
         }
-        return try float32(name)
+        return try finiteFloat32(name)
+    }
+
+    /// The tensor's values, refusing NaN and ±∞ with the tensor's name. (``float32(_:)`` reads
+    /// whatever the file holds, exactly.)
+    public func finiteFloat32(_ name: String) throws(CheckpointError) -> [Float] {
+        let values = try float32(name)
+        try values.withUnsafeBufferPointer { (v) throws(CheckpointError) in try CheckpointError.checkFinite(v, path: path, tensor: name) }
+        return values
     }
 
     /// Strict loading: throws `.unusedTensors` (in checkpoint order) when the model did not

@@ -62,7 +62,7 @@ struct StrictTensorLoader {
             throw ModelLoadError.shapeMismatch(file: file, tensor: name, expected: expected, found: shape)
         }
         used.insert(name)
-        return try source.float32(name)
+        return try source.finiteFloat32(name)
     }
 
     func has(_ name: String) -> Bool { source.shape(of: name) != nil }

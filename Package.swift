@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "nb", targets: ["Runner"]),
+        .executable(name: "nb-fuzz", targets: ["NBFuzz"]),
         .library(name: "Engine", targets: ["Engine"]),
         .library(name: "Notebook", targets: ["Notebook"]),
     ],
@@ -81,10 +82,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
+        // The readers of untrusted bytes as fuzz targets, and `nb-fuzz` to run them (libFuzzer
+        // under `make fuzz`, a corpus replayer otherwise).
+        .target(name: "FuzzEntries", dependencies: ["Engine", "FHE", "Notebook"]),
+        .executableTarget(name: "NBFuzz", dependencies: ["FuzzEntries"]),
+
         .executableTarget(
             name: "Benchmarks", dependencies: ["Notebook", "Engine", "FHE", "CCmarkGFM", "COpenBLAS"], path: "Benchmarks"),
 
-        .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine", "FHE"],
+        .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine", "FHE", "FuzzEntries"],
                     exclude: ["Support/png_stats.py"], resources: [.copy("Fixtures")]),
         .testTarget(name: "FHETests", dependencies: ["FHE", "CFHEKernels", "COpenBLAS"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CKernels"], resources: [.copy("Fixtures")]),

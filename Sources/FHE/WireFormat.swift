@@ -151,11 +151,12 @@ public struct EncryptedMatrix: Sendable, Equatable {
         (parametersID, bodyLimbs, maskLimbs, outputBodyBits, outputMaskBits, rows, features) =
             (shape.parametersID, shape.bodyLimbs, shape.maskLimbs, shape.outputBodyBits, shape.outputMaskBits, shape.rows, shape.features)
         seed = MaskSeed(bytes: try r.bytes(MaskSeed.byteCount, "mask seed"))
-        let count = Int(try r.u64())
-        guard count == shape.bodyBytes else {
+        // Compared as read (a length past Int.max must be an error, not a trap).
+        let count = try r.u64()
+        guard count == UInt64(shape.bodyBytes) else {
             throw .shapeMismatch("body of \(count) bytes, \(rows) × \(features) values at \(16 * bodyLimbs) bits need \(shape.bodyBytes)")
         }
-        body = try r.bytes(count, "ciphertext body")
+        body = try r.bytes(shape.bodyBytes, "ciphertext body")
         guard r.remaining == 0 else { throw .invalidField(name: "length", value: "\(r.remaining) trailing bytes") }
     }
 
@@ -271,14 +272,14 @@ public struct EncryptedProduct: Sendable, Equatable {
         guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows)") }
         guard (1...FHEWire.maxFeatures).contains(outputs) else { throw .invalidField(name: "outputs", value: "\(outputs)") }
         let groups = (rows + p.ringDegree - 1) / p.ringDegree
-        let maskCount = Int(try r.u64())
+        let maskCount = try r.u64()
         let maskExpected = packedByteCount(outputs * groups * p.ringDegree, bits: outputMaskBits)
-        guard maskCount == maskExpected else { throw .shapeMismatch("masks of \(maskCount) bytes, expected \(maskExpected)") }
-        masks = try r.bytes(maskCount, "product masks")
-        let bodyCount = Int(try r.u64())
+        guard maskCount == UInt64(maskExpected) else { throw .shapeMismatch("masks of \(maskCount) bytes, expected \(maskExpected)") }
+        masks = try r.bytes(maskExpected, "product masks")
+        let bodyCount = try r.u64()
         let bodyExpected = packedByteCount(outputs * rows, bits: outputBodyBits)
-        guard bodyCount == bodyExpected else { throw .shapeMismatch("bodies of \(bodyCount) bytes, expected \(bodyExpected)") }
-        bodies = try r.bytes(bodyCount, "product bodies")
+        guard bodyCount == UInt64(bodyExpected) else { throw .shapeMismatch("bodies of \(bodyCount) bytes, expected \(bodyExpected)") }
+        bodies = try r.bytes(bodyExpected, "product bodies")
         guard r.remaining == 0 else { throw .invalidField(name: "length", value: "\(r.remaining) trailing bytes") }
     }
 }

@@ -63,7 +63,7 @@ public final class GGUFFile: @unchecked Sendable {
     }
 
     /// Parses a GGUF image held in memory; `path` names it in errors.
-    convenience init(bytes: [UInt8], path: String) throws(CheckpointError) {
+    public convenience init(bytes: [UInt8], path: String) throws(CheckpointError) {
         try self.init(file: MappedFile(bytes: bytes, path: path), url: URL(fileURLWithPath: path))
     }
 

@@ -65,7 +65,8 @@ public final class SafeTensorsFile: @unchecked Sendable {
     }
 
     /// Parses a safetensors image held in memory; `path` names it in errors.
-    convenience init(bytes: [UInt8], path: String) throws(CheckpointError) {
+    /// A file already in memory (fuzzing, tests).
+    public convenience init(bytes: [UInt8], path: String) throws(CheckpointError) {
         try self.init(file: MappedFile(bytes: bytes, path: path), url: URL(fileURLWithPath: path))
     }
 

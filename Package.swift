@@ -21,6 +21,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // `nb serve --metrics`.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         // The `remote` mode's HTTP client (bounded answers, one deadline per exchange).
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
@@ -72,7 +74,8 @@ let package = Package(
             name: "Serve",
             dependencies: ["Engine", "FHE", .product(name: "Hummingbird", package: "hummingbird"),
                            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
-                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "Prometheus", package: "swift-prometheus")]),
 
         // The `nb` executable.
         .executableTarget(

@@ -290,6 +290,17 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
 }
 
 if try deploymentChildModes() { exit(0) }
+if try soakChildMode() { exit(0) }
+
+// Only the soak row (for a quick look): --soak-rows [SECONDS].
+if let i = CommandLine.arguments.firstIndex(of: "--soak-rows") {
+    let me = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+    let seconds = CommandLine.arguments.count > i + 1 ? Double(CommandLine.arguments[i + 1]) ?? 60 : 60
+    for r in soakRows(selfURL: me, seconds: seconds) {
+        print("\(r.name): \(r.value) \(r.unit)  [\(r.baselineName ?? ""): \(r.baseline.map { "\($0)" } ?? "-"), ratio \(r.ratio.map { String(format: "%.2f", $0) } ?? "-")]  \(r.note ?? "")")
+    }
+    exit(0)
+}
 
 // Only the deployment rows (for a quick look): --deployment-rows.
 if CommandLine.arguments.contains("--deployment-rows") {
@@ -551,6 +562,11 @@ if ProcessInfo.processInfo.environment["NB_BENCH_MASKED"] != "0" {
 // 9. The deployment: a client holding only its folder, against `nb serve` on loopback.
 if ProcessInfo.processInfo.environment["NB_BENCH_REMOTE"] != "0" {
     rows += deploymentRows(selfURL: selfURL)
+}
+
+// 10. The server's soak: the largest requests its memory budget allows, and adversarial ones.
+if ProcessInfo.processInfo.environment["NB_BENCH_SOAK"] != "0" {
+    rows += soakRows(selfURL: selfURL)
 }
 
 // Table and files.

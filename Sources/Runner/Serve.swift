@@ -53,6 +53,9 @@ extension Nb {
               help: "Serve an address other than loopback without --token-file (refused otherwise: anyone who reaches it could use the server).")
         var allowUnauthenticated = false
 
+        @Flag(help: "Serve GET /metrics in Prometheus's text format (requests, durations, bytes, memory); it needs the token like the other routes.")
+        var metrics = false
+
         func validate() throws {
             if !(0...65535).contains(port) { throw ValidationError("--port must be in 0…65535") }
             if !(1...(1 << 20)).contains(maxBodyMB) { throw ValidationError("--max-body-mb must be between 1 and 1048576") }
@@ -65,7 +68,7 @@ extension Nb {
         func run() throws {
             var options = ServeOptions(host: host, port: port, maxBodyBytes: maxBodyMB << 20, concurrency: concurrency,
                                        idleTimeout: .seconds(idleTimeout), drainTimeout: .seconds(drainTimeout),
-                                       allowUnauthenticated: allowUnauthenticated)
+                                       allowUnauthenticated: allowUnauthenticated, metrics: metrics)
             if let tokenFile { options.token = try Self.readToken(tokenFile) }
             let deployment = try Self.load(directory)
             // The budget for requests: what the loaded deployment leaves of --max-memory-mb, less

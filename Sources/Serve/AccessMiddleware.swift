@@ -27,14 +27,16 @@ struct AccessMiddleware: RouterMiddleware {
     let token: [UInt8]?
     let log: ServeLog
     let stats: ServeStatistics
+    let metrics: ServeMetrics?
 
-    init(token: String?, log: ServeLog, stats: ServeStatistics) {
-        (self.token, self.log, self.stats) = (token.map { Array($0.utf8) }, log, stats)
+    init(token: String?, log: ServeLog, stats: ServeStatistics, metrics: ServeMetrics? = nil) {
+        (self.token, self.log, self.stats, self.metrics) = (token.map { Array($0.utf8) }, log, stats, metrics)
     }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let started = ContinuousClock.now
         stats.requests.update { $0 += 1 }
+        metrics?.started()
         var response: Response
         var failure: String?
         do {
@@ -70,6 +72,8 @@ struct AccessMiddleware: RouterMiddleware {
 
     private func write(_ request: Request, _ context: Context, status: Int?, bytesOut: Int, started: ContinuousClock.Instant, error: String?) {
         let record = context.record.value
+        metrics?.finished(route: ServeMetrics.route(request.uri.path), status: status, bytesIn: record.bytesIn, bytesOut: bytesOut,
+                          duration: ContinuousClock.now - started)
         let level: ServeLog.Level = switch status {
         case .none: .warning
         case .some(let s) where s >= 500: .error

@@ -27,6 +27,7 @@ public enum ServeError: Error, CustomStringConvertible {
 ///   400 malformed, 404 unknown module or direction, 413 body over the limit, 422 wrong shape;
 ///   413 also when the product would take more than the memory budget, 503 (with
 ///   `Retry-After`) when the requests in flight hold the budget for longer than a wait;
+/// - `GET /metrics` (with `options.metrics`) → Prometheus's text format (``ServeMetrics``);
 /// - `POST /v1/modules/{name}/forward|backward/masked` → the masked protocol's online product
 ///   (W·u mod 2^k of one-time-padded integers), with the same errors.
 ///
@@ -61,8 +62,15 @@ public func runDeploymentServer(deployment: ServerDeployment, options: ServeOpti
     // HEAD too, for load balancers that probe with it.
     let router = Router(context: ServeRequestContext.self, options: .autoGenerateHeadEndpoints)
     // Added first so that it wraps every route, the 404 of unknown paths included.
-    router.add(middleware: AccessMiddleware(token: options.token, log: log, stats: stats))
+    let metrics = options.metrics ? ServeMetrics(budget: budget) : nil
+    router.add(middleware: AccessMiddleware(token: options.token, log: log, stats: stats, metrics: metrics))
     addRoutes(to: router, deployment: deployment, workers: workers, budget: budget, limits: limits)
+    if let metrics {
+        router.get("/metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
+        }
+    }
 
     let idle = TimeAmount(options.idleTimeout), drain = TimeAmount(options.drainTimeout)
     let bound = Locked(false)
@@ -80,7 +88,7 @@ public func runDeploymentServer(deployment: ServerDeployment, options: ServeOpti
                 ("modules", .int(deployment.manifest.modules.count)), ("concurrency", .int(options.concurrency)),
                 ("max_body_bytes", .int(options.maxBodyBytes)), ("request_memory_bytes", .int(options.requestMemoryBytes)),
                 ("idle_timeout_s", .double(options.idleTimeout.seconds)), ("drain_timeout_s", .double(options.drainTimeout.seconds)),
-                ("auth", .bool(options.token != nil)), ("pid", .int(Int(getpid()))),
+                ("auth", .bool(options.token != nil)), ("metrics", .bool(options.metrics)), ("pid", .int(Int(getpid()))),
             ])
             if options.token == nil {
                 log.write(.warning, "no_token", [("message", .string(

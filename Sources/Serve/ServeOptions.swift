@@ -24,13 +24,16 @@ public struct ServeOptions: Sendable {
     public var drainTimeout: Duration
     /// Serve a non-loopback address without a token (refused otherwise).
     public var allowUnauthenticated: Bool
+    /// Serve `GET /metrics` (Prometheus; behind the token like every route but health).
+    public var metrics: Bool
 
     public init(host: String = "127.0.0.1", port: Int = 8080, token: String? = nil, maxBodyBytes: Int = 512 << 20,
                 concurrency: Int = 1, idleTimeout: Duration = .seconds(30), requestMemoryBytes: Int = 3 << 30,
-                memoryWait: Duration = .seconds(10), drainTimeout: Duration = .seconds(60), allowUnauthenticated: Bool = false) {
+                memoryWait: Duration = .seconds(10), drainTimeout: Duration = .seconds(60), allowUnauthenticated: Bool = false,
+                metrics: Bool = false) {
         (self.host, self.port, self.token, self.maxBodyBytes) = (host, port, token, maxBodyBytes)
         (self.concurrency, self.idleTimeout, self.requestMemoryBytes) = (concurrency, idleTimeout, requestMemoryBytes)
-        (self.memoryWait, self.drainTimeout, self.allowUnauthenticated) = (memoryWait, drainTimeout, allowUnauthenticated)
+        (self.memoryWait, self.drainTimeout, self.allowUnauthenticated, self.metrics) = (memoryWait, drainTimeout, allowUnauthenticated, metrics)
     }
 
     /// Whether `host` names only this machine (127.0.0.0/8, ::1, localhost).

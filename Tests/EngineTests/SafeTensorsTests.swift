@@ -160,6 +160,23 @@ private func openSafeTensors(_ data: Data) throws -> (SafeTensorsFile?, Checkpoi
 }
 
 @Suite struct SafeTensorsWriterTests {
+    /// The raw reader returns what the file holds; loading for a model, an adapter or a
+    /// training checkpoint (`float32(_:shape:)`) refuses NaN and ±∞ with the tensor's name.
+    @Test func nonFiniteValuesAreRefusedWhereWeightsAreLoaded() throws {
+        let url = try temporaryFile(Data(), name: "checkpoint.safetensors")
+        defer { removeTemporary(url) }
+        try SafeTensorsWriter.write([("fine", [2], [1, 2]), ("optimizer.exp_avg_sq.x", [2, 2], [0, 1, 2, .nan]), ("inf", [1], [-.infinity])], to: url)
+        let file = try SafeTensorsFile(url: url)
+        #expect(try file.float32("fine", shape: [2]) == [1, 2])
+        #expect(try file.float32("optimizer.exp_avg_sq.x")[3].isNaN)
+        do { _ = try file.float32("optimizer.exp_avg_sq.x", shape: [2, 2]); Issue.record("NaN loaded") } catch {
+            #expect(error.description.contains("tensor 'optimizer.exp_avg_sq.x' holds nan at element 3"), "\(error)")
+        }
+        do { _ = try file.float32("inf", shape: [1]); Issue.record("-inf loaded") } catch {
+            #expect(error.description.contains("tensor 'inf' holds -inf at element 0"), "\(error)")
+        }
+    }
+
     @Test func roundTrip() throws {
         let url = try temporaryFile(Data(), name: "adapter_model.safetensors")
         defer { removeTemporary(url) }

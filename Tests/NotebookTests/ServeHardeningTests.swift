@@ -210,6 +210,26 @@ extension ServeTests {
         try expectHealthy(server)
     }
 
+    // MARK: Metrics
+
+    @Test func metricsCountRequestsBytesAndMemory() throws {
+        let server = try ServeProcess(deployment: directory, ["--metrics"])
+        try expectValidProduct(port: server.port, module: wide)
+        _ = try RawConnection.exchange(port: server.port, "POST", path(wide, .forward), body: [1, 2, 3])
+        let metrics = try RawConnection.exchange(port: server.port, "GET", "/metrics")
+        #expect(metrics.status == 200 && metrics.headers["content-type"]?.hasPrefix("text/plain") == true)
+        let text = metrics.text
+        for line in ["nb_serve_requests_total{route=\"product\",status=\"200\"} 1", "nb_serve_requests_total{route=\"product\",status=\"400\"} 1",
+                     "nb_serve_request_memory_budget_bytes ", "nb_serve_resident_memory_bytes ", "nb_serve_request_duration_seconds_bucket{route=\"product\""] {
+            #expect(text.contains(line), "\(line) missing from:\n\(text)")
+        }
+        let sent = text.split(separator: "\n").first { $0.hasPrefix("nb_serve_sent_bytes_total ") }.flatMap { Double($0.split(separator: " ")[1]) }
+        #expect((sent ?? 0) > 1000)
+        // Off by default.
+        let plain = try ServeProcess(deployment: directory)
+        #expect(try RawConnection.exchange(port: plain.port, "GET", "/metrics").status == 404)
+    }
+
     // MARK: 11. No token
 
     @Test func aNonLoopbackHostNeedsAToken() throws {

@@ -43,6 +43,9 @@ private func notebook(info: String) -> String {
         ("nb load_data cache", "cache needs a value: cache=false or cache=true"),
         ("nb load_data cache=maybe", "cache=maybe: expected true or false"),
         ("nb load_data skip=1", "skip=1: expected true or false"),
+        // Found by the fuzzer (a lone "=" trapped the parser).
+        ("nb load_data =", "unknown cell option ''; options are id=NAME, skip, cache=false"),
+        ("nb load_data =x", "unknown cell option ''; options are id=NAME, skip, cache=false"),
     ])
     func badHeaderAtFenceLine(info: String, message: String) {
         let error = parseError(notebook(info: info))

@@ -16,7 +16,8 @@ public struct CellHeader: Equatable, Sendable, Codable {
         }
         var header = CellHeader(step: words[1])
         for word in words.dropFirst(2) {
-            let parts = word.split(separator: "=", maxSplits: 1).map(String.init)
+            // Empty pieces kept: a lone "=" is the unknown option '' (found by the fuzzer: it trapped).
+            let parts = word.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
             let (key, value) = (parts[0], parts.count > 1 ? parts[1] : nil)
             switch key {
             case "id":

@@ -76,7 +76,11 @@ static inline float nb_reduce_exp(float t, float *two_k_out) {
     float k = __builtin_roundf(t * log2e);
     float r = (t - k * ln2_hi) - k * ln2_lo;
     float p = r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    union { uint32_t u; float f; } two_k = { .u = (uint32_t)((int32_t)k + 127) << 23 };
+    // k is in [-126, 0] for t in range; clamped before the conversion so that NaN (fmaxf
+    // drops it) or an out-of-range t cannot make the float-to-int conversion undefined
+    // (UBSan found NaN input here). r, and so the result, stays NaN for NaN input.
+    float kc = __builtin_fmaxf(__builtin_fminf(k, 127.0f), -126.0f);
+    union { uint32_t u; float f; } two_k = { .u = (uint32_t)((int32_t)kc + 127) << 23 };
     *two_k_out = two_k.f;
     return p;
 }

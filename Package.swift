@@ -93,7 +93,7 @@ let package = Package(
         .executableTarget(
             name: "Benchmarks", dependencies: ["Notebook", "Engine", "FHE", "CCmarkGFM", "COpenBLAS"], path: "Benchmarks"),
 
-        .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine", "FHE", "FuzzEntries"],
+        .testTarget(name: "NotebookTests", dependencies: ["Notebook", "Engine", "FHE", "FuzzEntries", "Serve"],
                     exclude: ["Support/png_stats.py"], resources: [.copy("Fixtures")]),
         .testTarget(name: "FHETests", dependencies: ["FHE", "CFHEKernels", "COpenBLAS"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CKernels"], resources: [.copy("Fixtures")]),

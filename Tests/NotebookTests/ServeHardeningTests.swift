@@ -4,6 +4,7 @@ import Foundation
 import Testing
 
 @testable import Engine
+@testable import Serve
 
 /// The attack probes of the hardening issue, each sent as the probe sent it (raw sockets on
 /// loopback, against `nb serve` as a process): the status and the message, the server still
@@ -244,14 +245,4 @@ extension ServeTests {
     }
 }
 
-/// A value shared with a thread.
-final class Locked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: Value
-    init(_ value: Value) { stored = value }
-    var value: Value {
-        get { lock.withLock { stored } }
-        set { lock.withLock { stored = newValue } }
-    }
-}
 #endif

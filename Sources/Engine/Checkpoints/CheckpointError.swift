@@ -83,13 +83,6 @@ public enum CheckpointError: Error, Equatable, CustomStringConvertible {
             let shown = ts.prefix(5).map(q).joined(separator: ", ")
             let more = ts.count > 5 ? " and \(ts.count - 5) more" : ""
             return "\(p): \(ts.count) unused tensor\(ts.count == 1 ? "" : "s"): \(shown)\(more)"
-        default:
-            return plainDescription
-        }
-    }
-
-    private var plainDescription: String {
-        switch self {
         case .notFound(let p):
             return "\(p): no such file"
         case .unreadable(let p, let r):
@@ -100,24 +93,6 @@ public enum CheckpointError: Error, Equatable, CustomStringConvertible {
             return "\(p): not a GGUF file (starts with \(f), expected \"GGUF\")"
         case .unsupportedVersion(let p, let v):
             return "\(p): GGUF version \(v) is not supported; nb reads versions 2 and 3"
-        case .badMetadata(let p, let k, let r):
-            return "\(p): metadata '\(k)': \(r)"
-        case .badTensorInfo(let p, let t, let r):
-            return "\(p): tensor '\(t)': \(r)"
-        case .unknownTensorType(let p, let t, let raw):
-            return "\(p): tensor '\(t)' has unknown ggml type \(raw), which nb cannot read; supported: \(GGMLType.supported.map(\.name).joined(separator: ", "))"
-        case .unsupportedTensorType(let p, let t, let type, let s):
-            return "\(p): tensor '\(t)' has type \(type), which nb cannot read; supported: \(s.joined(separator: ", "))"
-        case .tensorOutOfBounds(let p, let t, let end, let size):
-            return "\(p): tensor '\(t)' ends at byte \(end) but the file has \(size) bytes (truncated or corrupt file)"
-        case .shapeMismatch(let p, let t, let e, let f):
-            return "\(p): tensor '\(t)' has shape \(f), expected \(e)"
-        case .missingTensor(let p, let t):
-            return "\(p): missing tensor '\(t)'"
-        case .unusedTensors(let p, let ts):
-            let shown = ts.prefix(5).map { "'\($0)'" }.joined(separator: ", ")
-            let more = ts.count > 5 ? " and \(ts.count - 5) more" : ""
-            return "\(p): \(ts.count) unused tensor\(ts.count == 1 ? "" : "s"): \(shown)\(more)"
         case .badHeader(let p, let r):
             return "\(p): bad safetensors header: \(r)"
         case .badIndex(let p, let r):
@@ -126,9 +101,6 @@ public enum CheckpointError: Error, Equatable, CustomStringConvertible {
             return "\(p): cannot write: \(r)"
         case .sha256Mismatch(let p, let e, let f):
             return "\(p): SHA-256 is \(f), expected \(e) (corrupt or different file; delete it and download again)"
-        case .badMetadata, .badTensorInfo, .unknownTensorType, .unsupportedTensorType, .tensorOutOfBounds, .shapeMismatch,
-             .missingTensor, .unusedTensors, .nonFinite:
-            return rawDescription
         }
     }
 }

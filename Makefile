@@ -58,7 +58,7 @@ SANITIZE_FLAGS = --scratch-path .build-sanitize --sanitize=address -Xcc -fsaniti
 	-Xswiftc -Xclang-linker -Xswiftc -fsanitize=undefined
 sanitize: setup
 	$(SWIFT) build $(SANITIZE_FLAGS) --build-tests -Xswiftc -enable-testing
-	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:quarantine_size_mb=16 UBSAN_OPTIONS=print_stacktrace=1 \
 		$(SWIFT) test $(SANITIZE_FLAGS) --skip-build --skip "$(SANITIZE_SKIP)"
 
 clean:

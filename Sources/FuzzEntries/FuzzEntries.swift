@@ -69,21 +69,20 @@ public enum FuzzEntries {
         }
     }
 
-    static func gguf(_ bytes: [UInt8]) {
-        do {
-            let file = try GGUFFile(bytes: bytes, path: "fuzz.gguf")
-            for name in file.tensorNames.prefix(64) where (file.info(name)?.elementCount ?? 0) <= 1 << 22 {
-                do { _ = try file.finiteFloat32(name) } catch { printable(error.description) }
-            }
-        } catch {
-            printable(error.description)
-        }
-    }
+    static func gguf(_ bytes: [UInt8]) { tensors { () throws(CheckpointError) in try GGUFFile(bytes: bytes, path: "fuzz.gguf") } }
 
-    static func safetensors(_ bytes: [UInt8]) {
+    static func safetensors(_ bytes: [UInt8]) { tensors { () throws(CheckpointError) in try SafeTensorsFile(bytes: bytes, path: "fuzz.safetensors") } }
+
+    /// Opens a checkpoint and converts its first 64 tensors of at most 2^22 values, as loading does.
+    static func tensors(_ open: () throws(CheckpointError) -> some TensorSource) {
         do {
-            let file = try SafeTensorsFile(bytes: bytes, path: "fuzz.safetensors")
-            for name in file.tensorNames.prefix(64) where (file.info(name)?.elementCount ?? 0) <= 1 << 22 {
+            let file = try open()
+            for name in file.tensorNames.prefix(64) {
+                let count = (file.shape(of: name) ?? []).reduce(1) { n, d in
+                    let (p, overflow) = n.multipliedReportingOverflow(by: d)
+                    return overflow ? Int.max : p
+                }
+                guard count <= 1 << 22 else { continue }
                 do { _ = try file.finiteFloat32(name) } catch { printable(error.description) }
             }
         } catch {

@@ -25,9 +25,7 @@ import Testing
     static func model(_ name: String) throws -> LanguageModel {
         let url = fixtures.appendingPathComponent("reference").appendingPathComponent(name)
         let config = try Data(contentsOf: url.appendingPathComponent("config.json"))
-        let weights = try SafeTensorsCheckpoint(directory: url)
-        if name.contains("gpt2") { return try GPT2Model.load(from: weights, config: JSONDecoder().decode(GPT2Config.self, from: config), file: name) }
-        return try LlamaModel.load(from: weights, config: JSONDecoder().decode(LlamaConfig.self, from: config), file: name)
+        return try ModelFamily.load(tensors: try SafeTensorsCheckpoint(directory: url), config: config, configFile: name + "/config.json", file: name)
     }
 
     static func modules(of model: LanguageModel) -> [LinearModule] {

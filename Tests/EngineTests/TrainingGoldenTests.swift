@@ -30,8 +30,11 @@ import Testing
         var cases: [Case]
     }
 
+    /// The first two cases (train-golden.json) and the model families' (train-golden-families.json: Llama 3.x).
     static func golden() throws -> Golden {
-        try JSONDecoder().decode(Golden.self, from: Data(contentsOf: fixtures.appendingPathComponent("train/train-golden.json")))
+        var golden = try JSONDecoder().decode(Golden.self, from: Data(contentsOf: fixtures.appendingPathComponent("train/train-golden.json")))
+        golden.cases += try JSONDecoder().decode(Golden.self, from: Data(contentsOf: fixtures.appendingPathComponent("train/train-golden-families.json"))).cases
+        return golden
     }
 
     /// |a − b| ≤ 1e-4·max|b| for every element: relative to the tensor's scale, since
@@ -45,7 +48,7 @@ import Testing
 
     static func relative(_ a: Double, _ b: Double) -> Double { abs(a - b) / max(abs(b), 1e-12) }
 
-    @Test(arguments: ["gpt2", "llama"]) func matchesPyTorchAndPEFT(name: String) throws {
+    @Test(arguments: ["gpt2", "llama", "llama3"]) func matchesPyTorchAndPEFT(name: String) throws {
         let c = try #require(try Self.golden().cases.first { $0.name == name })
         let model = try #require(try PEFTAdapterTests.model(String(c.model_dir.split(separator: "/").last!)) as? TrainableModel)
         let adapter = try PEFTAdapter.load(from: Self.fixtures.appendingPathComponent(c.init_adapter_dir), modules: model.linearModules)

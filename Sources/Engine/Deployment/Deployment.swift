@@ -141,7 +141,7 @@ public enum Deployment {
     public static func save(to directory: URL, name: String, modelName: String, model: TrainableModel, tokenizer: BPETokenizer,
                             chatTemplate: ChatTemplate?, plan: HybridPlan, adapter: LoRAAdapter?, adapterTrainedSteps: Int = 0,
                             keyring: Keyring) throws -> DeploymentSummary {
-        let architecture = model is GPT2Model ? "gpt2" : "llama"
+        let architecture = model.architecture
         let fm = FileManager.default
         let parent = directory.deletingLastPathComponent()
         let staging = parent.appendingPathComponent(".\(directory.lastPathComponent).staging-\(getpid())", isDirectory: true)
@@ -175,18 +175,8 @@ public enum Deployment {
 
         // Client: everything else.
         let remote = Set(metadata.map(\.name))
-        let clientTensors: [(name: String, shape: [Int], values: [Float])]
-        let config: Data
-        switch model {
-        case let gpt2 as GPT2Model:
-            clientTensors = gpt2.clientTensors(excluding: remote)
-            config = try configJSON(gpt2.config, modelType: "gpt2")
-        case let llama as LlamaModel:
-            clientTensors = llama.clientTensors(excluding: remote)
-            config = try configJSON(llama.config, modelType: "llama")
-        default:
-            throw DeploymentError.invalid(name, "cannot deploy a \(architecture) model")
-        }
+        let clientTensors = model.clientTensors(excluding: remote)
+        let config = try model.configJSON()
         try SafeTensorsWriter.write(clientTensors, metadata: ["format": "pt"], to: client.appendingPathComponent(DeploymentLayout.clientTensors))
         try AtomicFile.write(config, to: client.appendingPathComponent(DeploymentLayout.clientConfig))
         try writeJSON(tokenizer.vocabulary, to: client.appendingPathComponent(DeploymentLayout.clientVocabulary), pretty: false)
@@ -216,12 +206,6 @@ public enum Deployment {
         let serverParameters = metadata.reduce(0) { $0 + $1.inFeatures * $1.outFeatures }
         return DeploymentSummary(directory: directory, server: serverManifest, client: clientManifest, files: files.sorted { $0.0 < $1.0 },
                                  serverParameters: serverParameters, clientParameters: clientTensors.reduce(0) { $0 + $1.values.count })
-    }
-
-    static func configJSON<C: Encodable>(_ config: C, modelType: String) throws -> Data {
-        var object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as? [String: Any] ?? [:]
-        object["model_type"] = modelType
-        return try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
     }
 
     static func writeJSON<T: Encodable>(_ value: T, to url: URL, pretty: Bool = true) throws {

@@ -211,16 +211,8 @@ public func generateThroughHooks(model: TrainableModel, prompt: [Int], maxTokens
     hooks.backend?.setRealRows(nil)  // every row of these passes is a real token
     if cached && hooks.backend?.rowsAreIndependent ?? true && !prompt.isEmpty && prompt.count < model.contextLength {
         let capacity = min(prompt.count + maxTokens, model.contextLength)
-        let step: ([Int], KVCache) -> [Float]
-        let cache: KVCache
-        if let gpt2 = model as? GPT2Model {
-            cache = gpt2.makeCache(capacity: capacity)
-            step = { gpt2.forward($0, cache: $1, allPositions: false, hooks: hooks) }
-        } else {
-            let llama = model as! LlamaModel
-            cache = llama.makeCache(capacity: capacity)
-            step = { llama.forward($0, cache: $1, allPositions: false, hooks: hooks) }
-        }
+        let cache = model.makeCache(capacity: capacity)
+        let step: ([Int], KVCache) -> [Float] = { model.forward($0, cache: $1, allPositions: false, hooks: hooks) }
         var input = prompt
         while generated.count < maxTokens && tokens.count < model.contextLength {
             let next = Sampler.sample(step(input, cache), settings: sampling, rng: &rng)
@@ -232,12 +224,7 @@ public func generateThroughHooks(model: TrainableModel, prompt: [Int], maxTokens
         return generated
     }
     while generated.count < maxTokens && tokens.count < model.contextLength {
-        let logits: [Float]
-        if let gpt2 = model as? GPT2Model {
-            logits = gpt2.forwardForTraining(tokens: tokens, batchSize: 1, hooks: hooks, headRows: [tokens.count - 1]).logits
-        } else {
-            logits = (model as! LlamaModel).forwardForTraining(tokens: tokens, batchSize: 1, hooks: hooks, headRows: [tokens.count - 1]).logits
-        }
+        let logits = model.lastLogits(tokens, hooks: hooks)
         let next = Sampler.sample(logits, settings: sampling, rng: &rng)
         generated.append(next)
         if stopTokens.contains(next) { break }

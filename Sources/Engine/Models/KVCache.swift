@@ -41,10 +41,12 @@ public final class KVCache {
 /// - out: (t, heads·headDim).
 /// - scores: room for t × (start + t) floats.
 ///
+/// - window: when given, position p attends to positions > p − window only (Mistral's sliding window).
+///
 /// Several tokens (prefill) use two sgemm per head: S = Q_h·K_hᵀ, masked softmax, O_h = P·V_h.
 func causalAttention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                      out: UnsafeMutablePointer<Float>, t: Int, start: Int, heads: Int, kvHeads: Int, headDim: Int,
-                     scores: UnsafeMutablePointer<Float>) {
+                     window: Int? = nil, scores: UnsafeMutablePointer<Float>) {
     let group = heads / kvHeads
     let qDim = heads * headDim, kvDim = kvHeads * headDim
     let scale = 1 / Float(headDim).squareRoot()
@@ -57,8 +59,9 @@ func causalAttention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values
                        a: q + h * headDim, lda: qDim, b: keys + kvOffset, ldb: kvDim, c: scores, ldc: s)
             for i in 0..<t {
                 let row = scores + i * s
-                let visible = start + i + 1
-                Ops.softmax(row, count: visible)
+                let visible = start + i + 1, first = window.map { max(0, visible - $0) } ?? 0
+                for j in 0..<first { row[j] = 0 }
+                Ops.softmax(row + first, count: visible - first)
                 for j in visible..<s { row[j] = 0 }
             }
             // (t, hd) = P (t, s) · V_h (s, hd)
@@ -76,7 +79,9 @@ func causalAttention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values
             for d in 0..<headDim { dot += qh[d] * kj[d] }
             scores[j] = dot * scale
         }
-        Ops.softmax(scores, count: s)
+        let first = window.map { max(0, s - $0) } ?? 0
+        for j in 0..<first { scores[j] = 0 }
+        Ops.softmax(scores + first, count: s - first)
         let oh = out + h * headDim
         for d in 0..<headDim { oh[d] = 0 }
         for j in 0..<s {

@@ -37,7 +37,7 @@ public enum ModelLoadError: Error, Equatable, CustomStringConvertible {
         case .shapeMismatch(let f, let t, let e, let found):
             return "\(f): tensor '\(t)' has shape \(found), expected \(e)"
         case .badConfig(let f, let k, let m): return "\(f): \(k): \(m)"
-        case .unsupportedArchitecture(let f, let a): return "\(f): architecture '\(a)' is not supported (nb runs gpt2 and llama)"
+        case .unsupportedArchitecture(let f, let a): return "\(f): architecture '\(a)' is not supported (nb runs \(ModelFamily.supportedModelTypes))"
         case .tokenOutOfRange(let t, let v): return "token id \(t) is outside the vocabulary (0..<\(v))"
         }
     }

@@ -62,22 +62,8 @@ public final class LoadedModel: @unchecked Sendable {
             do { configData = try Data(contentsOf: configURL) } catch {
                 throw ModelLoadError.badConfig(file: configURL.path, key: "config.json", message: "cannot read")
             }
-            let header = try? JSONSerialization.jsonObject(with: configData) as? [String: Any]
-            let type = header?["model_type"] as? String ?? "?"
             let weights = try SafeTensorsCheckpoint(directory: location.url)
-            let model: LanguageModel
-            do {
-                switch type {
-                case "gpt2":
-                    model = try GPT2Model.load(from: weights, config: JSONDecoder().decode(GPT2Config.self, from: configData), file: location.url.path)
-                case "llama":
-                    model = try LlamaModel.load(from: weights, config: JSONDecoder().decode(LlamaConfig.self, from: configData), file: location.url.path)
-                default:
-                    throw ModelLoadError.unsupportedArchitecture(file: configURL.path, architecture: type)
-                }
-            } catch let error as DecodingError {
-                throw ModelLoadError.badConfig(file: configURL.path, key: "config", message: "\(error)")
-            }
+            let model = try ModelFamily.load(tensors: weights, config: configData, configFile: configURL.path, file: location.url.path)
             let (tokenizer, description) = try loadTokenizer(in: location.tokenizerDirectory ?? location.url)
             return LoadedModel(location: location, model: model, tokenizer: tokenizer, chatTemplate: nil,
                                loadSeconds: Date().timeIntervalSince(start), tokenizerDescription: description)
@@ -95,16 +81,7 @@ public final class LoadedModel: @unchecked Sendable {
         let tensorsURL = dir.appendingPathComponent(DeploymentLayout.clientTensors)
         let file = try SafeTensorsFile(url: tensorsURL)
         let remote = Set(manifest.modules.map(\.name))
-        let model: LanguageModel
-        do {
-            switch manifest.architecture {
-            case "gpt2": model = try GPT2Model.load(from: file, config: JSONDecoder().decode(GPT2Config.self, from: configData), file: tensorsURL.path, serverModules: remote)
-            case "llama": model = try LlamaModel.load(from: file, config: JSONDecoder().decode(LlamaConfig.self, from: configData), file: tensorsURL.path, serverModules: remote)
-            default: throw ModelLoadError.unsupportedArchitecture(file: configURL.path, architecture: manifest.architecture)
-            }
-        } catch let error as DecodingError {
-            throw ModelLoadError.badConfig(file: configURL.path, key: "config", message: "\(error)")
-        }
+        let model = try ModelFamily.load(tensors: file, config: configData, configFile: configURL.path, file: tensorsURL.path, serverModules: remote)
         let vocabularyURL = dir.appendingPathComponent(DeploymentLayout.clientVocabulary)
         let vocabulary = try Deployment.readJSON(TokenizerVocabulary.self, from: vocabularyURL)
         let tokenizer = try BPETokenizer.from(vocabulary, source: vocabularyURL.path)
@@ -114,28 +91,14 @@ public final class LoadedModel: @unchecked Sendable {
                            clientDeployment: manifest)
     }
 
-    /// A LLaMA model and its tokenizer from GGUF metadata (`llama.*`, `tokenizer.ggml.*`).
+    /// A model of the family its `general.architecture` names, and its tokenizer, from GGUF metadata (`tokenizer.ggml.*`).
     static func fromGGUF(_ file: GGUFFile, path: String) throws -> (LanguageModel, BPETokenizer, ChatTemplate?) {
         let m = file.metadata
         let arch = m["general.architecture"]?.string ?? "?"
-        guard arch == "llama" else { throw ModelLoadError.unsupportedArchitecture(file: path, architecture: arch) }
-        func int(_ key: String) throws -> Int {
-            guard let v = m[key]?.int else { throw ModelLoadError.badConfig(file: path, key: key, message: "missing or not an integer") }
-            return v
+        guard let family = ModelFamily.forGGUF(arch), let load = family.loadGGUF else {
+            throw ModelLoadError.unsupportedArchitecture(file: path, architecture: arch)
         }
-        guard let embeddingShape = file.shape(of: "token_embd.weight"), embeddingShape.count == 2 else {
-            throw ModelLoadError.missingTensor(file: path, tensor: "token_embd.weight")
-        }
-        let heads = try int("llama.attention.head_count")
-        let config = LlamaConfig(
-            vocabSize: embeddingShape[0], hiddenSize: try int("llama.embedding_length"),
-            intermediateSize: try int("llama.feed_forward_length"), numHiddenLayers: try int("llama.block_count"),
-            numAttentionHeads: heads, numKeyValueHeads: m["llama.attention.head_count_kv"]?.int ?? heads,
-            rmsNormEps: m["llama.attention.layer_norm_rms_epsilon"]?.double ?? 1e-5,
-            ropeTheta: m["llama.rope.freq_base"]?.double ?? 10000,
-            maxPositionEmbeddings: try int("llama.context_length"),
-            tieWordEmbeddings: file.shape(of: "output.weight") == nil)
-        let model = try LlamaModel.load(from: file, config: config, file: path)
+        let model = try load(file, path)
         guard let tokens = m["tokenizer.ggml.tokens"]?.strings else {
             throw ModelLoadError.badConfig(file: path, key: "tokenizer.ggml.tokens", message: "the GGUF has no vocabulary")
         }

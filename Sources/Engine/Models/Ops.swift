@@ -92,32 +92,47 @@ public struct RoPE: Sendable {
     var cos: [Float]
     var sin: [Float]
     public private(set) var maxPositions: Int
-    let base: Double
+    /// θᵢ, i < headDim/2 (float32, as transformers computes them).
+    let inverseFrequencies: [Float]
 
     public init(headDim: Int, base: Double, maxPositions: Int, style: RoPEStyle) {
-        self.headDim = headDim
+        self.init(inverseFrequencies: RoPE.inverseFrequencies(headDim: headDim, base: base), maxPositions: maxPositions, style: style)
+    }
+
+    public init(inverseFrequencies: [Float], maxPositions: Int, style: RoPEStyle) {
+        headDim = 2 * inverseFrequencies.count
         self.style = style
-        self.base = base
+        self.inverseFrequencies = inverseFrequencies
         self.maxPositions = 0
         cos = []
         sin = []
         grow(to: maxPositions)
     }
 
+    /// base^(−2i/headDim) for i < headDim/2, rounded to float32 as transformers rounds them.
+    public static func inverseFrequencies(headDim: Int, base: Double) -> [Float] {
+        (0..<(headDim / 2)).map { i in 1 / Float(Foundation.pow(base, Double(Float(2 * i) / Float(headDim)))) }
+    }
+
+    /// cos and sin of p·θᵢ for p in `positions`, each (positions, θ.count): the angle is the
+    /// float32 product, as transformers forms it.
+    public static func tables(_ inverseFrequencies: [Float], positions: Range<Int>) -> (cos: [Float], sin: [Float]) {
+        let half = inverseFrequencies.count
+        var c = [Float](repeating: 0, count: positions.count * half), s = c
+        for (row, p) in positions.enumerated() {
+            for i in 0..<half {
+                let angle = Double(Float(p) * inverseFrequencies[i])
+                c[row * half + i] = Float(Foundation.cos(angle))
+                s[row * half + i] = Float(Foundation.sin(angle))
+            }
+        }
+        return (c, s)
+    }
+
     /// Makes room for positions < `n`.
     public mutating func grow(to n: Int) {
         guard n > maxPositions else { return }
-        let half = headDim / 2
-        cos = [Float](repeating: 0, count: n * half)
-        sin = cos
-        for p in 0..<n {
-            for i in 0..<half {
-                let freq = 1.0 / Foundation.pow(base, Double(2 * i) / Double(headDim))
-                let angle = Double(p) * freq
-                cos[p * half + i] = Float(Foundation.cos(angle))
-                sin[p * half + i] = Float(Foundation.sin(angle))
-            }
-        }
+        (cos, sin) = RoPE.tables(inverseFrequencies, positions: 0..<n)
         maxPositions = n
     }
 

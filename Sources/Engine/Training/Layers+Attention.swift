@@ -18,7 +18,7 @@ extension Layers {
     public static func attentionForward<Real: TrainingScalar>(
         q: UnsafePointer<Real>, k: UnsafePointer<Real>, v: UnsafePointer<Real>, qStride: Int, kvStride: Int,
         _ out: UnsafeMutablePointer<Real>, probs: UnsafeMutablePointer<Real>,
-        batchSize B: Int, sequenceLength T: Int, heads H: Int, kvHeads KV: Int, headDim hd: Int
+        batchSize B: Int, sequenceLength T: Int, heads H: Int, kvHeads KV: Int, headDim hd: Int, window: Int? = nil
     ) {
         precondition(KV > 0 && H % KV == 0, "\(H) heads cannot share \(KV) key/value heads")
         precondition(qStride >= H * hd && kvStride >= KV * hd, "strides \(qStride), \(kvStride) too small for \(H)×\(hd), \(KV)×\(hd)")
@@ -31,7 +31,7 @@ extension Layers {
                 // S (T, T) = scale · Q_h (T, hd) · K_gᵀ (hd, T)
                 Real.gemm(transposeA: false, transposeB: true, m: T, n: T, k: hd, alpha: scale, a: qh, lda: qStride,
                           b: kg, ldb: kvStride, beta: 0, c: p, ldc: T)
-                for i in 0..<T { causalSoftmax(p + i * T, visible: i + 1, count: T) }
+                for i in 0..<T { causalSoftmax(p + i * T, visible: i + 1, count: T, first: window.map { max(0, i + 1 - $0) } ?? 0) }
                 // O_h (T, hd) = P (T, T) · V_g (T, hd)
                 Real.gemm(transposeA: false, transposeB: false, m: T, n: hd, k: T, alpha: 1, a: p, lda: T,
                           b: vg, ldb: kvStride, beta: 0, c: out + b * T * oStride + h * hd, ldc: oStride)
@@ -87,13 +87,14 @@ extension Layers {
     }
 
     /// Softmax over the first `visible` entries of a row (max-subtracted); zeros after them.
-    static func causalSoftmax<Real: TrainingScalar>(_ row: UnsafeMutablePointer<Real>, visible: Int, count: Int) {
+    static func causalSoftmax<Real: TrainingScalar>(_ row: UnsafeMutablePointer<Real>, visible: Int, count: Int, first: Int = 0) {
         var m = -Real.infinity
-        for j in 0..<visible where row[j] > m { m = row[j] }
+        for j in first..<visible where row[j] > m { m = row[j] }
         var sum: Real = 0
-        for j in 0..<visible { row[j] = Real.exp(row[j] - m); sum += row[j] }
+        for j in 0..<first { row[j] = 0 }
+        for j in first..<visible { row[j] = Real.exp(row[j] - m); sum += row[j] }
         let inv = 1 / sum
-        for j in 0..<visible { row[j] *= inv }
+        for j in first..<visible { row[j] *= inv }
         for j in visible..<count { row[j] = 0 }
     }
 }

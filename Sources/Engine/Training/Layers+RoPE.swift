@@ -12,16 +12,15 @@ public struct RotaryTables<Real: TrainingScalar> {
 
     public init(headDim: Int, base: Double, positions: Int) {
         precondition(headDim % 2 == 0, "RoPE needs an even head size, got \(headDim)")
-        let half = headDim / 2
-        var c = [Real](repeating: 0, count: positions * half), s = c
-        for p in 0..<positions {
-            for i in 0..<half {
-                let angle = Double(p) / Foundation.pow(base, Double(2 * i) / Double(headDim))
-                c[p * half + i] = Real(Foundation.cos(angle))
-                s[p * half + i] = Real(Foundation.sin(angle))
-            }
-        }
-        (self.headDim, self.positions, cos, sin) = (headDim, positions, c, s)
+        self.init(inverseFrequencies: RoPE.inverseFrequencies(headDim: headDim, base: base), positions: positions)
+    }
+
+    /// Tables for the inverse frequencies θᵢ (see ``LlamaConfig/ropeInverseFrequencies(sequenceLength:)``).
+    public init(inverseFrequencies: [Float], positions: Int) {
+        let (c, s) = RoPE.tables(inverseFrequencies, positions: 0..<positions)
+        (headDim, self.positions) = (2 * inverseFrequencies.count, positions)
+        cos = c.map { Real(Double($0)) }
+        sin = s.map { Real(Double($0)) }
     }
 }
 

@@ -1,7 +1,10 @@
-// The two model families behind one interface for LoRA training: a loss (and its backward
-// into the adapter's hooks) over a batch, and in-place access to the frozen weights.
+import Foundation
 
-/// A model whose LoRA adapters can be trained: GPT-2 or LLaMA.
+// Every model family behind one interface for LoRA training, generation through a backend,
+// the hybrid split and deployment: a loss (and its backward into the adapter's hooks) over a
+// batch, in-place access to the frozen weights, and the client's share of the tensors.
+
+/// A model whose LoRA adapters can be trained; each family in `Architectures/` conforms.
 public protocol TrainableModel: LanguageModel {
     /// The linear layers an adapter can target, in forward order, with Hugging Face names.
     var linearModules: [LinearModule] { get }
@@ -24,6 +27,29 @@ public protocol TrainableModel: LanguageModel {
     /// - Returns: the loss as normalized.
     func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
                       normalization: LossNormalization, backward: Bool) -> Float
+
+    /// ``LanguageModel/forward(_:cache:allPositions:)`` with every linear layer run through
+    /// `hooks` (its backend and adapter) when given.
+    func forward(_ tokens: [Int], cache: KVCache, allPositions: Bool, hooks: LinearHooks<Float>?) -> [Float]
+
+    /// The last position's logits (V) of one sequence through the training pass and `hooks`.
+    func lastLogits(_ tokens: [Int], hooks: LinearHooks<Float>) -> [Float]
+
+    /// The tensors a deployment's client keeps (all but the weights of `serverModules`),
+    /// named so that ``ModelFamily/load(tensors:config:configFile:file:serverModules:)`` reads them back.
+    func clientTensors(excluding serverModules: Set<String>) -> [(name: String, shape: [Int], values: [Float])]
+
+    /// The model's config.json, with its `model_type`.
+    func configJSON() throws -> Data
+}
+
+extension TrainableModel {
+    /// A config's JSON with `model_type` set, keys sorted.
+    static func configJSON<C: Encodable>(_ config: C, modelType: String) throws -> Data {
+        var object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as? [String: Any] ?? [:]
+        object["model_type"] = modelType
+        return try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+    }
 }
 
 /// What a batch's summed token losses are divided by.
@@ -55,6 +81,12 @@ public struct LossSegment: Equatable, Sendable {
 }
 
 extension GPT2Model: TrainableModel {
+    public func lastLogits(_ tokens: [Int], hooks: LinearHooks<Float>) -> [Float] {
+        forwardForTraining(tokens: tokens, batchSize: 1, hooks: hooks, headRows: [tokens.count - 1]).logits
+    }
+
+    public func configJSON() throws -> Data { try Self.configJSON(config, modelType: "gpt2") }
+
     public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
                              normalization: LossNormalization, backward: Bool) -> Float {
         TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, normalization: normalization, backward: backward,
@@ -65,6 +97,12 @@ extension GPT2Model: TrainableModel {
 }
 
 extension LlamaModel: TrainableModel {
+    public func lastLogits(_ tokens: [Int], hooks: LinearHooks<Float>) -> [Float] {
+        forwardForTraining(tokens: tokens, batchSize: 1, hooks: hooks, headRows: [tokens.count - 1]).logits
+    }
+
+    public func configJSON() throws -> Data { try Self.configJSON(config, modelType: config.modelType) }
+
     public func trainingLoss(tokens: [Int], batchSize: Int, targets: [Int], hooks: LinearHooks<Float>,
                              normalization: LossNormalization, backward: Bool) -> Float {
         TrainingLoss.run(targets: targets, vocabularySize: config.vocabSize, normalization: normalization, backward: backward,

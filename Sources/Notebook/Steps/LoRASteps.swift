@@ -38,7 +38,9 @@ public struct TargetModulesSpec: Codable, Equatable, Sendable {
 
     /// The targets for `architecture`, or nil when the cell names none for it.
     public func targets(for architecture: String) -> LoRATargets? {
-        guard let names = byArchitecture[architecture] ?? byArchitecture["*"] else { return nil }
+        // A family's name covers its model types (`llama` covers qwen2 and mistral).
+        let family = ModelFamily.forModelType(architecture)?.name ?? architecture
+        guard let names = byArchitecture[architecture] ?? byArchitecture[family] ?? byArchitecture["*"] else { return nil }
         if names.count == 1 { return LoRATargets(parsing: names[0]) }
         return LoRATargets(parsing: names.joined(separator: ","))
     }

@@ -1,61 +1,8 @@
 import Foundation
 
-/// A LLaMA-family configuration, with Hugging Face's `config.json` key names.
-public struct LlamaConfig: Codable, Equatable, Sendable {
-    public var vocabSize: Int
-    public var hiddenSize: Int
-    public var intermediateSize: Int
-    public var numHiddenLayers: Int
-    public var numAttentionHeads: Int
-    public var numKeyValueHeads: Int
-    public var rmsNormEps: Double
-    public var ropeTheta: Double
-    public var maxPositionEmbeddings: Int
-    public var tieWordEmbeddings: Bool
-
-    enum CodingKeys: String, CodingKey {
-        case vocabSize = "vocab_size", hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
-        case numHiddenLayers = "num_hidden_layers", numAttentionHeads = "num_attention_heads"
-        case numKeyValueHeads = "num_key_value_heads", rmsNormEps = "rms_norm_eps", ropeTheta = "rope_theta"
-        case maxPositionEmbeddings = "max_position_embeddings", tieWordEmbeddings = "tie_word_embeddings"
-    }
-
-    public init(vocabSize: Int, hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
-                numKeyValueHeads: Int, rmsNormEps: Double, ropeTheta: Double, maxPositionEmbeddings: Int, tieWordEmbeddings: Bool) {
-        (self.vocabSize, self.hiddenSize, self.intermediateSize) = (vocabSize, hiddenSize, intermediateSize)
-        (self.numHiddenLayers, self.numAttentionHeads, self.numKeyValueHeads) = (numHiddenLayers, numAttentionHeads, numKeyValueHeads)
-        (self.rmsNormEps, self.ropeTheta, self.maxPositionEmbeddings, self.tieWordEmbeddings) = (rmsNormEps, ropeTheta, maxPositionEmbeddings, tieWordEmbeddings)
-    }
-
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        vocabSize = try c.decode(Int.self, forKey: .vocabSize)
-        hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
-        intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
-        numHiddenLayers = try c.decode(Int.self, forKey: .numHiddenLayers)
-        numAttentionHeads = try c.decode(Int.self, forKey: .numAttentionHeads)
-        numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads) ?? numAttentionHeads
-        rmsNormEps = try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6
-        ropeTheta = try c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? 10000
-        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
-        tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
-    }
-
-    public var headDim: Int { hiddenSize / numAttentionHeads }
-
-    /// Checks the numbers fit together; `file` names the source in errors.
-    func validate(file: String) throws {
-        if numAttentionHeads <= 0 || hiddenSize % numAttentionHeads != 0 {
-            throw ModelLoadError.badConfig(file: file, key: "num_attention_heads", message: "\(numAttentionHeads) does not divide hidden_size \(hiddenSize)")
-        }
-        if numKeyValueHeads <= 0 || numAttentionHeads % numKeyValueHeads != 0 {
-            throw ModelLoadError.badConfig(file: file, key: "num_key_value_heads", message: "\(numKeyValueHeads) does not divide num_attention_heads \(numAttentionHeads)")
-        }
-        if headDim % 2 != 0 { throw ModelLoadError.badConfig(file: file, key: "hidden_size", message: "head size \(headDim) must be even for RoPE") }
-    }
-}
-
-/// LLaMA: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention, tied or untied lm_head.
+/// The LLaMA family (Llama 2/3.x, Qwen2, Mistral): RMSNorm, rotary positions (with scaling),
+/// SwiGLU MLP, grouped-query attention, optional biases, an optional sliding window, tied or
+/// untied lm_head.
 public final class LlamaModel: LanguageModel {
     /// One transformer block. Linear weights are (out, in), as nn.Linear stores them.
     public struct Block {
@@ -68,6 +15,9 @@ public final class LlamaModel: LanguageModel {
         public var gate: [Float]           // (F, C)
         public var up: [Float]             // (F, C)
         public var down: [Float]           // (C, F)
+        /// Biases, where the config has them (``LlamaConfig/biases``): q (H·hd), k and v (KV·hd), o (C), gate and up (F), down (C).
+        public var bq: [Float]? = nil, bk: [Float]? = nil, bv: [Float]? = nil, bo: [Float]? = nil
+        public var bGate: [Float]? = nil, bUp: [Float]? = nil, bDown: [Float]? = nil
     }
 
     public let config: LlamaConfig
@@ -112,15 +62,16 @@ public final class LlamaModel: LanguageModel {
         return DecodeMatrix.bytesByFormat(w.blocks.flatMap { $0 } + [w.head])
     }
 
-    public var architecture: String { "llama" }
+    public var architecture: String { config.modelType }
     public var vocabularySize: Int { config.vocabSize }
-    public var contextLength: Int { config.maxPositionEmbeddings }
+    public var contextLength: Int { config.contextLength }
     public var layerCount: Int { config.numHiddenLayers }
     public var hiddenSize: Int { config.hiddenSize }
     public var parameterCount: Int {
         embedding.count + finalNorm.count + (lmHead?.count ?? 0) + blocks.reduce(0) {
             $0 + $1.attentionNorm.count + $1.wq.count + $1.wk.count + $1.wv.count + $1.wo.count
                 + $1.mlpNorm.count + $1.gate.count + $1.up.count + $1.down.count
+                + [$1.bq, $1.bk, $1.bv, $1.bo, $1.bGate, $1.bUp, $1.bDown].reduce(0) { $0 + ($1?.count ?? 0) }
         }
     }
 
@@ -131,7 +82,8 @@ public final class LlamaModel: LanguageModel {
         self.blocks = blocks
         self.finalNorm = finalNorm
         self.lmHead = lmHead
-        rope = RoPE(headDim: config.headDim, base: config.ropeTheta, maxPositions: min(config.maxPositionEmbeddings, 512), style: ropeStyle)
+        rope = RoPE(inverseFrequencies: config.ropeInverseFrequencies(sequenceLength: 0),
+                    maxPositions: min(config.maxPositionEmbeddings, 512), style: ropeStyle)
     }
 
     public func makeCache(capacity: Int) -> KVCache {
@@ -152,7 +104,11 @@ public final class LlamaModel: LanguageModel {
         precondition(T > 0, "forward needs at least one token")
         for t in tokens { precondition(t >= 0 && t < V, "token \(t) outside vocabulary 0..<\(V)") }
         cache.reserve(start + T)
-        rope.grow(to: start + T)
+        // Dynamic scaling past the trained positions: frequencies for this length, applied to
+        // the new tokens (the cached keys keep the rotation they were computed with).
+        let dynamic = config.ropeScaling?.kind == .dynamic && start + T > config.maxPositionEmbeddings
+        let rope = dynamic ? RoPE(inverseFrequencies: config.ropeInverseFrequencies(sequenceLength: start + T), maxPositions: start + T, style: ropeStyle)
+            : { self.rope.grow(to: start + T); return self.rope }()
         let eps = Float(config.rmsNormEps)
 
         var x = [Float](repeating: 0, count: T * C)          // (T, C) residual stream
@@ -166,19 +122,25 @@ public final class LlamaModel: LanguageModel {
         var scores = [Float](repeating: 0, count: T * (start + T))
         let halves = T == 1 && compactDecode && hooks == nil ? decodeMatrices() : nil
         let named = hooks == nil ? nil : trainingWeights(as: Float.self)
-        /// y = x·Wᵀ through the hooks (as `layer`), or the decode copy when decoding, else sgemm.
-        func project(_ layer: LinearLayer?, _ x: [Float], _ w: [Float], _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int,
+        /// y = x·Wᵀ + b through the hooks (as `layer`), or the decode copy when decoding, else sgemm.
+        func project(_ layer: LinearLayer?, _ x: [Float], _ w: [Float], _ bias: [Float]?, _ hw: DecodeMatrix?, _ y: inout [Float], _ k: Int, _ n: Int,
                      accumulate: Bool = false) {
             if let hooks, let layer {
                 if accumulate {
                     var product = [Float](repeating: 0, count: T * n)
-                    hooks.linearForward(layer, x, weight: w, bias: nil, layout: .outIn, &product)
+                    hooks.linearForward(layer, x, weight: w, bias: bias, layout: .outIn, &product)
                     Ops.add(&y, product, count: T * n)
                 } else {
-                    hooks.linearForward(layer, x, weight: w, bias: nil, layout: .outIn, &y)
+                    hooks.linearForward(layer, x, weight: w, bias: bias, layout: .outIn, &y)
                 }
+                return
             } else if let hw { x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { hw.apply(xp.baseAddress!, $0.baseAddress!, accumulate: accumulate) } } }
             else { Ops.linear(x, w, &y, rows: T, inFeatures: k, outFeatures: n, accumulate: accumulate) }
+            if let bias { addBias(bias, &y) }
+        }
+        func addBias(_ bias: [Float], _ y: inout [Float]) {
+            let n = bias.count
+            for r in 0..<T { for j in 0..<n { y[r * n + j] += bias[j] } }
         }
         embedding.withUnsafeBufferPointer { e in
             for (i, t) in tokens.enumerated() { x.withUnsafeMutableBufferPointer { ($0.baseAddress! + i * C).update(from: e.baseAddress! + t * C, count: C) } }
@@ -198,10 +160,13 @@ public final class LlamaModel: LanguageModel {
                         }
                     }
                 }
+                if let bq = b.bq { addBias(bq, &q) }
+                if let bk = b.bk { addBias(bk, &k) }
+                if let bv = b.bv { addBias(bv, &v) }
             } else {
-                project(lin?.q, h, b.wq, nil, &q, C, H * hd)
-                project(lin?.k, h, b.wk, nil, &k, C, KV * hd)
-                project(lin?.v, h, b.wv, nil, &v, C, KV * hd)
+                project(lin?.q, h, b.wq, b.bq, nil, &q, C, H * hd)
+                project(lin?.k, h, b.wk, b.bk, nil, &k, C, KV * hd)
+                project(lin?.v, h, b.wv, b.bv, nil, &v, C, KV * hd)
             }
             q.withUnsafeMutableBufferPointer { qp in
                 k.withUnsafeMutableBufferPointer { kp in
@@ -217,10 +182,10 @@ public final class LlamaModel: LanguageModel {
             cache.keys[l].withUnsafeBufferPointer { kc in
                 cache.values[l].withUnsafeBufferPointer { vc in
                     causalAttention(q: q, keys: kc.baseAddress!, values: vc.baseAddress!, out: &att, t: T, start: start,
-                                    heads: H, kvHeads: KV, headDim: hd, scores: &scores)
+                                    heads: H, kvHeads: KV, headDim: hd, window: config.slidingWindow, scores: &scores)
                 }
             }
-            project(lin?.o, att, b.wo, hb?[3], &x, H * hd, C, accumulate: true)
+            project(lin?.o, att, b.wo, b.bo, hb?[3], &x, H * hd, C, accumulate: true)
             Ops.rmsNorm(x, weight: b.mlpNorm, &h, rows: T, width: C, eps: eps)
             if let hb {
                 h.withUnsafeBufferPointer { hp in
@@ -230,12 +195,14 @@ public final class LlamaModel: LanguageModel {
                         }
                     }
                 }
+                if let bg = b.bGate { addBias(bg, &g) }
+                if let bu = b.bUp { addBias(bu, &u) }
             } else {
-                project(lin?.gate, h, b.gate, nil, &g, C, F)
-                project(lin?.up, h, b.up, nil, &u, C, F)
+                project(lin?.gate, h, b.gate, b.bGate, nil, &g, C, F)
+                project(lin?.up, h, b.up, b.bUp, nil, &u, C, F)
             }
             Ops.swiGLU(gate: &g, up: u, count: T * F)
-            project(lin?.down, g, b.down, hb?[6], &x, F, C, accumulate: true)
+            project(lin?.down, g, b.down, b.bDown, hb?[6], &x, F, C, accumulate: true)
         }
         cache.length = start + T
         let rows = allPositions ? T : 1
@@ -255,31 +222,56 @@ public final class LlamaModel: LanguageModel {
 }
 
 extension LlamaModel {
+    /// Where each tensor of a block lives: Hugging Face's name and llama.cpp's (GGUF).
+    static let blockTensorNames: [(hf: String, gguf: String)] = [
+        ("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"), ("post_attention_layernorm", "ffn_norm"),
+        ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down"),
+    ]
+
+    /// Whether llama.cpp permutes this family's Q/K rows for its interleaved RoPE (Llama and
+    /// Mistral; Qwen2 keeps Hugging Face's rows and rotates halves).
+    static func ggufPermutesQK(_ config: LlamaConfig) -> Bool { config.modelType != "qwen2" }
+
     /// Loads from llama.cpp-named tensors (GGUF: `token_embd.weight`, `blk.N.attn_q.weight`, …;
-    /// Q/K rows are permuted for interleaved RoPE) or Hugging Face names (`model.layers.N.self_attn.q_proj.weight`, …).
+    /// Q/K rows are permuted for interleaved RoPE in the Llama layout) or Hugging Face names
+    /// (`model.layers.N.self_attn.q_proj.weight`, …). A `rope_freqs.weight` tensor (llama.cpp's
+    /// Llama 3 frequency factors) is read into the config.
     /// `serverModules`: linear modules (Hugging Face names) whose weights are on a server and
     /// absent from `source` (a deployment's client folder); they load as empty arrays.
     public static func load(from source: TensorSource, config: LlamaConfig, file: String, serverModules: Set<String> = []) throws -> LlamaModel {
-        try config.validate(file: file)
+        var config = config
         var loader = StrictTensorLoader(source: source, file: file)
+        if loader.has("rope_freqs.weight") {
+            config.ropeFrequencyFactors = try loader.tensor("rope_freqs.weight", shape: [config.headDim / 2])
+            // The factors are llama3 scaling, already applied: a config that also says so must not apply it twice.
+            if config.ropeScaling?.kind == .llama3 { config.ropeScaling = nil }
+        }
+        try config.validate(file: file)
         let gguf = loader.has("token_embd.weight")
         let C = config.hiddenSize, F = config.intermediateSize, V = config.vocabSize
         let qDim = config.numAttentionHeads * config.headDim, kvDim = config.numKeyValueHeads * config.headDim
         func name(_ g: String, _ hf: String) -> String { gguf ? g : hf }
         let embedding = try loader.tensor(name("token_embd.weight", "model.embed_tokens.weight"), shape: [V, C])
+        let biases = config.biases
         var blocks: [Block] = []
         for l in 0..<config.numHiddenLayers {
-            let gp = "blk.\(l).", hp = "model.layers.\(l)."
+            func tensor(_ index: Int, _ suffix: String, _ shape: [Int]) throws -> [Float] {
+                let n = blockTensorNames[index]
+                return try loader.tensor(name("blk.\(l).\(n.gguf).\(suffix)", "model.layers.\(l).\(n.hf).\(suffix)"), shape: shape)
+            }
+            func weight(_ index: Int, _ shape: [Int]) throws -> [Float] {
+                serverModules.contains("model.layers.\(l).\(blockTensorNames[index].hf)") ? [] : try tensor(index, "weight", shape)
+            }
+            func bias(_ index: Int, _ present: Bool, _ n: Int) throws -> [Float]? { present ? try tensor(index, "bias", [n]) : nil }
             blocks.append(Block(
-                attentionNorm: try loader.tensor(name(gp + "attn_norm.weight", hp + "input_layernorm.weight"), shape: [C]),
-                wq: serverModules.contains(hp + "self_attn.q_proj") ? [] : try loader.tensor(name(gp + "attn_q.weight", hp + "self_attn.q_proj.weight"), shape: [qDim, C]),
-                wk: serverModules.contains(hp + "self_attn.k_proj") ? [] : try loader.tensor(name(gp + "attn_k.weight", hp + "self_attn.k_proj.weight"), shape: [kvDim, C]),
-                wv: serverModules.contains(hp + "self_attn.v_proj") ? [] : try loader.tensor(name(gp + "attn_v.weight", hp + "self_attn.v_proj.weight"), shape: [kvDim, C]),
-                wo: serverModules.contains(hp + "self_attn.o_proj") ? [] : try loader.tensor(name(gp + "attn_output.weight", hp + "self_attn.o_proj.weight"), shape: [C, qDim]),
-                mlpNorm: try loader.tensor(name(gp + "ffn_norm.weight", hp + "post_attention_layernorm.weight"), shape: [C]),
-                gate: serverModules.contains(hp + "mlp.gate_proj") ? [] : try loader.tensor(name(gp + "ffn_gate.weight", hp + "mlp.gate_proj.weight"), shape: [F, C]),
-                up: serverModules.contains(hp + "mlp.up_proj") ? [] : try loader.tensor(name(gp + "ffn_up.weight", hp + "mlp.up_proj.weight"), shape: [F, C]),
-                down: serverModules.contains(hp + "mlp.down_proj") ? [] : try loader.tensor(name(gp + "ffn_down.weight", hp + "mlp.down_proj.weight"), shape: [C, F])))
+                attentionNorm: try tensor(0, "weight", [C]),
+                wq: try weight(1, [qDim, C]), wk: try weight(2, [kvDim, C]), wv: try weight(3, [kvDim, C]), wo: try weight(4, [C, qDim]),
+                mlpNorm: try tensor(5, "weight", [C]),
+                gate: try weight(6, [F, C]), up: try weight(7, [F, C]), down: try weight(8, [C, F]),
+                bq: try bias(1, biases.q, qDim), bk: try bias(2, biases.k, kvDim), bv: try bias(3, biases.v, kvDim),
+                bo: try bias(4, biases.o, C), bGate: try bias(6, biases.mlp, F), bUp: try bias(7, biases.mlp, F),
+                bDown: try bias(8, biases.mlp, C)))
         }
         let finalNorm = try loader.tensor(name("output_norm.weight", "model.norm.weight"), shape: [C])
         let headName = name("output.weight", "lm_head.weight")
@@ -290,12 +282,11 @@ extension LlamaModel {
             throw ModelLoadError.missingTensor(file: file, tensor: headName)
         }
         // Rotary-embedding caches some exporters include are derived, not parameters.
-        loader.ignore { $0.hasSuffix("rotary_emb.inv_freq") || $0 == "rope_freqs.weight" }
+        loader.ignore { $0.hasSuffix("rotary_emb.inv_freq") }
         try loader.checkAllUsed()
-        var cfg = config
-        cfg.tieWordEmbeddings = lmHead == nil
-        let model = LlamaModel(config: cfg, ropeStyle: gguf ? .interleaved : .halves, embedding: embedding, blocks: blocks,
-                               finalNorm: finalNorm, lmHead: lmHead)
+        config.tieWordEmbeddings = lmHead == nil
+        let model = LlamaModel(config: config, ropeStyle: gguf && ggufPermutesQK(config) ? .interleaved : .halves, embedding: embedding,
+                               blocks: blocks, finalNorm: finalNorm, lmHead: lmHead)
         if let file = source as? GGUFFile {  // decode straight from the stored blocks
             let names = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
             model.stored = (blocks: (0..<config.numHiddenLayers).map { l in

@@ -15,6 +15,9 @@ public struct LlamaTrainingWeights<Real: TrainingScalar> {
         public var gate: [Real]           // (F, C)
         public var up: [Real]             // (F, C)
         public var down: [Real]           // (C, F)
+        /// Biases where the config has them (see ``LlamaModel/Block``).
+        public var bq: [Real]? = nil, bk: [Real]? = nil, bv: [Real]? = nil, bo: [Real]? = nil
+        public var bGate: [Real]? = nil, bUp: [Real]? = nil, bDown: [Real]? = nil
     }
 
     public let config: LlamaConfig
@@ -67,7 +70,9 @@ extension LlamaModel {
             config: config, ropeStyle: ropeStyle, embedding: c(embedding),
             blocks: blocks.map {
                 .init(attentionNorm: c($0.attentionNorm), wq: c($0.wq), wk: c($0.wk), wv: c($0.wv), wo: c($0.wo),
-                      mlpNorm: c($0.mlpNorm), gate: c($0.gate), up: c($0.up), down: c($0.down))
+                      mlpNorm: c($0.mlpNorm), gate: c($0.gate), up: c($0.up), down: c($0.down),
+                      bq: $0.bq.map(c), bk: $0.bk.map(c), bv: $0.bv.map(c), bo: $0.bo.map(c),
+                      bGate: $0.bGate.map(c), bUp: $0.bUp.map(c), bDown: $0.bDown.map(c))
             },
             finalNorm: c(finalNorm), lmHead: lmHead.map(c))
     }
@@ -125,7 +130,7 @@ extension LlamaTrainingWeights {
         precondition(B > 0 && N > 0 && N % B == 0, "\(N) tokens do not make \(B) sequences of equal length")
         for t in tokens { precondition(t >= 0 && t < V, "token \(t) outside vocabulary 0..<\(V)") }
         let T = N / B
-        let rope = RotaryTables<Real>(headDim: hd, base: config.ropeTheta, positions: T)
+        let rope = RotaryTables<Real>(inverseFrequencies: config.ropeInverseFrequencies(sequenceLength: T), positions: T)
         var x = [Real](repeating: 0, count: N * C)  // (N, C) residual stream
         Layers.embeddingForward(tokens: tokens, table: embedding, positions: nil, sequenceLength: T, &x, width: C)
         var saved: [LlamaBlockActivations<Real>] = []
@@ -174,22 +179,22 @@ extension LlamaTrainingWeights {
             v: zeros(N * KV * hd), probs: zeros(B * H * T * T), att: zeros(N * H * hd), mid: [], rstd2: zeros(N),
             h2: zeros(N * C), gate: zeros(N * F), up: zeros(N * F), act: zeros(N * F))
         Layers.rmsNormForward(x, weight: w.attentionNorm, &s.h1, rstd: &s.rstd1, rows: N, width: C, eps: eps)
-        hooks.linearForward(lin.q, s.h1, weight: w.wq, bias: nil, layout: .outIn, &s.q)
-        hooks.linearForward(lin.k, s.h1, weight: w.wk, bias: nil, layout: .outIn, &s.k)
-        hooks.linearForward(lin.v, s.h1, weight: w.wv, bias: nil, layout: .outIn, &s.v)
+        hooks.linearForward(lin.q, s.h1, weight: w.wq, bias: w.bq, layout: .outIn, &s.q)
+        hooks.linearForward(lin.k, s.h1, weight: w.wk, bias: w.bk, layout: .outIn, &s.k)
+        hooks.linearForward(lin.v, s.h1, weight: w.wv, bias: w.bv, layout: .outIn, &s.v)
         Layers.ropeForward(&s.q, tables: rope, style: ropeStyle, rows: N, sequenceLength: T, heads: H)
         Layers.ropeForward(&s.k, tables: rope, style: ropeStyle, rows: N, sequenceLength: T, heads: KV)
         Layers.attentionForward(q: s.q, k: s.k, v: s.v, qStride: H * hd, kvStride: KV * hd, &s.att, probs: &s.probs,
-                                batchSize: B, sequenceLength: T, heads: H, kvHeads: KV, headDim: hd)
+                                batchSize: B, sequenceLength: T, heads: H, kvHeads: KV, headDim: hd, window: config.slidingWindow)
         var proj = zeros(N * C)
-        hooks.linearForward(lin.o, s.att, weight: w.wo, bias: nil, layout: .outIn, &proj)
+        hooks.linearForward(lin.o, s.att, weight: w.wo, bias: w.bo, layout: .outIn, &proj)
         Layers.add(&x, proj, count: N * C)
         s.mid = x
         Layers.rmsNormForward(x, weight: w.mlpNorm, &s.h2, rstd: &s.rstd2, rows: N, width: C, eps: eps)
-        hooks.linearForward(lin.gate, s.h2, weight: w.gate, bias: nil, layout: .outIn, &s.gate)
-        hooks.linearForward(lin.up, s.h2, weight: w.up, bias: nil, layout: .outIn, &s.up)
+        hooks.linearForward(lin.gate, s.h2, weight: w.gate, bias: w.bGate, layout: .outIn, &s.gate)
+        hooks.linearForward(lin.up, s.h2, weight: w.up, bias: w.bUp, layout: .outIn, &s.up)
         Layers.swiGLUForward(gate: s.gate, up: s.up, &s.act, count: N * F)
-        hooks.linearForward(lin.down, s.act, weight: w.down, bias: nil, layout: .outIn, &proj)
+        hooks.linearForward(lin.down, s.act, weight: w.down, bias: w.bDown, layout: .outIn, &proj)
         Layers.add(&x, proj, count: N * C)
         return s
     }

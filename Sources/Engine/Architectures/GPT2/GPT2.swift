@@ -26,7 +26,27 @@ public struct GPT2Config: Codable, Equatable, Sendable {
         nLayer = try c.decodeIfPresent(Int.self, forKey: .nLayer) ?? 12
         nHead = try c.decodeIfPresent(Int.self, forKey: .nHead) ?? 12
         layerNormEpsilon = try c.decodeIfPresent(Double.self, forKey: .layerNormEpsilon) ?? 1e-5
+        // Keys that would change the maths: implemented values pass, any other is refused by name.
+        let all = try decoder.container(keyedBy: AnyCodingKey.self)
+        func value<T: Decodable>(_ key: String, _ type: T.Type) throws -> T? { try all.decodeIfPresent(T.self, forKey: AnyCodingKey(key)) }
+        if let act = try value("activation_function", String.self), !["gelu_new", "gelu_pytorch_tanh"].contains(act) {
+            throw ConfigKeyError(key: "activation_function", message: "'\(act)' is not supported (nb's GPT-2 uses the tanh GELU, gelu_new)")
+        }
+        if let inner = try value("n_inner", Int.self), inner != 4 * nEmbd {
+            throw ConfigKeyError(key: "n_inner", message: "\(inner) is not supported (the MLP is 4·n_embd = \(4 * nEmbd) wide)")
+        }
+        if try value("scale_attn_weights", Bool.self) == false {
+            throw ConfigKeyError(key: "scale_attn_weights", message: "false is not supported (attention scores are divided by √head size)")
+        }
+        for key in ["scale_attn_by_inverse_layer_idx", "add_cross_attention"] where try value(key, Bool.self) == true {
+            throw ConfigKeyError(key: key, message: "true is not supported by nb's GPT-2")
+        }
     }
+
+    /// The config.json keys GPT-2 reads (the first six) or checks.
+    public static let keysRead = ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "layer_norm_epsilon",
+                                  "activation_function", "n_inner", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
+                                  "add_cross_attention"]
 }
 
 /// GPT-2: learned positions, pre-LayerNorm blocks, GELU (tanh) MLP, lm_head tied to the

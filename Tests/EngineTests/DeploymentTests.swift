@@ -43,7 +43,7 @@ import Testing
 
     /// server/ holds only the manifest and the integer weights: no key, no adapter, no
     /// calibration ranges, no embeddings; client/ holds no remote weight and its key is 0600.
-    @Test(arguments: ["tiny-gpt2", "tiny-llama"]) func foldersHoldWhatTheyShould(_ name: String) throws {
+    @Test(arguments: ["tiny-gpt2", "tiny-llama", "tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-llama-linear"]) func foldersHoldWhatTheyShould(_ name: String) throws {
         let keyring = Keyring()
         _ = keyring.serialized(all: true)
         var (dir, model, adapter, summary) = try Self.save(name, keyring: keyring)
@@ -87,7 +87,7 @@ import Testing
     /// The client folder loads without the remote weights (empty), with the same tokenizer,
     /// and trains through the server folder's handler exactly as `execute` does with the
     /// whole model: same losses, same adapter.
-    @Test(arguments: ["tiny-gpt2", "tiny-llama"]) func clientFolderTrainsLikeExecute(_ name: String) throws {
+    @Test(arguments: ["tiny-gpt2", "tiny-llama", "tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-llama-linear"]) func clientFolderTrainsLikeExecute(_ name: String) throws {
         let keyring = Keyring()
         let (dir, model, adapter, _) = try Self.save(name, keyring: keyring)
         let location = try ModelCatalog.locate(dir.path)

@@ -34,7 +34,8 @@ import Testing
 
     /// Training in `execute` gives exactly the losses and adapter weights of `disable` with the
     /// same seed, on GPT-2 (Conv1D, biases) and LLaMA (all linear layers), forward and backward.
-    @Test(arguments: [("tiny-gpt2", LoRATargets.modules(["c_attn"])), ("tiny-llama", LoRATargets.allLinear)])
+    @Test(arguments: [("tiny-gpt2", LoRATargets.modules(["c_attn"])), ("tiny-llama", LoRATargets.allLinear),
+                      ("tiny-qwen2", LoRATargets.allLinear), ("tiny-mistral", LoRATargets.allLinear)])
     func executeEqualsDisable(_ name: String, _ targets: LoRATargets) throws {
         let scheme = QuantizationScheme(named: "DTok-SC", nBits: 8)!
         func plan(_ m: TrainableModel) -> HybridPlan { HybridPlan(scheme: scheme, remoteModules: m.linearModules.map(\.name)) }

@@ -51,7 +51,7 @@ import Testing
 
     /// Float layers with the adapter's hooks: the cached logits equal the training pass's to
     /// Float32 rounding, and the adapter changes them (so the hooks ran).
-    @Test(arguments: ["tiny-gpt2", "tiny-llama"]) func cachedLogitsEqualTheTrainingPass(_ name: String) throws {
+    @Test(arguments: ["tiny-gpt2", "tiny-llama", "tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-llama-linear"]) func cachedLogitsEqualTheTrainingPass(_ name: String) throws {
         let (model, adapter) = try Self.setup(name)
         let tokens = Self.prompt + [3, 250, 7, 7, 64, 1]
         let (cached, full) = Self.stepLogits(model, tokens, hooks: adapter.hooks())
@@ -64,7 +64,7 @@ import Testing
     /// Generation with the cache gives the tokens re-running the sequence gives, greedy and
     /// sampled, in float and through 8-bit per-token quantized products (whose rows are
     /// quantized one by one, so one new row at a time is the same arithmetic).
-    @Test(arguments: ["tiny-gpt2", "tiny-llama"]) func cachedGenerationEqualsRecomputing(_ name: String) throws {
+    @Test(arguments: ["tiny-gpt2", "tiny-llama", "tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-llama-linear"]) func cachedGenerationEqualsRecomputing(_ name: String) throws {
         let (model, adapter) = try Self.setup(name)
         let names = model.linearModules.map(\.name)
         let quantized = try QuantizedLinearBackend(plan: HybridPlan(scheme: QuantizationScheme(named: "DTok-SC", nBits: 8)!, remoteModules: names), model: model)

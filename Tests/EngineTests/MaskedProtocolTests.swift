@@ -153,7 +153,8 @@ import Testing
     /// Training with the masked protocol gives exactly the losses and adapter of `disable` (and
     /// of `he`): forward and backward, with accumulation and dropout, on GPT-2 and LLaMA. The
     /// online requests carry k bits per value (≤ 4 bytes each way).
-    @Test(arguments: [("tiny-gpt2", LoRATargets.modules(["c_attn"])), ("tiny-llama", LoRATargets.allLinear)])
+    @Test(arguments: [("tiny-gpt2", LoRATargets.modules(["c_attn"])), ("tiny-llama", LoRATargets.allLinear),
+                      ("tiny-llama3", LoRATargets.allLinear), ("tiny-qwen2", LoRATargets.allLinear), ("tiny-mistral", LoRATargets.allLinear)])
     func maskedEqualsDisable(_ name: String, _ targets: LoRATargets) throws {
         let dir = try Self.temporaryStore()
         defer { try? FileManager.default.removeItem(at: dir) }

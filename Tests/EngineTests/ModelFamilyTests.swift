@@ -169,3 +169,23 @@ enum ModelFamilyTestsSupport {
     static func decode(_ data: Data) throws -> LlamaConfig { try ModelFamily.decodeConfig(LlamaConfig.self, from: data, file: "config.json") }
     static func decodeGPT2(_ data: Data) throws -> GPT2Config { try ModelFamily.decodeConfig(GPT2Config.self, from: data, file: "config.json") }
 }
+
+extension ModelFamilyTests {
+    /// What a deployment's client folder keeps (every tensor when no module is remote) and
+    /// the config it writes load back, through the registry, to the same model: biases,
+    /// scaling and a GGUF's `rope_freqs.weight` travel with it.
+    @Test(arguments: families + ["tiny-llama3.gguf", "tiny-qwen2.gguf"]) func clientTensorsAndConfigLoadBackToTheSameModel(fixture: String) throws {
+        let model: TrainableModel = fixture.hasSuffix(".gguf")
+            ? try #require(try LoadedModel.load(try ModelCatalog.locate(ModelGoldenTests.fixtures.appendingPathComponent(fixture).path)).model as? TrainableModel)
+            : try Self.model(fixture)
+        var tensors = InMemoryTensors()
+        for t in model.clientTensors(excluding: []) { tensors.tensors[t.name] = (t.shape, t.values) }
+        let again = try ModelFamily.load(tensors: tensors, config: try model.configJSON(), configFile: "config.json", file: fixture)
+        #expect(again.architecture == model.architecture && again.parameterCount == model.parameterCount)
+        let ids = [11, 48, 85, 122, 159, 196, 233, 270, 7, 44, 81, 118, 155, 192, 229, 266, 3, 40, 77, 114]
+        (model as? LlamaModel)?.compactDecode = false
+        (again as? LlamaModel)?.compactDecode = false
+        #expect(again.forward(ids, cache: again.makeCache(capacity: 20), allPositions: true)
+                == model.forward(ids, cache: model.makeCache(capacity: 20), allPositions: true))
+    }
+}

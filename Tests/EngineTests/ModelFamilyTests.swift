@@ -189,3 +189,16 @@ extension ModelFamilyTests {
                 == model.forward(ids, cache: model.makeCache(capacity: 20), allPositions: true))
     }
 }
+
+extension ModelFamilyTests {
+    /// A saved adapter names its base by Hugging Face id when the origin is known.
+    @Test func huggingFaceIDsOfModelLocations() {
+        func location(_ name: String, _ path: String) -> ModelLocation {
+            ModelLocation(requested: name, displayName: name, format: .safetensors, url: URL(fileURLWithPath: path), tokenizerDirectory: nil)
+        }
+        #expect(location("gpt2", "/x").huggingFaceID == "openai-community/gpt2")
+        #expect(location("smollm2-135m-instruct", "/x").huggingFaceID == "HuggingFaceTB/SmolLM2-135M-Instruct")
+        #expect(location("snap", "/h/.cache/huggingface/hub/models--Qwen--Qwen2.5-0.5B/snapshots/abc").huggingFaceID == "Qwen/Qwen2.5-0.5B")
+        #expect(location("mine", "/data/my-model").huggingFaceID == nil)
+    }
+}

@@ -163,6 +163,9 @@ import Testing
         let execute = try Data(contentsOf: w.root.appendingPathComponent("adapter_execute/adapter_model.safetensors"))
         let remote = try Data(contentsOf: w.root.appendingPathComponent("adapter_remote/adapter_model.safetensors"))
         #expect(execute == remote)
+        // The adapter names its base model by its Hugging Face id, as PEFT would.
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: w.root.appendingPathComponent("adapter_execute/adapter_config.json"))) as? [String: Any]
+        #expect(config?["base_model_name_or_path"] as? String == "HuggingFaceTB/SmolLM2-135M-Instruct")
         let html = try w.read("outputs/client.html")
         #expect(html.contains("steps</span><span class=\"metric-value\">4 of 4"))
         #expect(!html.contains("0 requests retried"), "the restart should have cost at least one retry")

@@ -30,6 +30,63 @@ import Testing
         #expect(a.code == 0 && a.stdout == b.stdout)
     }
 
+    static let reference = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("EngineTests/Fixtures/reference")
+
+    /// Token ids in (`--ids`) and out (`--json` with each step's top-2 margin), every
+    /// position's top tokens, the exact float32 path, and the tokenizer alone.
+    @Test func idsPositionsJSONPrecisionAndTokenizerOnly() throws {
+        let w = try Workspace()
+        // A folder with only GPT-2's tokenizer files (no config, no weights) tokenizes and back.
+        let only = w.root.appendingPathComponent("tokenizer-only")
+        try FileManager.default.createDirectory(at: only, withIntermediateDirectories: true)
+        for f in ["encoder.json", "vocab.bpe"] {
+            try FileManager.default.copyItem(at: ModelCache.directory.appendingPathComponent("models/gpt2-tokenizer/\(f)"), to: only.appendingPathComponent(f))
+        }
+        let tokens = try w.nb("tokenize", "--model", "tokenizer-only", "Hello world", "--json")
+        #expect(tokens.code == 0, "\(tokens.stderr)")
+        #expect((try JSONSerialization.jsonObject(with: Data(tokens.stdout.utf8)) as? [String: Any])?["ids"] as? [Int] == [15496, 995])
+        let text = try w.nb("detokenize", "--model", "tokenizer-only", "15496", "995")
+        #expect(text.code == 0 && text.stdout == "Hello world\n", "\(text.stderr)")
+        let badID = try w.nb("detokenize", "--model", "tokenizer-only", "15496,60000")
+        #expect(badID.code == 1 && badID.stderr.contains("token id 60000 is outside the vocabulary (0..<50257)"), "\(badID.stderr)")
+
+        // Greedy ids and margins on the exact path equal transformers' (the family fixture).
+        struct Generation: Decodable { var prompt_ids: [Int]; var new_ids: [Int]; var step_margins: [Double] }
+        let reference = try JSONDecoder().decode(Generation.self, from: Data(contentsOf: Self.reference.appendingPathComponent("tiny-qwen2-generation.json")))
+        let model = Self.reference.appendingPathComponent("tiny-qwen2").path
+        let generated = try w.nb("generate", "--model", model, "--ids", reference.prompt_ids.map(String.init).joined(separator: ","),
+                                 "--max-tokens", String(reference.new_ids.count), "--precision", "float32", "--json")
+        #expect(generated.code == 0, "\(generated.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(generated.stdout.utf8)) as? [String: Any])
+        #expect(json["ids"] as? [Int] == reference.new_ids)
+        let steps = try #require(json["steps"] as? [[String: Any]])
+        #expect(steps.count == reference.new_ids.count)
+        for (step, margin) in zip(steps, reference.step_margins) {
+            #expect(abs((step["margin"] as? Double ?? -1) - margin) < 1e-4, "\(step) vs margin \(margin)")
+        }
+
+        // Every position's best token is the argmax of transformers' logits there.
+        struct Logits: Decodable { struct S: Decodable { var ids: [Int]; var logits: [[Float]] }; var sequences: [S] }
+        let logits = try JSONDecoder().decode(Logits.self, from: Data(contentsOf: Self.reference.appendingPathComponent("tiny-llama3-logits.json")))
+        let sequence = logits.sequences[1]
+        let top = try w.nb("top-tokens", "--model", Self.reference.appendingPathComponent("tiny-llama3").path, "--ids",
+                           sequence.ids.map(String.init).joined(separator: ","), "--positions", "all", "--k", "2", "--json")
+        #expect(top.code == 0, "\(top.stderr)")
+        let positions = try #require((try JSONSerialization.jsonObject(with: Data(top.stdout.utf8)) as? [String: Any])?["positions"] as? [[String: Any]])
+        #expect(positions.count == sequence.ids.count)
+        for (p, row) in zip(positions, sequence.logits) {
+            let best = (p["top"] as? [[String: Any]])?.first?["id"] as? Int
+            #expect(best == row.indices.max { row[$0] < row[$1] }, "position \(p["position"] ?? "?")")
+        }
+
+        // The prompt is text or ids, not both; ids must be in the vocabulary.
+        let both = try w.nb("generate", "--model", model, "--prompt", "hi", "--ids", "1,2")
+        #expect(both.code != 0 && both.stderr.contains("one of them"), "\(both.stderr)")
+        let outside = try w.nb("top-tokens", "--model", model, "--ids", "1,300")
+        #expect(outside.code == 1 && outside.stderr.contains("token id 300 is outside the vocabulary (0..<300)"), "\(outside.stderr)")
+    }
+
     @Test func unknownModelsAndBadFilesAreClearErrors() throws {
         let w = try Workspace()
         let unknown = try w.nb("tokenize", "--model", "gpt-5", "hello")

@@ -7,9 +7,13 @@ public struct GenerationRequest: Sendable {
     public var sampling: SamplingSettings
     /// Generation stops after any of these tokens (which is kept in the output).
     public var stopTokens: Set<Int>
+    /// Record each step's margin between the two largest logits (``GenerationResult/margins``).
+    public var recordMargins: Bool
 
-    public init(prompt: [Int], maxTokens: Int, sampling: SamplingSettings = SamplingSettings(), stopTokens: Set<Int> = []) {
+    public init(prompt: [Int], maxTokens: Int, sampling: SamplingSettings = SamplingSettings(), stopTokens: Set<Int> = [],
+                recordMargins: Bool = false) {
         (self.prompt, self.maxTokens, self.sampling, self.stopTokens) = (prompt, maxTokens, sampling, stopTokens)
+        self.recordMargins = recordMargins
     }
 }
 
@@ -19,6 +23,18 @@ public struct GenerationResult: Sendable {
     public var finishReason: String
     public var promptSeconds: Double
     public var decodeSeconds: Double
+    /// Per generated token, the largest logit minus the second largest (when asked): how
+    /// close a greedy choice was.
+    public var margins: [Float] = []
+}
+
+/// The largest logit minus the second largest.
+public func topTwoMargin(_ logits: [Float]) -> Float {
+    var first = -Float.infinity, second = -Float.infinity
+    for v in logits {
+        if v > first { (first, second) = (v, first) } else if v > second { second = v }
+    }
+    return first - second
 }
 
 extension LanguageModel {
@@ -39,8 +55,10 @@ extension LanguageModel {
         var logits = forward(prompt, cache: cache, allPositions: false)
         let t1 = clock()
         var out: [Int] = []
+        var margins: [Float] = []
         var reason = "max tokens"
         while out.count < request.maxTokens {
+            if request.recordMargins { margins.append(topTwoMargin(logits)) }
             let next = Sampler.sample(logits, settings: request.sampling, rng: &rng)
             out.append(next)
             onToken?(next)
@@ -49,6 +67,6 @@ extension LanguageModel {
             if out.count == request.maxTokens { break }
             logits = forward([next], cache: cache, allPositions: false)
         }
-        return GenerationResult(tokens: out, finishReason: reason, promptSeconds: t1 - t0, decodeSeconds: clock() - t1)
+        return GenerationResult(tokens: out, finishReason: reason, promptSeconds: t1 - t0, decodeSeconds: clock() - t1, margins: margins)
     }
 }

@@ -99,6 +99,13 @@ public final class LoadedModel: @unchecked Sendable {
             throw ModelLoadError.unsupportedArchitecture(file: path, architecture: arch)
         }
         let model = try load(file, path)
+        let (tokenizer, template) = try ggufTokenizer(file, path: path)
+        return (model, tokenizer, template)
+    }
+
+    /// The tokenizer and chat template of a GGUF's metadata (`tokenizer.ggml.*`).
+    static func ggufTokenizer(_ file: GGUFFile, path: String) throws -> (BPETokenizer, ChatTemplate?) {
+        let m = file.metadata
         guard let tokens = m["tokenizer.ggml.tokens"]?.strings else {
             throw ModelLoadError.badConfig(file: path, key: "tokenizer.ggml.tokens", message: "the GGUF has no vocabulary")
         }
@@ -108,8 +115,41 @@ public final class LoadedModel: @unchecked Sendable {
             eosTokenID: m["tokenizer.ggml.eos_token_id"]?.int, padTokenID: m["tokenizer.ggml.padding_token_id"]?.int,
             addBOS: m["tokenizer.ggml.add_bos_token"]?.bool ?? false, source: path)
         let template = m["tokenizer.chat_template"]?.string.flatMap { ChatTemplate(chatMLJinjaTemplate: $0) }
-        return (model, tokenizer, template)
+        return (tokenizer, template)
     }
+
+    /// The tokenizer alone, without reading any weights: from a GGUF's metadata, a deployment
+    /// client's vocabulary, or a directory's tokenizer files (tokenizer.json, vocab.json +
+    /// merges.txt, encoder.json + vocab.bpe; a directory with only those files is enough).
+    /// `gpt2` names the tokenizer files `make setup` caches when the weights are not there.
+    public static func tokenizer(_ nameOrPath: String) throws -> (tokenizer: BPETokenizer, description: String) {
+        let gpt2Tokenizer = ModelCache.directory.appendingPathComponent("models/gpt2-tokenizer", isDirectory: true)
+        if ["gpt2", "openai-community/gpt2"].contains(nameOrPath.lowercased()), ModelCatalog.hasGPT2Tokenizer(gpt2Tokenizer) {
+            return try loadTokenizer(in: gpt2Tokenizer)
+        }
+        let url = URL(fileURLWithPath: (nameOrPath as NSString).expandingTildeInPath)
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue,
+           !ModelCatalog.isSafetensorsDirectory(url), (try? Deployment.folder(DeploymentLayout.clientFolder, of: url, marker: DeploymentLayout.clientManifest)) == nil {
+            return try loadTokenizer(in: url)
+        }
+        let location = try ModelCatalog.locate(nameOrPath)
+        switch location.format {
+        case .gguf:
+            let (tokenizer, _) = try ggufTokenizer(try GGUFFile(url: location.url), path: location.url.path)
+            return (tokenizer, "byte-level BPE from the GGUF (\(tokenizer.vocabularySize) tokens)")
+        case .deploymentClient:
+            let vocabularyURL = location.url.appendingPathComponent(DeploymentLayout.clientVocabulary)
+            let vocabulary = try Deployment.readJSON(TokenizerVocabulary.self, from: vocabularyURL)
+            return (try BPETokenizer.from(vocabulary, source: vocabularyURL.path), "the deployment's vocabulary.json")
+        case .safetensors:
+            return try loadTokenizer(in: location.tokenizerDirectory ?? location.url)
+        }
+    }
+
+    /// What a saved adapter records as `base_model_name_or_path`: the Hugging Face id when
+    /// the model's origin is known, else the path it was loaded from.
+    public var baseModelNameOrPath: String { location.huggingFaceID ?? location.url.path }
 
     /// GPT-2's tokenizer files in a directory: tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe.
     static func loadTokenizer(in dir: URL) throws -> (BPETokenizer, String) {

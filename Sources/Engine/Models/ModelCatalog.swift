@@ -29,6 +29,26 @@ public struct ModelLocation: Equatable, Sendable {
     public var url: URL
     /// GPT-2 tokenizer files when they are not inside the model directory.
     public var tokenizerDirectory: URL?
+
+    public init(requested: String, displayName: String, format: Format, url: URL, tokenizerDirectory: URL?) {
+        (self.requested, self.displayName, self.format, self.url, self.tokenizerDirectory) = (requested, displayName, format, url, tokenizerDirectory)
+    }
+
+    /// The model's Hugging Face id when its origin is known: a catalog name, or a snapshot
+    /// of the Hugging Face cache (`…/models--ORG--NAME/snapshots/REV`).
+    public var huggingFaceID: String? {
+        switch displayName {
+        case "gpt2": return "openai-community/gpt2"
+        case "smollm2-135m-instruct": return "HuggingFaceTB/SmolLM2-135M-Instruct"
+        default: break
+        }
+        let parts = url.standardizedFileURL.pathComponents
+        if let i = parts.lastIndex(of: "snapshots"), i > 0, parts[i - 1].hasPrefix("models--") {
+            let id = parts[i - 1].dropFirst("models--".count).components(separatedBy: "--")
+            if id.count == 2 { return id.joined(separator: "/") }
+        }
+        return nil
+    }
 }
 
 /// Resolves model names the way `load_model`, `nb generate` and `nb top-tokens` do.

@@ -27,6 +27,11 @@ public struct ModelReference: Codable, Equatable, Sendable {
     public var parameterCount: Int
     /// Why the requested model was not used, when a fallback was.
     public var fallbackReason: String?
+    /// The Hugging Face id when the model's origin is known (``ModelLocation/huggingFaceID``).
+    public var huggingFaceID: String? = nil
+
+    /// What a saved adapter records as `base_model_name_or_path`: the Hugging Face id, else the path.
+    public var adapterBaseName: String { huggingFaceID ?? path }
 
     /// `gpt2`, or `smollm2-135m-instruct (fallback: gpt2 unavailable)`.
     public var headerDescription: String {
@@ -159,7 +164,7 @@ extension Session {
     public func register(_ adapter: LoRAAdapter, in directory: URL, trainedSteps: Int, origin: String) throws -> AdapterReference {
         guard let model = state.model else { throw SessionError.noModel }
         let staging = directory.appendingPathComponent(".staging-\(getpid())-\(UInt32.random(in: 0...UInt32.max))", isDirectory: true)
-        try PEFTAdapter.save(adapter, to: staging, baseModelName: model.name)
+        try PEFTAdapter.save(adapter, to: staging, baseModelName: model.adapterBaseName)
         let digest = try SHA256Digest.hex(fileAt: staging.appendingPathComponent(PEFTAdapter.weightsFileName))
         let final = directory.appendingPathComponent(digest, isDirectory: true)
         let fm = FileManager.default

@@ -11,13 +11,15 @@ import Foundation
 /// top_p: 1.0
 /// seed: 0
 /// chat: false           # wrap each prompt in the model's chat template
+/// precision: float16     # float16: decode through half-precision weight copies (fast);
+///                        # float32: the exact path (mode torch)
 /// ```
 public enum GenerateStep: Step {
     public static let name = "generate"
     public static let summary = "continue prompts with the loaded model (greedy or sampled, KV cache)"
 
     public struct Parameters: StepParameters {
-        public enum Keys: String, CodingKey, CaseIterable { case prompts, maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", seed, chat, qa, stop, adapter, mode, server, tokenFile = "token_file", productProtocol = "protocol" }
+        public enum Keys: String, CodingKey, CaseIterable { case prompts, maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", seed, chat, qa, stop, adapter, mode, server, tokenFile = "token_file", productProtocol = "protocol", precision }
         public typealias CodingKeys = Keys
         public var prompts: [String]
         public var maxTokens: Int
@@ -38,9 +40,13 @@ public enum GenerateStep: Step {
         public var tokenFile: String?
         /// `execute`/`remote`: `masked` (offline pads, online products per token) or `he`.
         public var productProtocol: ProductProtocol
+        /// `float16` (the default): one-token decoding reads half-precision copies of the
+        /// weights; `float32`: the exact path throughout.
+        public var precision: DecodePrecision
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
+            precision = try c.decodeChoice(DecodePrecision.self, forKey: .precision) ?? .float16
             productProtocol = try c.decodeChoice(ProductProtocol.self, forKey: .productProtocol) ?? .masked
             prompts = try c.decode([String].self, forKey: .prompts)
             maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens) ?? 40
@@ -85,6 +91,9 @@ public enum GenerateStep: Step {
         let progress = context.progress("generate", total: p.prompts.count)
         let adapter = p.adapter ? try context.session.adapter() : nil
         func generateAll() {
+            let compact = loaded.model.compactDecode
+            loaded.model.compactDecode = p.precision == .float16
+            defer { loaded.model.compactDecode = compact }
             for (i, prompt) in p.prompts.enumerated() {
                 let ids = loaded.encodePrompt(prompt, chat: p.chat, qa: p.qa)
                 let result = loaded.model.generate(GenerationRequest(prompt: ids, maxTokens: p.maxTokens, sampling: settings, stopTokens: stops))
@@ -144,4 +153,12 @@ public enum GenerateStep: Step {
 
 extension Array {
     var singleElement: Element? { count == 1 ? self[0] : nil }
+}
+
+/// How one-token decoding reads the weights in mode `torch`.
+public enum DecodePrecision: String, Codable, CaseIterable, Sendable {
+    /// Half-precision copies (or a GGUF's stored blocks): about 1e-4 of the logit range off, 2–3× faster.
+    case float16
+    /// Float32 throughout: the exact path.
+    case float32
 }

@@ -146,7 +146,7 @@ public enum SaveAdapterStep: Step {
     public static func run(_ p: Parameters, context: StepContext) throws {
         guard let adapter = try context.session.adapter(), let reference = context.session.state.adapter else { throw SessionError.noAdapter }
         let url = context.resolve(p.path)
-        do { try PEFTAdapter.save(adapter, to: url, baseModelName: context.session.state.model?.name) } catch {
+        do { try PEFTAdapter.save(adapter, to: url, baseModelName: context.session.state.model?.adapterBaseName) } catch {
             throw StepFailure(key: "path", error.description)
         }
         let size = (try? FileManager.default.attributesOfItem(atPath: url.appendingPathComponent(PEFTAdapter.weightsFileName).path)[.size] as? Int) ?? 0
@@ -157,7 +157,7 @@ public enum SaveAdapterStep: Step {
             Metric("weights file", "\(Format.integer(size)) bytes"),
             Metric("trained steps", String(reference.trainedSteps)),
         ]))
-        context.emit(.text("\(PEFTAdapter.configFileName)\n\(PEFTAdapter.config(of: adapter, baseModelName: context.session.state.model?.name).jsonText)"))
+        context.emit(.text("\(PEFTAdapter.configFileName)\n\(PEFTAdapter.config(of: adapter, baseModelName: context.session.state.model?.adapterBaseName).jsonText)"))
     }
 }
 

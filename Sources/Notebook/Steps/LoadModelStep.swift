@@ -80,7 +80,7 @@ public enum LoadModelStep: Step {
         let m = loaded.model
         context.session.register(loaded, reference: ModelReference(
             requested: p.model, name: location.displayName, path: location.url.path, architecture: m.architecture,
-            parameterCount: m.parameterCount, fallbackReason: fallbackReason))
+            parameterCount: m.parameterCount, fallbackReason: fallbackReason, huggingFaceID: location.huggingFaceID))
         context.emit(.metrics([
             Metric("model", location.displayName),
             Metric("architecture", m.architecture),

@@ -150,7 +150,7 @@ public enum MathEvalStep: Step {
             try trainer.saveDeployment(to: deployURL, name: "llama_lora_finetuned_8bit", modelName: context.session.state.model?.name ?? "model",
                                        chatTemplate: loaded.chatTemplate)
         }
-        try trainer.save(to: deployURL.appendingPathComponent("adapter"), baseModelName: context.session.state.model?.name)
+        try trainer.save(to: deployURL.appendingPathComponent("adapter"), baseModelName: context.session.state.model?.adapterBaseName)
         try context.session.register(trainer.adapter, in: context.adapterStore, trainedSteps: trainer.history.count, origin: "math_eval")
 
         let summary = MathEvalSummary(

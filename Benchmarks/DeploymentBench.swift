@@ -13,6 +13,11 @@ func benchModel(_ which: String) throws -> (TrainableModel, LoRATargets, BPEToke
         let tokenizer = try BPETokenizer.gpt2(encoderJSON: dir.appendingPathComponent("encoder.json"), vocabBPE: dir.appendingPathComponent("vocab.bpe"))
         return (GPT2Model.random(config: GPT2Config(), seed: 1), .modules(["c_attn"]), tokenizer, nil)
     }
+    if which == "llama1b" {  // random weights; GPT-2's tokenizer stands in for the deployment's vocabulary files
+        let dir = ModelCache.directory.appendingPathComponent("models/gpt2-tokenizer")
+        let tokenizer = try BPETokenizer.gpt2(encoderJSON: dir.appendingPathComponent("encoder.json"), vocabBPE: dir.appendingPathComponent("vocab.bpe"))
+        return (LlamaModel.random(config: llama1BConfig(), seed: 1), .allLinear, tokenizer, nil)
+    }
     let loaded = try LoadedModel.load(try ModelCatalog.locate("smollm2-135m-instruct"))
     return (loaded.model as! TrainableModel, .allLinear, loaded.tokenizer, loaded.chatTemplate)
 }

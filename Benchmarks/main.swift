@@ -290,6 +290,16 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
 }
 
 if try deploymentChildModes() { exit(0) }
+if try llama1BChildModes() { exit(0) }
+
+// Only the Llama-3.2-1B-shape rows (for a quick look): --llama1b-rows.
+if CommandLine.arguments.contains("--llama1b-rows") {
+    let me = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+    for r in llama1BRows(selfURL: me) {
+        print("\(r.name): \(r.value) \(r.unit)  [\(r.baselineName ?? ""): \(r.baseline.map { "\($0)" } ?? "-"), ratio \(r.ratio.map { String(format: "%.2f", $0) } ?? "-")]  \(r.note ?? "")")
+    }
+    exit(0)
+}
 if try soakChildMode() { exit(0) }
 
 // Only the soak row (for a quick look): --soak-rows [SECONDS].
@@ -564,7 +574,12 @@ if ProcessInfo.processInfo.environment["NB_BENCH_REMOTE"] != "0" {
     rows += deploymentRows(selfURL: selfURL)
 }
 
-// 10. The server's soak: the largest requests its memory budget allows, and adversarial ones.
+// 10. The Llama-3.2-1B shape: load, float step and decode against PyTorch (remote RSS with NB_BENCH_LLAMA1B_REMOTE=1).
+if ProcessInfo.processInfo.environment["NB_BENCH_LLAMA1B"] != "0" {
+    rows += llama1BRows(selfURL: selfURL)
+}
+
+// 11. The server's soak: the largest requests its memory budget allows, and adversarial ones.
 if ProcessInfo.processInfo.environment["NB_BENCH_SOAK"] != "0" {
     rows += soakRows(selfURL: selfURL)
 }

@@ -229,3 +229,48 @@ func loadTokenizer(_ model: String) throws -> BPETokenizer {
         throw ExitCode(1)
     }
 }
+
+extension Nb {
+    struct Export: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a model with a LoRA adapter merged: a Hugging Face folder (transformers) or a GGUF file (llama.cpp).")
+        @OptionGroup var modelOptions: ModelOptions
+        @Option(help: ArgumentHelp("A PEFT-layout LoRA adapter directory to merge (W + (α/r)·B·A); without it the base model is written.", valueName: "DIR"))
+        var adapter: String?
+        @Option(help: ArgumentHelp("Where to write: a folder for safetensors, a .gguf file for GGUF.", valueName: "PATH")) var to: String
+        @Option(help: ArgumentHelp("safetensors (model.safetensors + config.json + tokenizer files) or gguf; default: gguf when --to ends in .gguf.", valueName: "FORMAT"))
+        var format: String?
+        @Option(help: ArgumentHelp("GGUF tensor type of the matrices: f32 or f16 (vectors stay f32).", valueName: "f32|f16")) var precision = "f32"
+
+        var resolvedFormat: ModelExport.Format? { ModelExport.Format(rawValue: format ?? (to.lowercased().hasSuffix(".gguf") ? "gguf" : "safetensors")) }
+
+        func validate() throws {
+            guard let f = resolvedFormat else { throw ValidationError("--format must be safetensors or gguf, not '\(format ?? "")'") }
+            guard let p = ModelExport.Precision(rawValue: precision) else { throw ValidationError("--precision must be f32 or f16, not '\(precision)'") }
+            if f == .safetensors && p != .f32 { throw ValidationError("--precision f16 is for --format gguf; safetensors are written in f32") }
+            if f == .gguf && !to.lowercased().hasSuffix(".gguf") { throw ValidationError("--to must end in .gguf for --format gguf") }
+        }
+
+        func run() throws {
+            let loaded = try modelOptions.load()
+            do {
+                var lora: LoRAAdapter?
+                if let adapter {
+                    guard let model = loaded.model as? TrainableModel else { throw LoRAError.badAdapterConfig(path: adapter, key: "", message: "this model cannot take adapters") }
+                    lora = try PEFTAdapter.load(from: URL(fileURLWithPath: adapter), modules: model.linearModules)
+                }
+                let destination = URL(fileURLWithPath: (to as NSString).expandingTildeInPath)
+                let summary = try ModelExport.export(loaded, adapter: lora, to: destination, format: resolvedFormat!,
+                                                     precision: ModelExport.Precision(rawValue: precision)!)
+                for f in summary.files { print(String(format: "%12d  %@", f.bytes, f.path)) }
+                FileHandle.standardError.write(Data(("[\(summary.tensors) tensors, \(summary.parameters) parameters, adapter "
+                    + (lora.map { "merged (r=\($0.config.rank), \($0.layers.count) modules)" } ?? "none") + "; tokenizer \(summary.tokenizer)]\n").utf8))
+            } catch let error as ExitCode {
+                throw error
+            } catch {
+                FileHandle.standardError.write(Data("nb: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+}

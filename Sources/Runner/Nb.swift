@@ -15,7 +15,7 @@ struct Nb: ParsableCommand {
             outputs/NAME.html; cell snapshots to outputs/.nb/NAME/.
             """,
             version: "nb \(NbVersion.string)\nBLAS: \(BLAS.summary)",
-            subcommands: [Run.self, Steps.self, Outline.self, Generate.self, TopTokens.self, Tokenize.self, Detokenize.self, Serve.self, Eval.self],
+            subcommands: [Run.self, Steps.self, Outline.self, Generate.self, TopTokens.self, Tokenize.self, Detokenize.self, Export.self, Serve.self, Eval.self],
             defaultSubcommand: Run.self)
     }
 }

@@ -186,12 +186,12 @@ func loraError<T>(_ body: () throws(LoRAError) -> T) -> LoRAError? {
             let w = InMemoryTensors.normal(count: 24, std: 1, rng: &rng)
             let x = InMemoryTensors.normal(count: 2 * 6, std: 1, rng: &rng)
             var y = [Float](repeating: 0, count: 8)
-            if transposed { Ops.conv1D(x, w, bias: nil, &y, rows: 2, inFeatures: 6, outFeatures: 4) } else { Ops.linear(x, w, &y, rows: 2, inFeatures: 6, outFeatures: 4) }
+            if transposed { Layers.conv1D(x, w, bias: nil, &y, rows: 2, inFeatures: 6, outFeatures: 4) } else { Layers.linear(x, w, &y, rows: 2, inFeatures: 6, outFeatures: 4) }
             layer.forward(x, rows: 2, mask: nil, save: false, into: &y)
             var merged = w
             layer.merge(into: &merged)
             var z = [Float](repeating: 0, count: 8)
-            if transposed { Ops.conv1D(x, merged, bias: nil, &z, rows: 2, inFeatures: 6, outFeatures: 4) } else { Ops.linear(x, merged, &z, rows: 2, inFeatures: 6, outFeatures: 4) }
+            if transposed { Layers.conv1D(x, merged, bias: nil, &z, rows: 2, inFeatures: 6, outFeatures: 4) } else { Layers.linear(x, merged, &z, rows: 2, inFeatures: 6, outFeatures: 4) }
             for i in 0..<8 { #expect(abs(y[i] - z[i]) < 1e-4, "transposed \(transposed) [\(i)]: \(y[i]) vs \(z[i])") }
         }
     }

@@ -87,6 +87,46 @@ import Testing
         #expect(outside.code == 1 && outside.stderr.contains("token id 300 is outside the vocabulary (0..<300)"), "\(outside.stderr)")
     }
 
+    /// `nb export` and the `save_merged` step write a merged model that loads back; formats
+    /// that cannot hold a model are refused with the reason.
+    @Test func exportAndSaveMerged() throws {
+        let w = try Workspace()
+        let fixtures = Self.reference.deletingLastPathComponent()
+        let model = Self.reference.appendingPathComponent("tiny-llama").path, adapter = fixtures.appendingPathComponent("peft/llama-adapter").path
+        let exported = try w.nb("export", "--model", model, "--adapter", adapter, "--to", "merged")
+        #expect(exported.code == 0, "\(exported.stderr)")
+        #expect(exported.stdout.contains("model.safetensors") && exported.stderr.contains("adapter merged (r=4, 4 modules)"), "\(exported.stdout)\(exported.stderr)")
+        let top = try w.nb("top-tokens", "--model", "merged", "--ids", "17,255,3", "--k", "1", "--json")
+        #expect(top.code == 0, "\(top.stderr)")
+        let half = try w.nb("export", "--model", model, "--to", "x", "--precision", "f16")
+        #expect(half.code != 0 && half.stderr.contains("f16 is for --format gguf"), "\(half.stderr)")
+        let window = try w.nb("export", "--model", Self.reference.appendingPathComponent("tiny-mistral").path, "--to", "m.gguf")
+        #expect(window.code == 1 && window.stderr.contains("sliding window"), "\(window.stderr)")
+
+        try w.write("nb.md", """
+        # Merge
+
+        ```nb load_model
+        model: \(model)
+        ```
+
+        ```nb load_adapter
+        path: \(adapter)
+        ```
+
+        ```nb save_merged
+        path: out/merged
+        ```
+
+        """)
+        let run = try w.nb("nb.md")
+        #expect(run.code == 0, "\(run.stderr)")
+        #expect(FileManager.default.fileExists(atPath: w.root.appendingPathComponent("out/merged/model.safetensors").path))
+        let same = try w.nb("top-tokens", "--model", "out/merged", "--ids", "17,255,3", "--k", "1", "--json")
+        #expect(same.code == 0 && same.stdout == top.stdout, "the step and the command write the same model")
+        #expect(try w.read("outputs/nb.html").contains("merged (r 4, 4 modules"))
+    }
+
     @Test func unknownModelsAndBadFilesAreClearErrors() throws {
         let w = try Workspace()
         let unknown = try w.nb("tokenize", "--model", "gpt-5", "hello")

@@ -141,9 +141,9 @@ private func canonical(_ body: String) throws -> String {
 
     @Test func unknownStepListsKnownSteps() throws {
         let error = try prepareError("path: a.txt\n", step: "load_dta")
-        #expect(error == .unknownStep(Location(file: "nb.md", line: 3), name: "load_dta", known: ["compile_hybrid", "eval_compare", "evaluate", "fill_masks", "generate", "inject_lora", "load_adapter", "load_data", "load_deployment", "load_model", "lora_trainer", "math_eval", "quantization_study", "save_adapter", "save_deployment", "train", "weights_report", "parameters"]))
-        #expect(error?.description == "nb.md:3: unknown step 'load_dta' (did you mean 'load_data'?); known steps: compile_hybrid, eval_compare, evaluate, fill_masks, generate, inject_lora, load_adapter, load_data, load_deployment, load_model, lora_trainer, math_eval, quantization_study, save_adapter, save_deployment, train, weights_report, parameters")
-        #expect(StepRegistry.standard.names == ["compile_hybrid", "eval_compare", "evaluate", "fill_masks", "generate", "inject_lora", "load_adapter", "load_data", "load_deployment", "load_model", "lora_trainer", "math_eval", "quantization_study", "save_adapter", "save_deployment", "train", "weights_report"])
+        #expect(error == .unknownStep(Location(file: "nb.md", line: 3), name: "load_dta", known: ["compile_hybrid", "eval_compare", "evaluate", "fill_masks", "generate", "inject_lora", "load_adapter", "load_data", "load_deployment", "load_model", "lora_trainer", "math_eval", "quantization_study", "save_adapter", "save_deployment", "save_merged", "train", "weights_report", "parameters"]))
+        #expect(error?.description == "nb.md:3: unknown step 'load_dta' (did you mean 'load_data'?); known steps: compile_hybrid, eval_compare, evaluate, fill_masks, generate, inject_lora, load_adapter, load_data, load_deployment, load_model, lora_trainer, math_eval, quantization_study, save_adapter, save_deployment, save_merged, train, weights_report, parameters")
+        #expect(StepRegistry.standard.names == ["compile_hybrid", "eval_compare", "evaluate", "fill_masks", "generate", "inject_lora", "load_adapter", "load_data", "load_deployment", "load_model", "lora_trainer", "math_eval", "quantization_study", "save_adapter", "save_deployment", "save_merged", "train", "weights_report"])
         #expect(StepRegistry.standard.summary(of: "load_data") == LoadDataStep.summary)
         #expect(StepRegistry.standard.summary(of: "serve") == nil)
     }

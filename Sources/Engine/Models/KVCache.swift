@@ -61,7 +61,7 @@ func causalAttention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values
                 let row = scores + i * s
                 let visible = start + i + 1, first = window.map { max(0, visible - $0) } ?? 0
                 for j in 0..<first { row[j] = 0 }
-                Ops.softmax(row + first, count: visible - first)
+                Layers.softmax(row + first, count: visible - first)
                 for j in visible..<s { row[j] = 0 }
             }
             // (t, hd) = P (t, s) · V_h (s, hd)
@@ -81,7 +81,7 @@ func causalAttention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values
         }
         let first = window.map { max(0, s - $0) } ?? 0
         for j in 0..<first { scores[j] = 0 }
-        Ops.softmax(scores + first, count: s - first)
+        Layers.softmax(scores + first, count: s - first)
         let oh = out + h * headDim
         for d in 0..<headDim { oh[d] = 0 }
         for j in 0..<s {

@@ -114,6 +114,7 @@ public struct StepRegistry: Sendable {
         r.register(TrainStep.self)
         r.register(EvaluateStep.self)
         r.register(SaveAdapterStep.self)
+        r.register(SaveMergedStep.self)
         r.register(LoadAdapterStep.self)
         r.register(CompileHybridStep.self)
         r.register(WeightsReportStep.self)

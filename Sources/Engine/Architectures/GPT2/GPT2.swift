@@ -150,14 +150,14 @@ public final class GPT2Model: LanguageModel {
                 y.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: bias, count: n) }
                 x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { hw.apply(xp.baseAddress!, $0.baseAddress!, accumulate: true) } }
             } else {
-                Ops.conv1D(x, w, bias: bias, &y, rows: T, inFeatures: k, outFeatures: n)
+                Layers.conv1D(x, w, bias: bias, &y, rows: T, inFeatures: k, outFeatures: n)
             }
         }
         for (i, t) in tokens.enumerated() {
             for c in 0..<C { x[i * C + c] = tokenEmbedding[t * C + c] + positionEmbedding[(start + i) * C + c] }
         }
         for (l, b) in blocks.enumerated() {
-            Ops.layerNorm(x, weight: b.ln1Weight, bias: b.ln1Bias, &h, rows: T, width: C, eps: eps)
+            Layers.layerNorm(x, weight: b.ln1Weight, bias: b.ln1Bias, &h, rows: T, width: C, eps: eps)
             let hb = halves?.blocks[l]
             let lin = named?.linearLayers(block: l)
             project(lin?.attention, h, b.attnWeight, b.attnBias, hb?[0], &qkv, C, 3 * C)
@@ -179,24 +179,24 @@ public final class GPT2Model: LanguageModel {
                 }
             }
             project(lin?.attentionProjection, att, b.attnProjWeight, b.attnProjBias, hb?[1], &proj, C, C)
-            Ops.add(&x, proj, count: T * C)
-            Ops.layerNorm(x, weight: b.ln2Weight, bias: b.ln2Bias, &h, rows: T, width: C, eps: eps)
+            Layers.add(&x, proj, count: T * C)
+            Layers.layerNorm(x, weight: b.ln2Weight, bias: b.ln2Bias, &h, rows: T, width: C, eps: eps)
             project(lin?.fc, h, b.fcWeight, b.fcBias, hb?[2], &fc, C, 4 * C)
-            Ops.geluTanh(&fc, count: T * 4 * C)
+            Layers.geluTanh(&fc, count: T * 4 * C)
             project(lin?.fcProjection, fc, b.fcProjWeight, b.fcProjBias, hb?[3], &proj, 4 * C, C)
-            Ops.add(&x, proj, count: T * C)
+            Layers.add(&x, proj, count: T * C)
         }
         cache.length = start + T
         let rows = allPositions ? T : 1, first = allPositions ? 0 : T - 1
         var normed = [Float](repeating: 0, count: rows * C)
         x.withUnsafeBufferPointer { xp in
-            Ops.layerNorm(xp.baseAddress! + first * C, weight: finalNormWeight, bias: finalNormBias, &normed, rows: rows, width: C, eps: eps)
+            Layers.layerNorm(xp.baseAddress! + first * C, weight: finalNormWeight, bias: finalNormBias, &normed, rows: rows, width: C, eps: eps)
         }
         var logits = [Float](repeating: 0, count: rows * V)
         if let halves, rows == 1 {
             normed.withUnsafeBufferPointer { n in logits.withUnsafeMutableBufferPointer { halves.head.apply(n.baseAddress!, $0.baseAddress!) } }
         } else {
-            Ops.linear(normed, tokenEmbedding, &logits, rows: rows, inFeatures: C, outFeatures: V)
+            Layers.linear(normed, tokenEmbedding, &logits, rows: rows, inFeatures: C, outFeatures: V)
         }
         return logits
     }

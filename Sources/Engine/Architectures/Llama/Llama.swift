@@ -129,13 +129,13 @@ public final class LlamaModel: LanguageModel {
                 if accumulate {
                     var product = [Float](repeating: 0, count: T * n)
                     hooks.linearForward(layer, x, weight: w, bias: bias, layout: .outIn, &product)
-                    Ops.add(&y, product, count: T * n)
+                    Layers.add(&y, product, count: T * n)
                 } else {
                     hooks.linearForward(layer, x, weight: w, bias: bias, layout: .outIn, &y)
                 }
                 return
             } else if let hw { x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { hw.apply(xp.baseAddress!, $0.baseAddress!, accumulate: accumulate) } } }
-            else { Ops.linear(x, w, &y, rows: T, inFeatures: k, outFeatures: n, accumulate: accumulate) }
+            else { Layers.linear(x, w, &y, rows: T, inFeatures: k, outFeatures: n, accumulate: accumulate) }
             if let bias { addBias(bias, &y) }
         }
         func addBias(_ bias: [Float], _ y: inout [Float]) {
@@ -146,7 +146,7 @@ public final class LlamaModel: LanguageModel {
             for (i, t) in tokens.enumerated() { x.withUnsafeMutableBufferPointer { ($0.baseAddress! + i * C).update(from: e.baseAddress! + t * C, count: C) } }
         }
         for (l, b) in blocks.enumerated() {
-            Ops.rmsNorm(x, weight: b.attentionNorm, &h, rows: T, width: C, eps: eps)
+            Layers.rmsNorm(x, weight: b.attentionNorm, &h, rows: T, width: C, eps: eps)
             let hb = halves?.blocks[l]
             let lin = named?.linearLayers(block: l)
             if let hb {  // one batch for the three projections of the same input
@@ -186,7 +186,7 @@ public final class LlamaModel: LanguageModel {
                 }
             }
             project(lin?.o, att, b.wo, b.bo, hb?[3], &x, H * hd, C, accumulate: true)
-            Ops.rmsNorm(x, weight: b.mlpNorm, &h, rows: T, width: C, eps: eps)
+            Layers.rmsNorm(x, weight: b.mlpNorm, &h, rows: T, width: C, eps: eps)
             if let hb {
                 h.withUnsafeBufferPointer { hp in
                     g.withUnsafeMutableBufferPointer { gp in
@@ -201,7 +201,7 @@ public final class LlamaModel: LanguageModel {
                 project(lin?.gate, h, b.gate, b.bGate, nil, &g, C, F)
                 project(lin?.up, h, b.up, b.bUp, nil, &u, C, F)
             }
-            Ops.swiGLU(gate: &g, up: u, count: T * F)
+            Layers.swiGLU(gate: &g, up: u, count: T * F)
             project(lin?.down, g, b.down, b.bDown, hb?[6], &x, F, C, accumulate: true)
         }
         cache.length = start + T
@@ -209,13 +209,13 @@ public final class LlamaModel: LanguageModel {
         let first = allPositions ? 0 : T - 1
         var normed = [Float](repeating: 0, count: rows * C)
         x.withUnsafeBufferPointer { xp in
-            Ops.rmsNorm(xp.baseAddress! + first * C, weight: finalNorm, &normed, rows: rows, width: C, eps: eps)
+            Layers.rmsNorm(xp.baseAddress! + first * C, weight: finalNorm, &normed, rows: rows, width: C, eps: eps)
         }
         var logits = [Float](repeating: 0, count: rows * V)
         if let halves, rows == 1 {
             normed.withUnsafeBufferPointer { n in logits.withUnsafeMutableBufferPointer { halves.head.apply(n.baseAddress!, $0.baseAddress!) } }
         } else {
-            Ops.linear(normed, lmHead ?? embedding, &logits, rows: rows, inFeatures: C, outFeatures: V)
+            Layers.linear(normed, lmHead ?? embedding, &logits, rows: rows, inFeatures: C, outFeatures: V)
         }
         return logits
     }

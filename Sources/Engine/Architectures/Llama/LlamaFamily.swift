@@ -45,7 +45,10 @@ extension LlamaConfig {
                   rmsNormEps: m["\(arch).attention.layer_norm_rms_epsilon"]?.double ?? 1e-5,
                   ropeTheta: m["\(arch).rope.freq_base"]?.double ?? (arch == "qwen2" ? 1_000_000 : 10000),
                   maxPositionEmbeddings: try int("context_length"), tieWordEmbeddings: file.shape(of: "output.weight") == nil,
-                  modelType: arch, headDim: m["\(arch).attention.key_length"]?.int, ropeScaling: scaling)
+                  modelType: arch, headDim: m["\(arch).attention.key_length"]?.int, ropeScaling: scaling,
+                  // Biases are optional tensors in llama.cpp's layout: their presence says which there are.
+                  attentionBias: file.shape(of: "blk.0.attn_output.bias") != nil, qkvBias: file.shape(of: "blk.0.attn_q.bias") != nil,
+                  mlpBias: file.shape(of: "blk.0.ffn_up.bias") != nil)
         if let window = m["\(arch).attention.sliding_window"]?.int, window > 0, window < maxPositionEmbeddings {
             throw ModelLoadError.badConfig(file: path, key: "\(arch).attention.sliding_window", message: "\(window): a sliding window is not read from GGUF files")
         }

@@ -1,9 +1,11 @@
 import CKernels
 import Foundation
 
-/// The elementwise and normalisation kernels shared by the models, on row-major Float32
-/// buffers. Matrix products go through ``BLAS/sgemm(transposeA:transposeB:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)``.
-public enum Ops {
+/// The inference side of the layers every family uses (one token or a prompt, with a KV
+/// cache): Float32, nothing saved for a backward. The norms are the training layers'
+/// forwards; products go through ``BLAS/sgemm(transposeA:transposeB:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)``
+/// or, for one row, sgemv.
+extension Layers {
     /// y (T, N) = x (T, K) · Wᵀ, W stored (N, K) as in PyTorch's nn.Linear; optional bias (N).
     public static func linear(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, bias: UnsafePointer<Float>? = nil,
                               _ y: UnsafeMutablePointer<Float>, rows t: Int, inFeatures k: Int, outFeatures n: Int,
@@ -72,9 +74,6 @@ public enum Ops {
         for i in 0..<count { x[i] *= inv }
     }
 
-    public static func add(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count { a[i] += b[i] }
-    }
 }
 
 /// How rotary embeddings pair up the dimensions of a head.

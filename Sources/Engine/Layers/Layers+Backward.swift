@@ -1,5 +1,7 @@
 import CKernels
-/// The layers of GPT-2 and LLaMA as flat forward/backward pairs (llm.c style), for training.
+/// The layers every model family uses, in one room: flat forward/backward pairs (llm.c
+/// style) for training, and their inference forms (Layers+Inference.swift, the KV-cache
+/// attention in KVCache.swift) for generation.
 ///
 /// Conventions, for every function here:
 /// - Buffers are row-major and contiguous unless a stride says otherwise. A batch of B
@@ -13,7 +15,7 @@ import CKernels
 ///   function carries an exported `Float` specialisation, so callers in other modules run
 ///   specialised loops too (the unspecialised generic code is about 6× slower).
 ///
-/// The inference kernels in ``Ops`` compute the same functions without saving anything.
+/// The inference forms compute the same functions without saving anything.
 public enum Layers {}
 
 // MARK: - Embedding

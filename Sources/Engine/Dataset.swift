@@ -1,17 +1,25 @@
 import Foundation
 
 /// One training example. For question/answer data `prompt` is the question and `text`
-/// the answer; for causal-LM text data `prompt` is nil and `text` is the whole example.
+/// the answer; for prompt/completion pairs (`isCompletion`) the same two fields; for
+/// causal-LM text data `prompt` is nil and `text` is the whole example; for a chat
+/// conversation `messages` holds the turns and `text` a plain rendering for display.
 public struct Example: Codable, Equatable, Sendable {
     public var prompt: String?
     public var text: String
     /// 1-based line in the source file where the example starts.
     public var line: Int
+    /// A conversation (system/user/assistant turns): the loss is on the assistant turns.
+    public var messages: [ChatTemplate.Message]?
+    /// `prompt` + `text` is a prompt and its completion (no separator; the loss on the completion).
+    public var isCompletion: Bool?
 
-    public init(prompt: String? = nil, text: String, line: Int) {
+    public init(prompt: String? = nil, text: String, line: Int, messages: [ChatTemplate.Message]? = nil, isCompletion: Bool? = nil) {
         self.prompt = prompt
         self.text = text
         self.line = line
+        self.messages = messages
+        self.isCompletion = isCompletion
     }
 }
 
@@ -19,7 +27,8 @@ public struct Example: Codable, Equatable, Sendable {
 public enum DatasetFormat: String, Codable, Sendable, CaseIterable {
     /// Question and answer lines alternating, one per line (the use case's `what_is_fhe.txt`).
     case qa
-    /// One JSON object per line with a string field `text`.
+    /// One JSON object per line: `{"text": …}`, `{"prompt": …, "completion": …}`, or
+    /// `{"messages": [{"role": "system"|"user"|"assistant", "content": …}, …]}`.
     case jsonl
 
     /// `.jsonl` files are JSON lines; everything else is read as question/answer lines.
@@ -49,6 +58,7 @@ public enum DatasetError: Error, Equatable, CustomStringConvertible {
     case questionWithoutAnswer(path: String, line: Int)
     case badJSON(path: String, line: Int, reason: String)
     case missingText(path: String, line: Int)
+    case badMessages(path: String, line: Int, reason: String)
 
     public var description: String {
         switch self {
@@ -59,7 +69,8 @@ public enum DatasetError: Error, Equatable, CustomStringConvertible {
         case .emptyLine(let p, let l): return "\(p):\(l): empty line (question/answer files have one non-empty line per question and per answer)"
         case .questionWithoutAnswer(let p, let l): return "\(p):\(l): question without an answer (the file has an odd number of lines)"
         case .badJSON(let p, let l, let r): return "\(p):\(l): not a JSON object: \(r)"
-        case .missingText(let p, let l): return "\(p):\(l): the JSON object has no string field \"text\""
+        case .missingText(let p, let l): return "\(p):\(l): the JSON object has no string field \"text\" (nor \"messages\", nor \"prompt\" and \"completion\")"
+        case .badMessages(let p, let l, let r): return "\(p):\(l): messages: \(r)"
         }
     }
 }
@@ -107,11 +118,43 @@ extension Dataset {
                 guard let dict = object as? [String: Any] else {
                     throw .badJSON(path: path, line: i + 1, reason: "expected an object like {\"text\": \"...\"}")
                 }
-                guard let value = dict["text"] as? String else { throw .missingText(path: path, line: i + 1) }
-                examples.append(Example(text: value, line: i + 1))
+                if let raw = dict["messages"] {
+                    let messages = try Self.messages(raw, path: path, line: i + 1)
+                    examples.append(Example(text: messages.map { "\($0.role): \($0.content)" }.joined(separator: "\n"), line: i + 1, messages: messages))
+                } else if dict["prompt"] != nil || dict["completion"] != nil {
+                    guard let prompt = dict["prompt"] as? String, let completion = dict["completion"] as? String else {
+                        throw .badJSON(path: path, line: i + 1, reason: "\"prompt\" and \"completion\" must both be strings")
+                    }
+                    guard !completion.isEmpty else { throw .badJSON(path: path, line: i + 1, reason: "\"completion\" is empty: nothing to learn") }
+                    examples.append(Example(prompt: prompt, text: completion, line: i + 1, isCompletion: true))
+                } else {
+                    guard let value = dict["text"] as? String else { throw .missingText(path: path, line: i + 1) }
+                    examples.append(Example(text: value, line: i + 1))
+                }
             }
         }
         return Dataset(format: format, examples: examples)
+    }
+
+    /// The turns of a `messages` array: objects with a `role` (system, user, assistant) and a
+    /// string `content`; a system turn only first; at least one assistant turn.
+    static func messages(_ raw: Any, path: String, line: Int) throws(DatasetError) -> [ChatTemplate.Message] {
+        guard let list = raw as? [Any], !list.isEmpty else { throw .badMessages(path: path, line: line, reason: "expected a non-empty array of {\"role\", \"content\"} objects") }
+        var out: [ChatTemplate.Message] = []
+        for (n, item) in list.enumerated() {
+            guard let m = item as? [String: Any], let role = m["role"] as? String, let content = m["content"] as? String else {
+                throw .badMessages(path: path, line: line, reason: "turn \(n + 1) is not an object with string \"role\" and \"content\"")
+            }
+            guard ["system", "user", "assistant"].contains(role) else {
+                throw .badMessages(path: path, line: line, reason: "turn \(n + 1) has role '\(role)' (system, user or assistant)")
+            }
+            if role == "system" && n > 0 { throw .badMessages(path: path, line: line, reason: "turn \(n + 1): a system turn comes first or not at all") }
+            out.append(ChatTemplate.Message(role: role, content: content))
+        }
+        guard out.contains(where: { $0.role == "assistant" }) else {
+            throw .badMessages(path: path, line: line, reason: "no assistant turn: nothing to learn")
+        }
+        return out
     }
 
     private static func describeJSONError(_ error: Error) -> String {

@@ -167,7 +167,7 @@ import Testing
 
     static let badNotebooks: [BadNotebook] = [
         .init(name: "unknown step", replace: "```nb load_data id=b", with: "```nb laod_data id=b", code: 2,
-              message: "nb.md:14: unknown step 'laod_data' (did you mean 'load_data'?); known steps: compile_hybrid, eval_compare, evaluate, fill_masks, generate, inject_lora, load_adapter, load_data, load_deployment, load_model, lora_trainer, math_eval, quantization_study, save_adapter, save_deployment, train, weights_report, parameters"),
+              message: "nb.md:14: unknown step 'laod_data' (did you mean 'load_data'?); known steps: compile_hybrid, eval_compare, evaluate, fill_masks, generate, inject_lora, load_adapter, load_data, load_deployment, load_model, lora_trainer, math_eval, quantization_study, save_adapter, save_deployment, save_merged, train, weights_report, parameters"),
         .init(name: "unknown key", replace: "name: second", with: "nmae: second", code: 2,
               message: "nb.md:16: unknown key 'nmae' for step 'load_data' (did you mean 'name'?); known keys: path, format, name, show"),
         .init(name: "wrong type", replace: "name: second", with: "name: second\nshow: lots", code: 2,

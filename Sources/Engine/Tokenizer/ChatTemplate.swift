@@ -47,6 +47,23 @@ public struct ChatTemplate: Equatable, Sendable {
         }
     }
 
+    /// The rendering in pieces, in order: each turn's header (`<|im_start|>role\n`), its
+    /// content, its `<|im_end|>` and the newline after it; `isAssistant` marks an assistant
+    /// turn's content and end-of-turn token (what a chat fine-tune learns). Joined, the pieces
+    /// are ``render(_:addGenerationPrompt:)``.
+    public func pieces(_ messages: [Message], addGenerationPrompt: Bool) -> [(text: String, isAssistant: Bool)] {
+        var out: [(text: String, isAssistant: Bool)] = []
+        if let defaultSystemMessage, let first = messages.first, first.role != "system" {
+            out += [("<|im_start|>system\n", false), (defaultSystemMessage, false), ("<|im_end|>", false), ("\n", false)]
+        }
+        for message in messages {
+            let learn = message.role == "assistant"
+            out += [("<|im_start|>" + message.role + "\n", false), (message.content, learn), ("<|im_end|>", learn), ("\n", false)]
+        }
+        if addGenerationPrompt { out.append(("<|im_start|>assistant\n", false)) }
+        return out.filter { !$0.text.isEmpty }
+    }
+
     /// The conversation as one string, ready for ``BPETokenizer/encode(_:allowSpecial:)``
     /// with special tokens allowed.
     public func render(_ messages: [Message], addGenerationPrompt: Bool) -> String {

@@ -49,6 +49,8 @@ public enum BatchingError: Error, Equatable, CustomStringConvertible {
     /// An example needs `tokens` tokens, more than `maxLength`, and truncation is off.
     case exampleTooLong(path: String, line: Int, tokens: Int, maxLength: Int)
     case invalidBatchSize(Int)
+    /// A chat example, and a model without a chat template to render it.
+    case noChatTemplate(path: String, line: Int)
 
     public var description: String {
         switch self {
@@ -58,6 +60,7 @@ public enum BatchingError: Error, Equatable, CustomStringConvertible {
         case .exampleTooLong(let p, let l, let t, let n):
             return "\(p):\(l): the example is \(t) tokens long, more than max_length \(n) (raise max_length or turn truncation on)"
         case .invalidBatchSize(let b): return "batch_size must be a positive integer, got \(b)"
+        case .noChatTemplate(let p, let l): return "\(p):\(l): a chat example (messages), and the model has no chat template to render it"
         }
     }
 }
@@ -121,7 +124,7 @@ public struct CausalLMData: Sendable {
     /// Tokenizes every example. `path` names the data file in errors; `contextLength`, when
     /// given, is checked against `options.maxLength`.
     public init(dataset: Dataset, tokenizer: BPETokenizer, options: CausalLMDataOptions = CausalLMDataOptions(),
-                contextLength: Int? = nil, path: String) throws(BatchingError) {
+                contextLength: Int? = nil, chatTemplate: ChatTemplate? = nil, path: String) throws(BatchingError) {
         guard options.maxLength >= 2 else { throw .invalidMaxLength(options.maxLength) }
         if let contextLength, options.maxLength > contextLength {
             throw .longerThanContext(maxLength: options.maxLength, contextLength: contextLength)
@@ -131,7 +134,13 @@ public struct CausalLMData: Sendable {
         paddingTokenID = options.paddingTokenID ?? tokenizer.padTokenID ?? eos
         var examples: [TokenizedExample] = []
         for e in dataset.examples {
-            if let question = e.prompt {
+            if let messages = e.messages {
+                guard let chatTemplate else { throw .noChatTemplate(path: path, line: e.line) }
+                examples.append(try Self.chat(messages, template: chatTemplate, tokenizer: tokenizer, options: options, line: e.line, path: path))
+            } else if e.isCompletion == true, let prompt = e.prompt {
+                examples.append(try Self.promptCompletion(prompt: Self.encode(prompt, tokenizer, bos: true), completion: Self.encode(e.text, tokenizer, bos: false),
+                                                          eos: eos, options: options, line: e.line, path: path))
+            } else if let question = e.prompt {
                 examples.append(try Self.questionAnswer(
                     question: Self.encode(question, tokenizer, bos: false), answer: Self.encode(e.text, tokenizer, bos: false),
                     eos: eos, options: options, line: e.line, path: path))
@@ -169,6 +178,40 @@ public struct CausalLMData: Sendable {
         let tokens = q + [eos] + a + [eos]
         let labels = [Int](repeating: Self.ignoreIndex, count: q.count + 1) + a + [eos]
         return TokenizedExample(tokens: Array(tokens.prefix(L)), labels: Array(labels.prefix(L)), line: line)
+    }
+
+    /// A prompt and its completion before padding: prompt + completion + [EOS], the loss on
+    /// the completion and its EOS (prompt tokens labelled -100), cut to `maxLength`.
+    public static func promptCompletion(prompt: [Int], completion: [Int], eos: Int, options: CausalLMDataOptions,
+                                        line: Int, path: String) throws(BatchingError) -> TokenizedExample {
+        let tokens = prompt + completion + [eos]
+        if tokens.count > options.maxLength && !options.truncate {
+            throw .exampleTooLong(path: path, line: line, tokens: tokens.count, maxLength: options.maxLength)
+        }
+        let labels = [Int](repeating: Self.ignoreIndex, count: prompt.count) + completion + [eos]
+        return TokenizedExample(tokens: Array(tokens.prefix(options.maxLength)), labels: Array(labels.prefix(options.maxLength)), line: line)
+    }
+
+    /// A conversation rendered with the model's chat template, the loss on the assistant
+    /// turns only: each assistant turn's content and its end-of-turn token are labels; the
+    /// system and user turns, the role headers and the newlines between turns are -100.
+    /// Each piece is tokenized on its own (special tokens never merge with text, and every
+    /// piece starts after a newline or a special token), so the ids are those of the whole
+    /// rendering. Cut to `maxLength`.
+    public static func chat(_ messages: [ChatTemplate.Message], template: ChatTemplate, tokenizer: BPETokenizer, options: CausalLMDataOptions,
+                            line: Int, path: String) throws(BatchingError) -> TokenizedExample {
+        var tokens: [Int] = [], labels: [Int] = []
+        func add(_ text: String, learn: Bool) {
+            let ids = encode(text, tokenizer, bos: false)
+            tokens += ids
+            labels += learn ? ids : [Int](repeating: ignoreIndex, count: ids.count)
+        }
+        if tokenizer.addBOS, let bos = tokenizer.bosTokenID { tokens.append(bos); labels.append(ignoreIndex) }
+        for piece in template.pieces(messages, addGenerationPrompt: false) { add(piece.text, learn: piece.isAssistant) }
+        if tokens.count > options.maxLength && !options.truncate {
+            throw .exampleTooLong(path: path, line: line, tokens: tokens.count, maxLength: options.maxLength)
+        }
+        return TokenizedExample(tokens: Array(tokens.prefix(options.maxLength)), labels: Array(labels.prefix(options.maxLength)), line: line)
     }
 
     /// One text row before padding: text + [EOS], every token a label.

@@ -59,9 +59,11 @@ public final class LoraTrainer {
     }
 
     /// Tokenized rows of `dataset` with this trainer's tokenizer.
-    public func data(_ dataset: Dataset, maxLength: Int = 128, padding: CausalLMDataOptions.Padding = .longest, path: String = "data") throws -> CausalLMData {
+    /// Chat examples are rendered with `chatTemplate` (the model's).
+    public func data(_ dataset: Dataset, maxLength: Int = 128, padding: CausalLMDataOptions.Padding = .longest, chatTemplate: ChatTemplate? = nil,
+                     path: String = "data") throws -> CausalLMData {
         try CausalLMData(dataset: dataset, tokenizer: tokenizer, options: CausalLMDataOptions(maxLength: maxLength, padding: padding),
-                         contextLength: model.contextLength, path: path)
+                         contextLength: model.contextLength, chatTemplate: chatTemplate, path: path)
     }
 
     /// Fixes the hybrid model: which linear layers the server holds (all of them unless

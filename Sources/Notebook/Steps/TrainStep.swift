@@ -12,7 +12,7 @@ struct RowSettings {
         do {
             return try CausalLMData(dataset: dataset, tokenizer: loaded.tokenizer,
                                     options: CausalLMDataOptions(maxLength: maxLength, padding: padding),
-                                    contextLength: loaded.model.contextLength, path: path)
+                                    contextLength: loaded.model.contextLength, chatTemplate: loaded.chatTemplate, path: path)
         } catch {
             switch error {
             case .longerThanContext, .invalidMaxLength: throw StepFailure(key: "max_length", error.description)

@@ -83,6 +83,41 @@ import Testing
         #expect(base.stdout != adapted.stdout)
     }
 
+    /// Validation during training: both curves on one chart and the best step named; a killed
+    /// run resumes to the same adapter and the same validation losses; early stopping stops.
+    @Test func validationCurvesResumeAndEarlyStopping() throws {
+        let validated = Self.train + "\neval: {data: train, every: 1}"
+        let whole = try Self.workspace(Self.notebook(train: validated))
+        let a = try Self.run(whole)
+        #expect(a.code == 0, "\(a.stderr)")
+        #expect(a.stderr.contains("train: step 4 validation loss"), "\(a.stderr)")
+        let report = try whole.read("outputs/nb.html")
+        for text in ["best validation", "last validation", ">validation<", "Training loss"] { #expect(report.contains(text), "report lacks \(text)") }
+        let reference = try Data(contentsOf: whole.root.appendingPathComponent("adapter/adapter_model.safetensors"))
+        let losses = a.stderr.split(separator: "\n").filter { $0.contains("validation loss") }
+        #expect(losses.count == 4)
+
+        let killed = try Self.workspace(Self.notebook(train: validated))
+        let first = try Self.run(killed, extra: ["NB_TEST_KILL_AFTER_STEP": "2"])
+        #expect(first.code == 9, "\(first.stderr)")
+        let second = try Self.run(killed)
+        #expect(second.code == 0, "\(second.stderr)")
+        #expect(try Data(contentsOf: killed.root.appendingPathComponent("adapter/adapter_model.safetensors")) == reference)
+        let resumedLosses = (first.stderr + second.stderr).split(separator: "\n").filter { $0.contains("validation loss") }
+        #expect(resumedLosses == losses, "the resumed run's validation losses are the uninterrupted run's")
+
+        // min_delta larger than any improvement: the second evaluation ends the run.
+        let stopping = try Self.workspace(Self.notebook(train: validated + "\nearly_stopping: {patience: 1, min_delta: 100}"))
+        let s = try Self.run(stopping)
+        #expect(s.code == 0, "\(s.stderr)")
+        let stoppedReport = try stopping.read("outputs/nb.html")
+        #expect(stoppedReport.contains("Stopped early at step 2 of 4"), "\(s.stderr)")
+        #expect(stoppedReport.contains("2 of 4"))
+        let bad = try Self.workspace(Self.notebook(train: Self.train + "\nearly_stopping: {patience: 2}"))
+        let refused = try Self.run(bad)
+        #expect(refused.code == 2 && refused.stderr.contains("key 'early_stopping': needs eval"), "\(refused.stderr)")
+    }
+
     @Test func reportShowsLossesAndReRunsReuseTheAdapter() throws {
         let w = try Self.workspace(Self.notebook(train: Self.train + "\ngenerate: {prompts: [\"What is FHE?\"], max_tokens: 4}") + """
         ```nb evaluate id=eval

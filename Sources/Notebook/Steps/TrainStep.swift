@@ -40,6 +40,8 @@ struct RowSettings {
 /// seed: 0                     # shuffling; dropout uses the adapter's seed
 /// checkpoint_every: 20        # optimizer steps between resumable checkpoints
 /// generate: {prompts: ["What is FHE?"], max_tokens: 30}   # after every epoch (optional)
+/// eval: {data: test, every: 10}   # validation loss and perplexity every 10 steps (optional)
+/// early_stopping: {patience: 3}   # stop after 3 evaluations without a better loss (optional)
 /// mode: torch
 /// ```
 ///
@@ -68,14 +70,56 @@ public enum TrainStep: Step {
         }
     }
 
+    /// `eval`: a data set loaded by load_data, scored every `every` optimizer steps (and at the end).
+    public struct Validation: Codable, Equatable, Sendable {
+        public var data: String
+        public var every: Int
+        public var batchSize: Int?
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case data, every, batchSize = "batch_size" }
+
+        public init(from decoder: Decoder) throws {
+            try decoder.rejectUnknownKeys(CodingKeys.self)
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            data = try c.decode(String.self, forKey: .data)
+            every = try c.decode(Int.self, forKey: .every)
+            batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize)
+        }
+    }
+
+    /// `early_stopping`: stop when `patience` evaluations in a row have not lowered the best
+    /// validation loss by more than `min_delta`.
+    public struct EarlyStopping: Codable, Equatable, Sendable {
+        public var patience: Int
+        public var minDelta: Double
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case patience, minDelta = "min_delta" }
+
+        public init(from decoder: Decoder) throws {
+            try decoder.rejectUnknownKeys(CodingKeys.self)
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            patience = try c.decode(Int.self, forKey: .patience)
+            minDelta = try c.decodeIfPresent(Double.self, forKey: .minDelta) ?? 0
+        }
+    }
+
+    /// One validation: after optimizer step `step`.
+    struct ValidationRecord: Codable, Equatable {
+        var step: Int
+        var loss: Double
+        var perplexity: Double
+    }
+
     public struct Parameters: StepParameters {
         public enum Keys: String, CodingKey, CaseIterable {
             case data, epochs, batchSize = "batch_size", learningRate = "learning_rate", schedule, warmupSteps = "warmup_steps"
             case weightDecay = "weight_decay", gradientAccumulation = "gradient_accumulation", maxGradNorm = "max_grad_norm"
             case maxLength = "max_length", padding, seed, shuffle, checkpointEvery = "checkpoint_every", generate, mode
-            case server, tokenFile = "token_file", productProtocol = "protocol"
+            case server, tokenFile = "token_file", productProtocol = "protocol", eval, earlyStopping = "early_stopping"
         }
         public typealias CodingKeys = Keys
+        public var eval: Validation?
+        public var earlyStopping: EarlyStopping?
         public var data: String
         public var epochs: Int
         public var batchSize: Int
@@ -101,6 +145,8 @@ public enum TrainStep: Step {
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
             productProtocol = try c.decodeChoice(ProductProtocol.self, forKey: .productProtocol) ?? .masked
+            eval = try c.decodeIfPresent(Validation.self, forKey: .eval)
+            earlyStopping = try c.decodeIfPresent(EarlyStopping.self, forKey: .earlyStopping)
             data = try c.decodeIfPresent(String.self, forKey: .data) ?? "train"
             epochs = try c.decodeIfPresent(Int.self, forKey: .epochs) ?? 1
             batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? 4
@@ -134,6 +180,16 @@ public enum TrainStep: Step {
             if seed < 0 { throw ParameterError("seed", "\(seed) must be ≥ 0") }
             if checkpointEvery < 1 { throw ParameterError("checkpoint_every", "\(checkpointEvery) must be ≥ 1") }
             try RemoteTarget.validate(server: server, mode: mode)
+            if let e = eval {
+                if e.data.isEmpty { throw ParameterError("eval.data", "must name a data set loaded by load_data") }
+                if e.every < 1 { throw ParameterError("eval.every", "\(e.every) must be ≥ 1") }
+                if let b = e.batchSize, b < 1 { throw ParameterError("eval.batch_size", "\(b) must be ≥ 1") }
+            }
+            if let s = earlyStopping {
+                if eval == nil { throw ParameterError("early_stopping", "needs eval: {data, every} to know when the validation loss stops improving") }
+                if s.patience < 1 { throw ParameterError("early_stopping.patience", "\(s.patience) must be ≥ 1") }
+                if !(s.minDelta >= 0 && s.minDelta.isFinite) { throw ParameterError("early_stopping.min_delta", "\(s.minDelta) must be ≥ 0") }
+            }
             if let g = generate {
                 if g.prompts.isEmpty { throw ParameterError("generate.prompts", "give at least one prompt") }
                 if !(1...1024).contains(g.maxTokens) { throw ParameterError("generate.max_tokens", "\(g.maxTokens) is out of range 1...1024") }
@@ -152,6 +208,7 @@ public enum TrainStep: Step {
         let (loaded, model) = try context.session.trainableModel()
         guard let start = try context.session.adapter(), let reference = context.session.state.adapter else { throw SessionError.noAdapter }
         let data = try RowSettings(maxLength: p.maxLength, padding: p.padding).data(p.data, key: "data", context: context, loaded: loaded)
+        let validationData = try p.eval.map { try RowSettings(maxLength: p.maxLength, padding: .longest).data($0.data, key: "eval.data", context: context, loaded: loaded) }
         // Train a copy: the session's adapter of the previous cell stays as it was.
         let adapter = LoRAAdapter(config: start.config, layers: start.layers)
         let settings = TrainingSettings(
@@ -178,7 +235,9 @@ public enum TrainStep: Step {
         defer { (run.backend as? EncryptedLinearBackend)?.releaseMasks() }
 
         let samplesURL = checkpoints.appendingPathComponent("generations.json")
+        let validationURL = checkpoints.appendingPathComponent("validation.json")
         var samples: [EpochSample] = []
+        var validations: [ValidationRecord] = []
         var resumedAt = 0
         if FileManager.default.fileExists(atPath: checkpointURL.path) {
             do {
@@ -186,6 +245,8 @@ public enum TrainStep: Step {
                 resumedAt = run.position.step
                 samples = (try? JSONDecoder().decode([EpochSample].self, from: Data(contentsOf: samplesURL)))?
                     .filter { $0.epoch < resumedAt / run.stepsPerEpoch } ?? []
+                validations = (try? JSONDecoder().decode([ValidationRecord].self, from: Data(contentsOf: validationURL)))?
+                    .filter { $0.step <= resumedAt } ?? []
                 context.emit(.text("Resumed from the checkpoint at step \(resumedAt) of \(run.totalSteps) (\(context.display(checkpointURL)))."))
                 FileHandle.standardError.write(Data("  train: resuming at step \(resumedAt) of \(run.totalSteps)\n".utf8))
             } catch {
@@ -228,6 +289,27 @@ public enum TrainStep: Step {
             }
         }
 
+        /// The validation loss with the adapter as trained so far (no dropout, no random numbers
+        /// drawn: a resumed run continues bit for bit), recorded beside the checkpoint.
+        func validate() throws {
+            guard let e = p.eval, let validationData, validations.last?.step != run.position.step else { return }
+            let result: EvaluationResult
+            do {
+                result = try LoRATrainingRun.evaluate(model: model, adapter: adapter, data: validationData, batchSize: e.batchSize ?? p.batchSize, backend: run.backend)
+            } catch { throw StepFailure(key: "eval.data", error.description) }
+            validations.append(ValidationRecord(step: run.position.step, loss: result.loss, perplexity: result.perplexity))
+            FileHandle.standardError.write(Data(String(format: "  train: step %d validation loss %.4f (perplexity %.2f)\n", run.position.step, result.loss, result.perplexity).utf8))
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            try? AtomicFile.write(try encoder.encode(validations), to: validationURL)
+        }
+        /// Whether `patience` evaluations in a row have not beaten the best before them by `min_delta`.
+        func shouldStop() -> Bool {
+            guard let s = p.earlyStopping, validations.count > s.patience else { return false }
+            let before = validations.dropLast(s.patience).map(\.loss).min()!
+            return validations.suffix(s.patience).allSatisfy { $0.loss > before - s.minDelta }
+        }
+
         let progress = context.progress("train", total: run.totalSteps)
         progress.update(run.position.step)
         let encrypted = run.backend as? EncryptedLinearBackend
@@ -238,7 +320,10 @@ public enum TrainStep: Step {
             FHEReport.emit(run.backend, stats: (encrypted?.statistics ?? FHEStatistics()).since(statsAtStart), steps: run.position.step - firstStep,
                            stepName: "step", seconds: ProcessInfo.processInfo.systemUptime - started, context: context)
         }
-        while !run.isFinished {
+        var stoppedEarly: Int?
+        // A run resumed after its last evaluation has already met its stopping rule.
+        if shouldStop() { stoppedEarly = run.position.step }
+        while !run.isFinished && stoppedEarly == nil {
             let record: TrainingStepRecord
             do {
                 record = try run.step()
@@ -247,14 +332,14 @@ public enum TrainStep: Step {
                     ?? "no checkpoint was written yet"
                 progress.finish()
                 let key: String? = { if case .nonFiniteLoss = error { return "learning_rate" }; if case .nonFiniteGradient = error { return "learning_rate" }; return nil }()
-                emitSummary(run, resumedAt: resumedAt, samples: samples, context: context)
+                emitSummary(run, resumedAt: resumedAt, samples: samples, validations: validations, context: context)
                 throw StepFailure(key: key, "\(error.description); \(kept)")
             }
             do { try FHEReport.check(run.backend) } catch let failure as StepFailure {
                 let kept = lastCheckpoint.map { "the last good checkpoint (step \($0)) is kept at \(context.display(checkpointURL)); run the cell again (with any server of this deployment) to resume from it" }
                     ?? "no checkpoint was written yet"
                 progress.finish()
-                emitSummary(run, resumedAt: resumedAt, samples: samples, context: context)
+                emitSummary(run, resumedAt: resumedAt, samples: samples, validations: validations, context: context)
                 throw StepFailure(key: failure.key, "\(failure.message); \(kept)")
             }
             let step = run.position.step
@@ -262,21 +347,31 @@ public enum TrainStep: Step {
                                                   Double(record.tokens) / max(record.seconds, 1e-9)))
             let endOfEpoch = step % run.stepsPerEpoch == 0
             if endOfEpoch { try generateSamples(epoch: step / run.stepsPerEpoch - 1) }
-            if step % p.checkpointEvery == 0 || endOfEpoch || run.isFinished { try saveCheckpoint() }
+            if let e = p.eval, step % e.every == 0 || run.isFinished { try validate() }
+            let stopping = shouldStop()
+            if step % p.checkpointEvery == 0 || endOfEpoch || run.isFinished || stopping { try saveCheckpoint() }
+            if stopping {
+                stoppedEarly = step
+                break
+            }
             if let killAfter, step == killAfter {
                 // Fault injection for the resume tests: die as a crash would, after the checkpoint.
                 kill(getpid(), SIGKILL)
             }
         }
         progress.finish()
-        try context.session.register(adapter, in: context.adapterStore, trainedSteps: reference.trainedSteps + run.totalSteps, origin: "train")
-        emitSummary(run, resumedAt: resumedAt, samples: samples, context: context)
+        try context.session.register(adapter, in: context.adapterStore, trainedSteps: reference.trainedSteps + run.position.step, origin: "train")
+        if let stoppedEarly, let s = p.earlyStopping {
+            let best = validations.min { $0.loss < $1.loss }!
+            context.emit(.text("Stopped early at step \(stoppedEarly) of \(run.totalSteps): \(s.patience) evaluation\(s.patience == 1 ? "" : "s") without a validation loss below \(Format.number(best.loss, decimals: 4)) (step \(best.step)). The adapter is the one at step \(stoppedEarly)."))
+        }
+        emitSummary(run, resumedAt: resumedAt, samples: samples, validations: validations, context: context)
         emitEncrypted()
         // The trained adapter is in the session (and its snapshot): the checkpoint is done.
         try? FileManager.default.removeItem(at: checkpoints)
     }
 
-    static func emitSummary(_ run: LoRATrainingRun, resumedAt: Int, samples: [EpochSample], context: StepContext) {
+    static func emitSummary(_ run: LoRATrainingRun, resumedAt: Int, samples: [EpochSample], validations: [ValidationRecord] = [], context: StepContext) {
         let history = run.position.history
         guard !history.isEmpty else { return }
         let seconds = history.reduce(0) { $0 + $1.seconds }, tokens = history.reduce(0) { $0 + $1.tokens }
@@ -292,7 +387,10 @@ public enum TrainStep: Step {
             Metric("time per step", Format.duration(measuredSeconds / Double(max(measured.count, 1)))),
             Metric("training time", Format.duration(seconds)),
             Metric("tokens seen", Format.integer(tokens)),
-        ]))
+        ] + (validations.min { $0.loss < $1.loss }.map { best in
+            [Metric("best validation", "step \(best.step): loss \(Format.number(best.loss, decimals: 4)), perplexity \(Format.number(best.perplexity, decimals: 3))"),
+             Metric("last validation", "step \(validations.last!.step): loss \(Format.number(validations.last!.loss, decimals: 4))")]
+        } ?? [])))
         var rows: [[String]] = []
         var epochMeans: [LineChart.Point] = []
         for epoch in 0..<run.settings.epochs {
@@ -312,7 +410,8 @@ public enum TrainStep: Step {
         context.emit(.chart(LineChart(
             title: "Training loss", xLabel: "optimizer step", yLabel: "cross-entropy (nats)", yScale: .linear,
             series: [LineChart.Series(name: "step", points: history.map { .init(Double($0.step), Double($0.loss)) }),
-                     LineChart.Series(name: "epoch mean", points: epochMeans)])))
+                     LineChart.Series(name: "epoch mean", points: epochMeans)]
+                + (validations.isEmpty ? [] : [LineChart.Series(name: "validation", points: validations.map { .init(Double($0.step), $0.loss) })]))))
         context.emit(.chart(LineChart(
             title: "Learning rate and gradient norm", xLabel: "optimizer step", yLabel: "value", yScale: .log,
             series: [LineChart.Series(name: "learning rate", points: history.filter { $0.learningRate > 0 }.map { .init(Double($0.step), $0.learningRate) }),

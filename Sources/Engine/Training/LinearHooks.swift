@@ -32,6 +32,12 @@ public struct LinearHooks<Real: TrainingScalar> {
     public var backward: [String: Backward] = [:]
     /// Where the frozen products run (Float passes only); nil or a layer it declines: float, here.
     public var backend: LinearBackend?
+    /// Gradient (activation) checkpointing: the forward keeps only each block's input, and
+    /// the backward recomputes the block's activations just before its own backward.
+    public var gradientCheckpointing = false
+    /// The hooks' random state (a LoRA adapter's dropout generator), so that a recomputed
+    /// block draws the very masks its first forward drew.
+    public var randomState: (save: () -> SeededGenerator, restore: (SeededGenerator) -> Void)?
 
     public init() {}
 

@@ -21,18 +21,22 @@ public struct TrainingSettings: Codable, Equatable, Sendable {
     /// so an encrypted backend fills its ciphertexts. The dropout masks are drawn in another
     /// order than with separate micro-batches, so the numbers differ from theirs in the last bits.
     public var fuseMicroBatches: Bool
+    /// Keep only each block's input in the forward and recompute its activations in the
+    /// backward (less memory, one more forward's work; the same numbers, dropout included).
+    public var gradientCheckpointing: Bool
 
     public init(epochs: Int, batchSize: Int, gradientAccumulation: Int = 1, learningRate: Double,
                 schedule: LearningRateSchedule.Kind = .linear, warmupSteps: Int = 0, weightDecay: Double = 0.01,
-                maxGradientNorm: Double? = nil, seed: UInt64 = 0, shuffle: Bool = true, fuseMicroBatches: Bool = false) {
+                maxGradientNorm: Double? = nil, seed: UInt64 = 0, shuffle: Bool = true, fuseMicroBatches: Bool = false,
+                gradientCheckpointing: Bool = false) {
         (self.epochs, self.batchSize, self.gradientAccumulation, self.learningRate) = (epochs, batchSize, gradientAccumulation, learningRate)
         (self.schedule, self.warmupSteps, self.weightDecay, self.maxGradientNorm) = (schedule, warmupSteps, weightDecay, maxGradientNorm)
-        (self.seed, self.shuffle, self.fuseMicroBatches) = (seed, shuffle, fuseMicroBatches)
+        (self.seed, self.shuffle, self.fuseMicroBatches, self.gradientCheckpointing) = (seed, shuffle, fuseMicroBatches, gradientCheckpointing)
     }
 
     enum CodingKeys: String, CodingKey {
         case epochs, batchSize, gradientAccumulation, learningRate, schedule, warmupSteps, weightDecay, maxGradientNorm, seed, shuffle
-        case fuseMicroBatches
+        case fuseMicroBatches, gradientCheckpointing
     }
 
     public init(from decoder: Decoder) throws {
@@ -43,7 +47,8 @@ public struct TrainingSettings: Codable, Equatable, Sendable {
                   schedule: try c.decode(LearningRateSchedule.Kind.self, forKey: .schedule), warmupSteps: try c.decode(Int.self, forKey: .warmupSteps),
                   weightDecay: try c.decode(Double.self, forKey: .weightDecay), maxGradientNorm: try c.decodeIfPresent(Double.self, forKey: .maxGradientNorm),
                   seed: try c.decode(UInt64.self, forKey: .seed), shuffle: try c.decode(Bool.self, forKey: .shuffle),
-                  fuseMicroBatches: try c.decodeIfPresent(Bool.self, forKey: .fuseMicroBatches) ?? false)
+                  fuseMicroBatches: try c.decodeIfPresent(Bool.self, forKey: .fuseMicroBatches) ?? false,
+                  gradientCheckpointing: try c.decodeIfPresent(Bool.self, forKey: .gradientCheckpointing) ?? false)
     }
 }
 
@@ -144,6 +149,7 @@ public final class LoRATrainingRun {
         optimizer = AdamW(weightDecay: settings.weightDecay)
         position = TrainingPosition(step: 0, dropoutGenerator: adapter.dropoutGenerator, history: [])
         hooks = adapter.hooks()
+        hooks.gradientCheckpointing = settings.gradientCheckpointing
     }
 
     /// Optimizer steps per epoch: ⌈batches / accumulation⌉.

@@ -196,6 +196,7 @@ extension LoRAAdapter {
     /// layer's, its backward (dA, dB and its share of dX) in the backward pass.
     public func hooks() -> LinearHooks<Float> {
         var hooks = LinearHooks<Float>()
+        hooks.randomState = (save: { self.dropoutGenerator }, restore: { self.dropoutGenerator = $0 })
         for (i, layer) in layers.enumerated() {
             let n = layer.module.inFeatures
             hooks.register(layer.module.name, forward: { _, x, y in

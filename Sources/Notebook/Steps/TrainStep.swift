@@ -42,6 +42,7 @@ struct RowSettings {
 /// generate: {prompts: ["What is FHE?"], max_tokens: 30}   # after every epoch (optional)
 /// eval: {data: test, every: 10}   # validation loss and perplexity every 10 steps (optional)
 /// early_stopping: {patience: 3}   # stop after 3 evaluations without a better loss (optional)
+/// gradient_checkpointing: false   # true: recompute activations in the backward (less memory)
 /// mode: torch
 /// ```
 ///
@@ -116,9 +117,12 @@ public enum TrainStep: Step {
             case weightDecay = "weight_decay", gradientAccumulation = "gradient_accumulation", maxGradNorm = "max_grad_norm"
             case maxLength = "max_length", padding, seed, shuffle, checkpointEvery = "checkpoint_every", generate, mode
             case server, tokenFile = "token_file", productProtocol = "protocol", eval, earlyStopping = "early_stopping"
+            case gradientCheckpointing = "gradient_checkpointing"
         }
         public typealias CodingKeys = Keys
         public var eval: Validation?
+        /// Recompute each block's activations in the backward instead of keeping them.
+        public var gradientCheckpointing: Bool
         public var earlyStopping: EarlyStopping?
         public var data: String
         public var epochs: Int
@@ -146,6 +150,7 @@ public enum TrainStep: Step {
             let c = try decoder.container(keyedBy: Keys.self)
             productProtocol = try c.decodeChoice(ProductProtocol.self, forKey: .productProtocol) ?? .masked
             eval = try c.decodeIfPresent(Validation.self, forKey: .eval)
+            gradientCheckpointing = try c.decodeIfPresent(Bool.self, forKey: .gradientCheckpointing) ?? false
             earlyStopping = try c.decodeIfPresent(EarlyStopping.self, forKey: .earlyStopping)
             data = try c.decodeIfPresent(String.self, forKey: .data) ?? "train"
             epochs = try c.decodeIfPresent(Int.self, forKey: .epochs) ?? 1
@@ -217,7 +222,7 @@ public enum TrainStep: Step {
             seed: UInt64(p.seed), shuffle: p.shuffle,
             // Quantized modes: one call per remote layer per step (an `he` call fills its
             // ciphertexts; a masked call makes one request instead of several).
-            fuseMicroBatches: p.mode != .torch)
+            fuseMicroBatches: p.mode != .torch, gradientCheckpointing: p.gradientCheckpointing)
         let run: LoRATrainingRun
         do { run = try LoRATrainingRun(model: model, adapter: adapter, data: data, settings: settings) } catch {
             switch error {

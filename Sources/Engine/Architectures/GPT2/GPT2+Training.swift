@@ -46,6 +46,9 @@ public struct GPT2Activations<Real: TrainingScalar> {
     /// The rows the head computed logits for (nil: all), in order.
     public let headRows: [Int]?
     var blocks: [GPT2BlockActivations<Real>]
+    /// With gradient checkpointing, instead of `blocks`: each block's input and the hooks'
+    /// random state when it started (see ``LlamaActivations``).
+    var checkpoints: [(input: [Real], random: SeededGenerator?)] = []
     var final: [Real]               // (N, C) residual stream after the last block
     var finalMean: [Real], finalRstd: [Real]  // (N)
 }
@@ -117,13 +120,21 @@ extension GPT2TrainingWeights {
         var x = [Real](repeating: 0, count: N * C)  // (N, C) residual stream
         Layers.embeddingForward(tokens: tokens, table: tokenEmbedding, positions: positionEmbedding, sequenceLength: T, &x, width: C)
         var saved: [GPT2BlockActivations<Real>] = []
-        for l in blocks.indices { saved.append(blockForward(l, &x, batchSize: B, hooks: hooks)) }
+        var checkpoints: [(input: [Real], random: SeededGenerator?)] = []
+        for l in blocks.indices {
+            if hooks.gradientCheckpointing {
+                checkpoints.append((x, hooks.randomState?.save()))
+                _ = blockForward(l, &x, batchSize: B, hooks: hooks)
+            } else {
+                saved.append(blockForward(l, &x, batchSize: B, hooks: hooks))
+            }
+        }
         var mean = [Real](repeating: 0, count: N), rstd = mean, normed = [Real](repeating: 0, count: N * C)
         Layers.layerNormForward(x, weight: finalNormWeight, bias: finalNormBias, &normed, mean: &mean, rstd: &rstd,
                                 rows: N, width: C, eps: eps)
         let logits = Layers.headLogits(normed, embedding: tokenEmbedding, rows: N, width: C, vocabularySize: V, only: headRows)
         return GPT2Activations(tokens: tokens, batchSize: B, sequenceLength: T, logits: logits, headRows: headRows, blocks: saved,
-                               final: x, finalMean: mean, finalRstd: rstd)
+                               checkpoints: checkpoints, final: x, finalMean: mean, finalRstd: rstd)
     }
 
     /// Gradients from dL/dlogits (B·T, V): dL/d(input) and dL/d(output) of every linear
@@ -138,10 +149,20 @@ extension GPT2TrainingWeights {
         Layers.layerNormBackward(dNormed, x: a.final, weight: finalNormWeight, mean: a.finalMean, rstd: a.finalRstd,
                                  dX: &dx, rows: N, width: C)
         var result = TrainingGradients<Real>()
+        let after = hooks.randomState?.save()
         for l in blocks.indices.reversed() {
-            let kept = blockBackward(l, &dx, saved: a.blocks[l], hooks: hooks, keepLinearGradients: keepLinearGradients)
+            let saved: GPT2BlockActivations<Real>
+            if a.blocks.isEmpty {  // checkpointed: recompute this block from its input, with the same random masks
+                var x = a.checkpoints[l].input
+                if let random = a.checkpoints[l].random { hooks.randomState?.restore(random) }
+                saved = blockForward(l, &x, batchSize: a.batchSize, hooks: hooks)
+            } else {
+                saved = a.blocks[l]
+            }
+            let kept = blockBackward(l, &dx, saved: saved, hooks: hooks, keepLinearGradients: keepLinearGradients)
             result.linear.merge(kept) { $1 }
         }
+        if let after { hooks.randomState?.restore(after) }
         if embeddingGradient {
             var dE = [Real](repeating: 0, count: V * C), dP = [Real](repeating: 0, count: config.nPositions * C)
             Layers.embeddingBackward(tokens: a.tokens, dx, dTable: &dE, dPositions: &dP, sequenceLength: a.sequenceLength, width: C)

@@ -58,6 +58,10 @@ public struct LlamaActivations<Real: TrainingScalar> {
     /// The rows the head computed logits for (nil: all), in order.
     public let headRows: [Int]?
     var blocks: [LlamaBlockActivations<Real>]
+    /// With gradient checkpointing (``LinearHooks/gradientCheckpointing``), instead of
+    /// `blocks`: each block's input and the hooks' random state when it started.
+    var checkpoints: [(input: [Real], random: SeededGenerator?)] = []
+    var rope: RotaryTables<Real>? = nil
     var final: [Real]               // (N, C) residual stream after the last block
     var finalRstd: [Real]           // (N)
 }
@@ -134,12 +138,20 @@ extension LlamaTrainingWeights {
         var x = [Real](repeating: 0, count: N * C)  // (N, C) residual stream
         Layers.embeddingForward(tokens: tokens, table: embedding, positions: nil, sequenceLength: T, &x, width: C)
         var saved: [LlamaBlockActivations<Real>] = []
-        for l in blocks.indices { saved.append(blockForward(l, &x, batchSize: B, rope: rope, hooks: hooks)) }
+        var checkpoints: [(input: [Real], random: SeededGenerator?)] = []
+        for l in blocks.indices {
+            if hooks.gradientCheckpointing {
+                checkpoints.append((x, hooks.randomState?.save()))
+                _ = blockForward(l, &x, batchSize: B, rope: rope, hooks: hooks)
+            } else {
+                saved.append(blockForward(l, &x, batchSize: B, rope: rope, hooks: hooks))
+            }
+        }
         var rstd = [Real](repeating: 0, count: N), normed = [Real](repeating: 0, count: N * C)
         Layers.rmsNormForward(x, weight: finalNorm, &normed, rstd: &rstd, rows: N, width: C, eps: Real(config.rmsNormEps))
         let logits = Layers.headLogits(normed, embedding: lmHead ?? embedding, rows: N, width: C, vocabularySize: V, only: headRows)
         return LlamaActivations(tokens: tokens, batchSize: B, sequenceLength: T, logits: logits, headRows: headRows, blocks: saved,
-                                final: x, finalRstd: rstd)
+                                checkpoints: checkpoints, rope: rope, final: x, finalRstd: rstd)
     }
 
     /// Gradients from dL/dlogits (B·T, V): dL/d(input) and dL/d(output) of every linear
@@ -152,10 +164,20 @@ extension LlamaTrainingWeights {
         var dx = [Real](repeating: 0, count: N * C)  // (N, C) dL/d(residual stream)
         Layers.rmsNormBackward(dNormed, x: a.final, weight: finalNorm, rstd: a.finalRstd, dX: &dx, rows: N, width: C)
         var result = TrainingGradients<Real>()
+        let after = hooks.randomState?.save()
         for l in blocks.indices.reversed() {
-            let kept = blockBackward(l, &dx, saved: a.blocks[l], hooks: hooks, keepLinearGradients: keepLinearGradients)
+            let saved: LlamaBlockActivations<Real>
+            if a.blocks.isEmpty {  // checkpointed: recompute this block from its input, with the same random masks
+                var x = a.checkpoints[l].input
+                if let random = a.checkpoints[l].random { hooks.randomState?.restore(random) }
+                saved = blockForward(l, &x, batchSize: a.batchSize, rope: a.rope!, hooks: hooks)
+            } else {
+                saved = a.blocks[l]
+            }
+            let kept = blockBackward(l, &dx, saved: saved, hooks: hooks, keepLinearGradients: keepLinearGradients)
             result.linear.merge(kept) { $1 }
         }
+        if let after { hooks.randomState?.restore(after) }
         if embeddingGradient {
             var dE = [Real](repeating: 0, count: V * C)
             Layers.embeddingBackward(tokens: a.tokens, dx, dTable: &dE, dPositions: nil, sequenceLength: a.sequenceLength, width: C)

@@ -74,7 +74,8 @@ func deploymentChildModes() throws -> Bool {
         if masked { try backend.prefillMasks(rows: steps * rows * length) }
         let offline = backend.statistics
         let run = try LoRATrainingRun(model: model, adapter: adapter, data: benchData(rows: rows, length: length, vocabulary: loaded.model.vocabularySize),
-                                      settings: TrainingSettings(epochs: 1, batchSize: rows, learningRate: 2e-3, shuffle: false))
+                                      settings: TrainingSettings(epochs: 1, batchSize: rows, learningRate: 2e-3, shuffle: false,
+                                                                 gradientCheckpointing: args.contains("--checkpointing")))
         run.backend = backend
         var times: [Double] = [], losses: [Double] = []
         for k in 0..<steps {
@@ -212,6 +213,15 @@ func deploymentRows(selfURL: URL) -> [Row] {
                         baselineName: "the whole model's Float32 weights", baseline: floatMB, ratio: peak / floatMB,
                         note: String(format: "target ≤ %@ MB; the client holds %d of %d parameters", which == "gpt2" ? "500" : "400",
                                      r["clientParameters"] as! Int, m["modelParameters"] as! Int)))
+        if which == "smollm2",
+           let (cc, co) = try? runProcess(selfURL, ["--remote-client", dir.path, server.url, "\(batch)", "\(length)", "2", "--checkpointing"], in: URL(fileURLWithPath: ".")),
+           cc == 0, let c = parseJSON(co) {
+            let checkpointed = c["peak"] as! Double
+            rows.append(Row(name: "\(label) client peak RSS, remote mode, training \(batch)×\(length), gradient checkpointing", value: checkpointed, unit: "MB",
+                            baselineName: "without checkpointing, this run", baseline: peak, ratio: checkpointed / peak,
+                            note: String(format: "target ≤ 400 MB; step %.1f s against %.1f s without (the recomputed forward's products are remote too)",
+                                         c["step"] as! Double, r["step"] as! Double)))
+        }
         guard let (c2, ex) = try? runProcess(selfURL, ["--train-step", which, "\(batch)", "--length", "\(length)", "--steps", "\(steps)", "--execute"],
                                              in: URL(fileURLWithPath: ".")), c2 == 0 else { continue }
         let e = ex.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }

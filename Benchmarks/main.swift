@@ -240,7 +240,8 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
     let adapter = try LoRAAdapter(config: LoRAConfig(rank: 8, alpha: 32, dropout: 0.1, targets: targets, seed: 1), modules: model.linearModules)
     let data = benchData(rows: batch, length: length, vocabulary: model.vocabularySize)
     let run = try LoRATrainingRun(model: model, adapter: adapter, data: data,
-                                  settings: TrainingSettings(epochs: 1, batchSize: batch, learningRate: 2e-3, shuffle: false))
+                                  settings: TrainingSettings(epochs: 1, batchSize: batch, learningRate: 2e-3, shuffle: false,
+                                                             gradientCheckpointing: CommandLine.arguments.contains("--checkpointing")))
     let plan = HybridPlan(scheme: QuantizationScheme(named: "DTok-SC", nBits: 8)!, remoteModules: model.linearModules.map(\.name))
     if CommandLine.arguments.contains("--disable") {  // every frozen layer in 8-bit DTok-SC integers
         run.backend = try QuantizedLinearBackend(plan: plan, model: model)
@@ -494,6 +495,16 @@ for (model, batch, targets, reference, target) in [("gpt2", 1, "c_attn", 0.45, 0
     rows.append(Row(name: "\(label) training \(batch)×128 peak RSS", value: f[1], unit: "MB",
                     baselineName: torchRSS == nil ? nil : "PyTorch + PEFT (this run)", baseline: torchRSS,
                     ratio: torchRSS.map { f[1] / $0 }, note: model == "gpt2" && batch == 4 ? "target ≤ 1500 MB" : nil))
+}
+
+// 5b. Gradient checkpointing: the GPT-2-shape step at 4×128 recomputing each block's activations.
+if let plain = rows.first(where: { $0.name.hasPrefix("GPT-2-shape training 4×128 peak RSS") }),
+   let step = rows.first(where: { $0.name.hasPrefix("GPT-2-shape LoRA train step 4×128") }),
+   let (code, out) = try? runProcess(selfURL, ["--train-step", "gpt2", "4", "--checkpointing"], in: URL(fileURLWithPath: ".")), code == 0 {
+    let f = out.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    rows.append(Row(name: "GPT-2-shape training 4×128 peak RSS, gradient checkpointing", value: f[1], unit: "MB",
+                    baselineName: "without checkpointing, this run", baseline: plain.value, ratio: f[1] / plain.value,
+                    note: String(format: "target ≤ 700 MB; step %.2f s (%.2f× the step without)", f[0], f[0] / step.value)))
 }
 
 // 6. The same GPT-2-shape step in `disable` mode (8-bit DTok-SC integers for every frozen layer), against float in this run.

@@ -16,32 +16,13 @@ extension LlamaModel: ExportableModel {
         if config.ropeFrequencyFactors != nil {
             throw ExportError.unsupported(format: "safetensors", reason: "this model's RoPE scaling is llama.cpp's rope_freqs.weight factors, which config.json cannot state (export it as GGUF)")
         }
-        let C = config.hiddenSize, F = config.intermediateSize, V = config.vocabSize
-        let q = config.numAttentionHeads * config.headDim, kv = config.numKeyValueHeads * config.headDim
-        let fromGGUF = ropeStyle == .interleaved
-        let modules = config.linearModules
-        var out: ExportTensors = [("model.embed_tokens.weight", [V, C], embedding)]
-        for (l, b) in blocks.enumerated() {
-            let p = "model.layers.\(l)."
-            let byKind = Dictionary(uniqueKeysWithValues: modules.filter { $0.layer == l }.map { ($0.kind, $0) })
-            func linear(_ kind: LinearModule.Kind, _ shape: [Int], _ w: [Float], _ bias: [Float]?) {
-                let m = byKind[kind]!
-                let rotary = fromGGUF && (kind == .query || kind == .key)
-                out.append((m.name + ".weight", shape, rotary ? reordered(w, module: m, columns: shape[1], toHF: true) : w))
-                if let bias { out.append((m.name + ".bias", [shape[0]], rotary ? reordered(bias, module: m, columns: 1, toHF: true) : bias)) }
-            }
-            out.append((p + "input_layernorm.weight", [C], b.attentionNorm))
-            linear(.query, [q, C], b.wq, b.bq)
-            linear(.key, [kv, C], b.wk, b.bk)
-            linear(.value, [kv, C], b.wv, b.bv)
-            linear(.output, [C, q], b.wo, b.bo)
-            out.append((p + "post_attention_layernorm.weight", [C], b.mlpNorm))
-            linear(.gate, [F, C], b.gate, b.bGate)
-            linear(.up, [F, C], b.up, b.bUp)
-            linear(.down, [C, F], b.down, b.bDown)
+        // Hugging Face's names; Q/K rows (and biases) of a model read from GGUF put back in Hugging Face's order.
+        let modules = Dictionary(uniqueKeysWithValues: config.linearModules.map { ($0.name, $0) })
+        let out: ExportTensors = namedTensors(gguf: false).map { t in
+            guard ropeStyle == .interleaved, let m = modules[t.name.replacingOccurrences(of: ".weight", with: "").replacingOccurrences(of: ".bias", with: "")],
+                  m.kind == .query || m.kind == .key else { return t }
+            return (t.name, t.shape, reordered(t.values, module: m, columns: t.shape.count == 2 ? t.shape[1] : 1, toHF: true))
         }
-        out.append(("model.norm.weight", [C], finalNorm))
-        if let lmHead { out.append(("lm_head.weight", [V, C], lmHead)) }
         var keys = try JSONSerialization.jsonObject(with: configJSON()) as? [String: Any] ?? [:]
         keys["architectures"] = [Self.huggingFaceClasses[config.modelType] ?? "LlamaForCausalLM"]
         keys["hidden_act"] = "silu"
@@ -90,30 +71,16 @@ extension LlamaModel: ExportableModel {
                 throw ExportError.unsupported(format: "gguf", reason: "dynamic RoPE scaling is not part of llama.cpp's metadata")
             }
         }
-        let C = config.hiddenSize, F = config.intermediateSize, V = config.vocabSize
-        let q = config.numAttentionHeads * config.headDim, kv = config.numKeyValueHeads * config.headDim
-        var out: ExportTensors = [("token_embd.weight", [V, C], embedding)]
-        if let factors { out.append(("rope_freqs.weight", [factors.count], factors)) }
-        let modules = config.linearModules
-        for (l, b) in blocks.enumerated() {
-            let byKind = Dictionary(uniqueKeysWithValues: modules.filter { $0.layer == l }.map { ($0.kind, $0) })
-            func linear(_ g: String, _ kind: LinearModule.Kind, _ shape: [Int], _ w: [Float], _ bias: [Float]?) {
-                let rotary = permute && (kind == .query || kind == .key)
-                out.append(("blk.\(l).\(g).weight", shape, rotary ? reordered(w, module: byKind[kind]!, columns: shape[1], toHF: false) : w))
-                if let bias { out.append(("blk.\(l).\(g).bias", [shape[0]], rotary ? reordered(bias, module: byKind[kind]!, columns: 1, toHF: false) : bias)) }
-            }
-            out.append(("blk.\(l).attn_norm.weight", [C], b.attentionNorm))
-            linear("attn_q", .query, [q, C], b.wq, b.bq)
-            linear("attn_k", .key, [kv, C], b.wk, b.bk)
-            linear("attn_v", .value, [kv, C], b.wv, b.bv)
-            linear("attn_output", .output, [C, q], b.wo, b.bo)
-            out.append(("blk.\(l).ffn_norm.weight", [C], b.mlpNorm))
-            linear("ffn_gate", .gate, [F, C], b.gate, b.bGate)
-            linear("ffn_up", .up, [F, C], b.up, b.bUp)
-            linear("ffn_down", .down, [C, F], b.down, b.bDown)
+        // llama.cpp's names; a Hugging Face model's Q/K rows (and biases) permuted for llama.cpp's interleaved RoPE.
+        let modules = Dictionary(uniqueKeysWithValues: config.linearModules.map { m in
+            ("blk.\(m.layer).\(Self.blockTensorNames.first { $0.hf == m.kind.rawValue }!.gguf)", m)
+        })
+        var out: ExportTensors = namedTensors(gguf: true).filter { $0.name != "rope_freqs.weight" }.map { t in
+            guard permute, let m = modules[t.name.replacingOccurrences(of: ".weight", with: "").replacingOccurrences(of: ".bias", with: "")],
+                  m.kind == .query || m.kind == .key else { return t }
+            return (t.name, t.shape, reordered(t.values, module: m, columns: t.shape.count == 2 ? t.shape[1] : 1, toHF: false))
         }
-        out.append(("output_norm.weight", [C], finalNorm))
-        if let lmHead { out.append(("output.weight", [V, C], lmHead)) }
+        if let factors { out.insert(("rope_freqs.weight", [factors.count], factors), at: 1) }
         return (arch, meta, out)
     }
 }

@@ -85,36 +85,36 @@ extension LlamaModel {
 }
 
 extension LlamaModel {
-    /// The tensors a deployment's client keeps: embeddings, norms, the lm_head when untied,
-    /// and the weights of the linear modules not in `serverModules`. Names follow the row
-    /// order of q_proj and k_proj: GGUF's names for a model read from GGUF (interleaved
-    /// RoPE), Hugging Face's otherwise, so that loading them picks the same RoPE layout.
-    public func clientTensors(excluding serverModules: Set<String>) -> [(name: String, shape: [Int], values: [Float])] {
-        let gguf = ropeStyle == .interleaved
+    /// Every tensor, in the stored row order, named as Hugging Face (`gguf` false) or
+    /// llama.cpp (`gguf` true) names it — from ``blockTensorNames``, the one list of the
+    /// family's checkpoint names. Weights of `serverModules` (HF module names) are left out.
+    func namedTensors(gguf: Bool, excluding serverModules: Set<String> = []) -> ExportTensors {
         let C = config.hiddenSize, F = config.intermediateSize, V = config.vocabSize
         let q = config.numAttentionHeads * config.headDim, kv = config.numKeyValueHeads * config.headDim
         func name(_ g: String, _ hf: String) -> String { gguf ? g : hf }
-        var out: [(name: String, shape: [Int], values: [Float])] = [(name("token_embd.weight", "model.embed_tokens.weight"), [V, C], embedding)]
-        for (l, b) in blocks.enumerated() {
-            let gp = "blk.\(l).", hp = "model.layers.\(l)."
-            func linear(_ g: String, _ module: String, _ shape: [Int], _ w: [Float], _ bias: [Float]? = nil) {
-                if !serverModules.contains(hp + module) { out.append((name(gp + g + ".weight", hp + module + ".weight"), shape, w)) }
-                if let bias { out.append((name(gp + g + ".bias", hp + module + ".bias"), [shape[0]], bias)) }
-            }
-            out.append((name(gp + "attn_norm.weight", hp + "input_layernorm.weight"), [C], b.attentionNorm))
-            linear("attn_q", "self_attn.q_proj", [q, C], b.wq, b.bq)
-            linear("attn_k", "self_attn.k_proj", [kv, C], b.wk, b.bk)
-            linear("attn_v", "self_attn.v_proj", [kv, C], b.wv, b.bv)
-            linear("attn_output", "self_attn.o_proj", [C, q], b.wo, b.bo)
-            out.append((name(gp + "ffn_norm.weight", hp + "post_attention_layernorm.weight"), [C], b.mlpNorm))
-            linear("ffn_gate", "mlp.gate_proj", [F, C], b.gate, b.bGate)
-            linear("ffn_up", "mlp.up_proj", [F, C], b.up, b.bUp)
-            linear("ffn_down", "mlp.down_proj", [C, F], b.down, b.bDown)
-        }
+        var out: ExportTensors = [(name("token_embd.weight", "model.embed_tokens.weight"), [V, C], embedding)]
         if let factors = config.ropeFrequencyFactors { out.append(("rope_freqs.weight", [factors.count], factors)) }
+        let shapes = [[C], [q, C], [kv, C], [kv, C], [C, q], [C], [F, C], [F, C], [C, F]]
+        for (l, b) in blocks.enumerated() {
+            let weights = [b.attentionNorm, b.wq, b.wk, b.wv, b.wo, b.mlpNorm, b.gate, b.up, b.down]
+            let biases = [nil, b.bq, b.bk, b.bv, b.bo, nil, b.bGate, b.bUp, b.bDown]
+            for (i, n) in Self.blockTensorNames.enumerated() {
+                let g = "blk.\(l).\(n.gguf)", hf = "model.layers.\(l).\(n.hf)"
+                if !serverModules.contains(hf) { out.append((name(g + ".weight", hf + ".weight"), shapes[i], weights[i])) }
+                if let bias = biases[i] { out.append((name(g + ".bias", hf + ".bias"), [shapes[i][0]], bias)) }
+            }
+        }
         out.append((name("output_norm.weight", "model.norm.weight"), [C], finalNorm))
         if let lmHead { out.append((name("output.weight", "lm_head.weight"), [V, C], lmHead)) }
         return out
+    }
+
+    /// The tensors a deployment's client keeps: embeddings, norms, biases, the lm_head when
+    /// untied, and the weights of the linear modules not in `serverModules`. Names follow the
+    /// row order of q_proj and k_proj: GGUF's names for a model read from GGUF (interleaved
+    /// RoPE), Hugging Face's otherwise, so that loading them picks the same RoPE layout.
+    public func clientTensors(excluding serverModules: Set<String>) -> [(name: String, shape: [Int], values: [Float])] {
+        namedTensors(gguf: ropeStyle == .interleaved, excluding: serverModules)
     }
 }
 

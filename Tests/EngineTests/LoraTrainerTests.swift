@@ -135,6 +135,41 @@ import Testing
         #expect(after.loss < before.loss, "\(mode): \(before.loss) → \(after.loss)")
     }
 
+    /// Validation every 2 steps (and at the end) on held-out rows; a run interrupted after step
+    /// 4 resumes with its validations and ends with the same curve and adapter; with a
+    /// learning rate too small to change anything, patience 1 stops at the second validation.
+    @Test func validationResumesAndEarlyStoppingStops() throws {
+        struct Stop: Error {}
+        let data = try Self.data()
+        let held = CausalLMData(examples: Array(data.examples.suffix(2)), options: data.options, paddingTokenID: 0)
+        let whole = try Self.trainer()
+        whole.validation = (held, 2)
+        try whole.train(data, mode: .torch)
+        #expect(whole.validationHistory.map(\.step) == [2, 4, 6, 8, 9])
+        #expect(whole.stoppedEarlyAt == nil)
+
+        let dir = try PEFTAdapterTests.temporaryDirectory()
+        let first = try Self.trainer()
+        first.validation = (held, 2)
+        first.checkpointURL = dir.appendingPathComponent("ckpt/checkpoint.safetensors")
+        first.checkpointEvery = 1
+        #expect(throws: Stop.self) { try first.train(data, mode: .torch) { record, _ in if record.step == 4 { throw Stop() } } }
+        let second = try Self.trainer()
+        second.validation = (held, 2)
+        second.checkpointURL = first.checkpointURL
+        try second.train(data, mode: .torch)
+        #expect(second.validationHistory == whole.validationHistory)
+        #expect(second.adapter.layers.map(\.b) == whole.adapter.layers.map(\.b))
+
+        let model = try #require(try PEFTAdapterTests.model("tiny-llama") as? TrainableModel)
+        let still = try LoraTrainer(model: model, tokenizer: Self.tokenizer, lora: LoRAConfig(rank: 4, alpha: 16, dropout: 0, targets: .allLinear, seed: 2),
+                                    settings: TrainingSettings(epochs: 3, batchSize: 2, learningRate: 1e-30, seed: 4))
+        still.validation = (held, 1)
+        still.earlyStoppingPatience = 1
+        let records = try still.train(data, mode: .torch)
+        #expect(still.stoppedEarlyAt == 2 && records.count == 2 && still.validationHistory.count == 2)
+    }
+
     /// Interrupted after step 4 of 9, a new trainer resumes from the checkpoint and ends with
     /// the adapter of an uninterrupted run, bit for bit.
     @Test func anInterruptedRunResumesToTheSameAdapter() throws {

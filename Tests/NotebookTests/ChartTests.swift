@@ -169,6 +169,20 @@ private func tagsBalanced(_ xml: String) -> Bool {
         #expect(!Self.sample.svg().contains("no data"))
     }
 
+    /// A long series name fits inside the chart: its text starts far enough from the right
+    /// edge for its characters (6.2 units each at font size 11), as the train chart's
+    /// "grad norm (before clipping)" did not.
+    @Test func legendTextFitsTheChart() throws {
+        let name = "grad norm (before clipping)"
+        let chart = LineChart(title: "t", xLabel: "x", yLabel: "y",
+                              series: [LineChart.Series(name: "learning rate", values: [1, 2]), LineChart.Series(name: name, values: [2, 1])])
+        let svg = chart.svg(width: 720, height: 360)
+        let text = try #require(svg.range(of: ">\(name)</text>"))
+        let tag = try #require(svg[..<text.lowerBound].range(of: "<text x=\"", options: .backwards))
+        let x = try #require(Double(svg[tag.upperBound...].prefix { $0 != "\"" }))
+        #expect(x + 6.2 * Double(name.count) <= 720, "the legend text runs to \(x + 6.2 * Double(name.count)) of 720")
+    }
+
     @Test func legendListsSeriesInOrder() throws {
         let names = ["zeta", "alpha", "mu"]
         let chart = LineChart(title: "t", xLabel: "x", yLabel: "y",

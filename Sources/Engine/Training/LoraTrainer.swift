@@ -45,6 +45,15 @@ public final class LoraTrainer {
     /// Where ``train(_:epochs:mode:onStep:)`` checkpoints (nil: no checkpoints).
     public var checkpointURL: URL?
     public var checkpointEvery = 20
+    /// Validation during ``train(_:epochs:mode:onStep:)``: (step, loss) every `every` steps on
+    /// `data` (and at the end), kept beside the checkpoint so a resumed run keeps its curve.
+    public var validation: (data: CausalLMData, every: Int)?
+    /// The validations of the last ``train(_:epochs:mode:onStep:)``, in step order.
+    public private(set) var validationHistory: [ValidationPoint] = []
+    /// Stop when this many validations in a row have not lowered the best loss before them.
+    public var earlyStoppingPatience: Int?
+    /// The step training stopped at early, if it did.
+    public private(set) var stoppedEarlyAt: Int?
     private var backends: [Mode: LinearBackend] = [:]
 
     public init(model: TrainableModel, tokenizer: BPETokenizer, lora: LoRAConfig, settings: TrainingSettings,
@@ -120,19 +129,39 @@ public final class LoraTrainer {
         if let url = checkpointURL, FileManager.default.fileExists(atPath: url.path) {
             try run.restoreCheckpoint(from: url)
         }
+        let validationURL = checkpointURL.map { $0.deletingLastPathComponent().appendingPathComponent("validation.json") }
+        validationHistory = []
+        stoppedEarlyAt = nil
+        if run.position.step > 0, let validationURL, let saved = try? JSONDecoder().decode([ValidationPoint].self, from: Data(contentsOf: validationURL)) {
+            validationHistory = saved.filter { $0.step <= run.position.step }
+        }
+        func validate() throws {
+            guard let v = validation, validationHistory.last?.step != run.position.step else { return }
+            let r = try LoRATrainingRun.evaluate(model: model, adapter: adapter, data: v.data, batchSize: settings.batchSize, backend: run.backend)
+            validationHistory.append(ValidationPoint(step: run.position.step, loss: r.loss))
+            if let validationURL { try? AtomicFile.write(try JSONEncoder().encode(validationHistory), to: validationURL) }
+        }
+        func shouldStop() -> Bool {
+            guard let patience = earlyStoppingPatience, validationHistory.count > patience else { return false }
+            let before = validationHistory.dropLast(patience).map(\.loss).min()!
+            return validationHistory.suffix(patience).allSatisfy { $0.loss >= before }
+        }
         var records: [TrainingStepRecord] = []
-        while !run.isFinished {
+        while !run.isFinished && !shouldStop() {
             let record = try run.step()
             if let e = run.backend as? EncryptedLinearBackend, let failure = e.failure { throw failure }
             records.append(record)
-            if let url = checkpointURL, record.step % checkpointEvery == 0 || run.isFinished {
+            if let v = validation, record.step % v.every == 0 || run.isFinished { try validate() }
+            if let url = checkpointURL, record.step % checkpointEvery == 0 || run.isFinished || shouldStop() {
                 try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
                 try run.saveCheckpoint(to: url)
             }
             try onStep?(record, run.totalSteps)
         }
+        if !run.isFinished { stoppedEarlyAt = run.position.step }
         history = run.position.history
         if let url = checkpointURL { try? FileManager.default.removeItem(at: url) }
+        if let validationURL { try? FileManager.default.removeItem(at: validationURL) }
         return records
     }
 
@@ -221,4 +250,11 @@ extension MathProblemGenerator {
     public static func prompt(_ p: MathProblem, tokenizer: BPETokenizer) -> [Int] {
         CausalLMData.encode(p.question + "\n", tokenizer, bos: true)
     }
+}
+
+/// A validation loss after optimizer step `step`.
+public struct ValidationPoint: Codable, Equatable, Sendable {
+    public var step: Int
+    public var loss: Double
+    public var perplexity: Double { Foundation.exp(loss) }
 }

@@ -68,7 +68,10 @@ public struct LineChart: Codable, Equatable, Sendable {
 
     /// The SVG markup, `width` × `height` user units, scalable with the page.
     public func svg(width: Double = 720, height: Double = 360) -> String {
-        let legendWidth = series.count > 1 || !(series.first?.name.isEmpty ?? true) ? 150.0 : 0
+        // The legend is as wide as its longest name needs (about 6.2 units a character at
+        // font size 11, after the 24-unit swatch), between 150 units and a third of the chart.
+        let longest = Double(series.map(\.name.count).max() ?? 0)
+        let legendWidth = series.count > 1 || !(series.first?.name.isEmpty ?? true) ? min(max(150, 24 + 6.2 * longest + 12), width / 3) : 0
         let left = 70.0, right = 16.0 + legendWidth, top = 34.0, bottom = 48.0
         let plotW = width - left - right, plotH = height - top - bottom
         var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart\" viewBox=\"0 0 \(f(width)) \(f(height))\" width=\"\(f(width))\" height=\"\(f(height))\" role=\"img\" aria-label=\"\(HTML.escape(title))\">\n"

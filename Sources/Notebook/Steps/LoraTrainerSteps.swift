@@ -44,7 +44,7 @@ public enum LoraTrainerStep: Step {
             case gradientAccumulation = "gradient_accumulation", learningRate = "learning_rate", schedule, warmupSteps = "warmup_steps"
             case weightDecay = "weight_decay", maxGradNorm = "max_grad_norm", maxLength = "max_length", nBits = "n_bits", scheme
             case localFirstLayers = "local_first_layers", calibrationBatches = "calibration_batches", mode, prompts, maxTokens = "max_tokens"
-            case checkpointEvery = "checkpoint_every"
+            case checkpointEvery = "checkpoint_every", evalEvery = "eval_every", earlyStopping = "early_stopping"
         }
         public typealias CodingKeys = Keys
         public var data: String, test: String?
@@ -54,6 +54,9 @@ public enum LoraTrainerStep: Step {
         public var nBits: Int, scheme: String, localFirstLayers: Int, calibrationBatches: Int
         public var mode: LoraTrainer.Mode
         public var prompts: [String], maxTokens: Int, checkpointEvery: Int
+        /// Validate on `test` every N optimizer steps (and at the end); nil: before and after only.
+        public var evalEvery: Int?
+        public var earlyStopping: TrainStep.EarlyStopping?
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
@@ -83,6 +86,8 @@ public enum LoraTrainerStep: Step {
             prompts = try c.decodeIfPresent([String].self, forKey: .prompts) ?? []
             maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens) ?? 40
             checkpointEvery = try c.decodeIfPresent(Int.self, forKey: .checkpointEvery) ?? 20
+            evalEvery = try c.decodeIfPresent(Int.self, forKey: .evalEvery)
+            earlyStopping = try c.decodeIfPresent(TrainStep.EarlyStopping.self, forKey: .earlyStopping)
         }
 
         public func validate() throws(ParameterError) {
@@ -102,6 +107,15 @@ public enum LoraTrainerStep: Step {
             if calibrationBatches < 1 { throw ParameterError("calibration_batches", "\(calibrationBatches) must be ≥ 1") }
             if !(1...1024).contains(maxTokens) { throw ParameterError("max_tokens", "\(maxTokens) is out of range 1...1024") }
             if checkpointEvery < 1 { throw ParameterError("checkpoint_every", "\(checkpointEvery) must be ≥ 1") }
+            if let e = evalEvery {
+                if e < 1 { throw ParameterError("eval_every", "\(e) must be ≥ 1") }
+                if test == nil { throw ParameterError("eval_every", "validates on the test data set: give test: NAME") }
+            }
+            if let s = earlyStopping {
+                if evalEvery == nil { throw ParameterError("early_stopping", "needs eval_every (and test) to know when the validation loss stops improving") }
+                if s.patience < 1 { throw ParameterError("early_stopping.patience", "\(s.patience) must be ≥ 1") }
+                if s.minDelta != 0 { throw ParameterError("early_stopping.min_delta", "lora_trainer stops on any lack of improvement (min_delta 0)") }
+            }
         }
     }
 
@@ -141,6 +155,8 @@ public enum LoraTrainerStep: Step {
         let testBefore = try test.map { try trainer.evaluate($0, mode: p.mode) }
         trainer.checkpointURL = context.checkpointDirectory.appendingPathComponent("checkpoint.safetensors")
         trainer.checkpointEvery = p.checkpointEvery
+        if let every = p.evalEvery, let test { trainer.validation = (test, every) }
+        trainer.earlyStoppingPatience = p.earlyStopping?.patience
         var progress: ProgressReporter?
         do {
             try trainer.train(data, mode: p.mode) { record, total in
@@ -171,9 +187,15 @@ public enum LoraTrainerStep: Step {
         if let b = testBefore, let a = testAfter {
             metrics.append(Metric("test perplexity", "\(Format.number(b.perplexity, decimals: 3)) → \(Format.number(a.perplexity, decimals: 3))"))
         }
+        let validations = trainer.validationHistory
+        if let best = validations.min(by: { $0.loss < $1.loss }) {
+            metrics.append(Metric("best validation", "step \(best.step): loss \(Format.number(best.loss, decimals: 4)), perplexity \(Format.number(best.perplexity, decimals: 3))"))
+        }
+        if let stopped = trainer.stoppedEarlyAt { metrics.append(Metric("stopped early", "at step \(stopped) (\(p.earlyStopping?.patience ?? 0) validations without a better loss)")) }
         context.emit(.metrics(metrics))
         context.emit(.chart(LineChart(title: "Training loss (LoraTrainer)", xLabel: "optimizer step", yLabel: "cross-entropy (nats)", yScale: .linear,
-                                      series: [LineChart.Series(name: p.mode.rawValue, points: history.map { .init(Double($0.step), Double($0.loss)) })])))
+                                      series: [LineChart.Series(name: p.mode.rawValue, points: history.map { .init(Double($0.step), Double($0.loss)) })]
+                                        + (validations.isEmpty ? [] : [LineChart.Series(name: "validation", points: validations.map { .init(Double($0.step), $0.loss) })]))))
         if !p.prompts.isEmpty {
             context.emit(.table(OutputTable(title: "Continuations before and after fine-tuning (greedy)", columns: ["prompt", "before", "after"],
                                             rows: p.prompts.indices.map { [p.prompts[$0], before[$0], after[$0]] })))

@@ -19,7 +19,9 @@ extension Layers {
     ///
     /// - logits z: (N, V); targets: (N), already shifted (target r is the token after
     ///   input r), each in 0..<V or `ignoreIndex`.
-    /// - dLogits: (N, V), written (=), not accumulated; nil for the loss alone.
+    /// - dLogits: (N, V), written (=), not accumulated; nil for the loss alone. It may be the
+    ///   logits' own buffer (each row is read before it is overwritten), which saves an (N, V)
+    ///   buffer in training.
     /// - Returns: the loss.
     @_specialize(exported: true, where Real == Float)
     public static func crossEntropy<Real: TrainingScalar>(
@@ -39,6 +41,7 @@ extension Layers {
                 continue
             }
             precondition(target >= 0 && target < V, "target \(target) at row \(r) outside vocabulary 0..<\(V)")
+            let zTarget = z[target]  // read before dLogits, which may alias the logits, is written
             if Real.self == Float.self {  // the vectorized kernels
                 let zf = UnsafeRawPointer(z).assumingMemoryBound(to: Float.self)
                 let m = nb_max(zf, V)
@@ -49,7 +52,7 @@ extension Layers {
                     for j in 0..<V { d[j] *= scale }
                     d[target] -= Float(inv)
                 }
-                loss += Real(m + logf(sum) - zf[target])
+                loss += Real(m + logf(sum)) - zTarget
                 continue
             }
             var m = -Real.infinity
@@ -65,7 +68,7 @@ extension Layers {
             } else {
                 for j in 0..<V { sum += Real.exp(z[j] - m) }
             }
-            loss += m + Real.log(sum) - z[target]
+            loss += m + Real.log(sum) - zTarget
         }
         return loss * inv
     }

@@ -115,40 +115,38 @@ extension LlamaModel: TrainableModel {
 enum TrainingLoss {
     /// The loss of one batch for either model: the forward with logits only for the
     /// counted rows, the cross-entropy, and the backward from dLogits when asked.
+    ///
+    /// With the backward, dL/dlogits is written over the logits themselves (moved out of the
+    /// activations first), so training holds one (rows, V) buffer, not two.
     static func run<Activations>(targets: [Int], vocabularySize: Int, normalization: LossNormalization, backward: Bool,
-                                 forward: ([Int]) -> Activations, logits: KeyPath<Activations, [Float]>,
+                                 forward: ([Int]) -> Activations, logits: WritableKeyPath<Activations, [Float]>,
                                  backwardPass: (Activations, [Float]) -> Void) -> Float {
         let rows = countedRows(targets)
         if rows.isEmpty { return 0 }  // nothing to learn from: no logits, no gradient
-        let activations = forward(rows)
+        var activations = forward(rows)
+        var z = activations[keyPath: logits]
+        activations[keyPath: logits] = []  // z is now the only reference: written in place below
         let compact = rows.map { targets[$0] }
-        guard case .segments(let segments) = normalization else {
-            let normalizer = if case .by(let n) = normalization { n } else { rows.count }
-            let (loss, dLogits) = crossEntropy(activations[keyPath: logits], targets: compact,
-                                               vocabularySize: vocabularySize, normalizer: normalizer, backward: backward)
-            if let dLogits { backwardPass(activations, dLogits) }
-            return loss
+        let V = vocabularySize
+        let segments: [LossSegment]
+        switch normalization {
+        case .segments(let s):
+            precondition(s.reduce(0) { $0 + $1.countedRows } == rows.count, "segments cover \(s.reduce(0) { $0 + $1.countedRows }) of \(rows.count) counted rows")
+            segments = s
+        case .by(let n): segments = [LossSegment(countedRows: rows.count, normalizer: n)]
+        case .counted: segments = [LossSegment(countedRows: rows.count, normalizer: rows.count)]
         }
-        precondition(segments.reduce(0) { $0 + $1.countedRows } == rows.count, "segments cover \(segments.reduce(0) { $0 + $1.countedRows }) of \(rows.count) counted rows")
-        let V = vocabularySize, all = activations[keyPath: logits]
-        var dLogits: [Float]? = backward ? [Float](repeating: 0, count: rows.count * V) : nil
         var loss: Float = 0, start = 0
-        for s in segments where s.countedRows > 0 {
-            let part = Array(compact[start..<(start + s.countedRows)])
-            all.withUnsafeBufferPointer { z in
-                if dLogits != nil {
-                    dLogits!.withUnsafeMutableBufferPointer { d in
-                        loss += Layers.crossEntropy(logits: z.baseAddress! + start * V, targets: part, dLogits: d.baseAddress! + start * V,
-                                                    rows: s.countedRows, vocabularySize: V, normalizer: s.normalizer)
-                    }
-                } else {
-                    loss += Layers.crossEntropy(logits: z.baseAddress! + start * V, targets: part, dLogits: nil, rows: s.countedRows,
-                                                vocabularySize: V, normalizer: s.normalizer)
-                }
+        z.withUnsafeMutableBufferPointer { p in
+            for s in segments where s.countedRows > 0 {
+                let part = Array(compact[start..<(start + s.countedRows)])
+                let rowsStart = p.baseAddress! + start * V
+                loss += Layers.crossEntropy(logits: UnsafePointer(rowsStart), targets: part, dLogits: backward ? rowsStart : nil,
+                                            rows: s.countedRows, vocabularySize: V, normalizer: s.normalizer)
+                start += s.countedRows
             }
-            start += s.countedRows
         }
-        if let dLogits { backwardPass(activations, dLogits) }
+        if backward { backwardPass(activations, z) }
         return loss
     }
 

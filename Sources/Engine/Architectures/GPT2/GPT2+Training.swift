@@ -42,7 +42,7 @@ public struct GPT2Activations<Real: TrainingScalar> {
     public let tokens: [Int]        // (B·T)
     public let batchSize: Int
     public let sequenceLength: Int
-    public let logits: [Real]       // (B·T, V), or (R, V) for the R rows of `headRows`
+    public internal(set) var logits: [Real]  // (B·T, V), or (R, V) for the R rows of `headRows`
     /// The rows the head computed logits for (nil: all), in order.
     public let headRows: [Int]?
     var blocks: [GPT2BlockActivations<Real>]

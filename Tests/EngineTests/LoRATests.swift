@@ -257,3 +257,24 @@ func loraError<T>(_ body: () throws(LoRAError) -> T) -> LoRAError? {
         #expect(adapter.layers[0].a[0] == 123)
     }
 }
+
+/// The notebook spelling of target patterns, shared by inject_lora and compile_hybrid.
+@Suite struct TargetSpellingTests {
+    @Test func slashesMakeAWholeNameRegex() throws {
+        let t = LoRATargets(parsing: #" /model\.layers\.0\..*_proj/ "#)
+        #expect(t == .pattern(#"model\.layers\.0\..*_proj"#))
+        #expect(t.description == #"/model\.layers\.0\..*_proj/"#)
+        let model = try #require(try PEFTAdapterTests.model("tiny-llama") as? TrainableModel)
+        let chosen = try LoRAConfig(targets: t).resolveTargets(in: model.linearModules)
+        #expect(chosen.count == 7 && chosen.allSatisfy { $0.layer == 0 })
+        #expect(LoRATargets(parsing: "/") == .modules(["/"]))
+        // The same error, named for the step's key.
+        do {
+            _ = try LoRAConfig(targets: LoRATargets(parsing: "/nothing.*/")).resolveTargets(in: model.linearModules)
+            Issue.record("a pattern that matches nothing was accepted")
+        } catch {
+            #expect(error.describeUnknownTarget(as: "include pattern").hasPrefix("include pattern '/nothing.*/' matches no linear layer of the model"))
+            #expect(error.description.hasPrefix("LoRA target module '/nothing.*/'"))
+        }
+    }
+}

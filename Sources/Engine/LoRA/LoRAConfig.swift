@@ -11,12 +11,15 @@ public enum LoRATargets: Equatable, Hashable, Sendable {
     /// given as one string other than `"all-linear"`, e.g. `.*\\.(q|v)_proj`).
     case pattern(String)
 
-    /// Parses the notebook spelling: `all-linear` (or `all_linear`), else a comma-separated
-    /// list of names (`q_proj,v_proj`); blanks around names are dropped.
+    /// Parses the notebook spelling: `all-linear` (or `all_linear`), `/regex/` (a regular
+    /// expression the whole module name must match), else a comma-separated list of names
+    /// (`q_proj,v_proj`); blanks around names are dropped.
     public init(parsing text: String) {
         let t = text.trimmingCharacters(in: .whitespaces)
         if ["all-linear", "all_linear"].contains(t.lowercased()) {
             self = .allLinear
+        } else if t.count > 2, t.hasPrefix("/"), t.hasSuffix("/") {
+            self = .pattern(String(t.dropFirst().dropLast()))
         } else {
             self = .modules(t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         }
@@ -26,7 +29,7 @@ public enum LoRATargets: Equatable, Hashable, Sendable {
     public var description: String {
         switch self {
         case .allLinear: return "all-linear"
-        case .pattern(let p): return p
+        case .pattern(let p): return "/\(p)/"
         case .modules(let names): return names.joined(separator: ",")
         }
     }

@@ -22,18 +22,27 @@ public enum LoRAError: Error, Equatable, CustomStringConvertible {
         case .invalidAlpha(let a): return "LoRA alpha must be a positive number, got \(a)"
         case .invalidDropout(let p): return "LoRA dropout must be in [0, 1), got \(p)"
         case .noTargetModules: return "LoRA target_modules is empty (name modules like c_attn or q_proj,v_proj, or use all-linear)"
+        case .unknownTargetModule: return describeUnknownTarget(as: "LoRA target module")
+        case .badAdapterConfig(let p, let k, let m): return "\(p): \(k): \(m)"
+        case .checkpoint(let e): return e.description
+        case .unwritable(let p, let r): return "\(p): cannot write: \(r)"
+        }
+    }
+
+    /// The unknown-target message, naming what the pattern was for (`LoRA target module`,
+    /// `include pattern` of compile_hybrid, …).
+    public func describeUnknownTarget(as role: String) -> String {
+        switch self {
         case .unknownTargetModule(let t, let available):
-            if available.isEmpty { return "LoRA target module '\(t)' is not a module name" }
+            if available.isEmpty { return "\(role) '\(t)' is not a module name" }
             var bases: [String] = []
             for n in available {
                 let b = String(n.split(separator: ".").last ?? "")
                 if !bases.contains(b) { bases.append(b) }
             }
             let examples = available.prefix(bases.count).joined(separator: ", ")
-            return "LoRA target module '\(t)' matches no linear layer of the model; its layers are \(bases.joined(separator: ", ")) (\(available.count) in all: \(examples), …) or all-linear"
-        case .badAdapterConfig(let p, let k, let m): return "\(p): \(k): \(m)"
-        case .checkpoint(let e): return e.description
-        case .unwritable(let p, let r): return "\(p): cannot write: \(r)"
+            return "\(role) '\(t)' matches no linear layer of the model; its layers are \(bases.joined(separator: ", ")) (\(available.count) in all: \(examples), …), all-linear or a /regex/ of whole names"
+        default: return description
         }
     }
 }

@@ -114,11 +114,15 @@ public enum CompileHybridStep: Step {
             guard let targets = include.targets(for: model.architecture) else {
                 throw StepFailure(key: "include", "names no modules for a \(model.architecture) model")
             }
-            do { remote = try LoRAConfig(targets: targets).resolveTargets(in: modules) } catch { throw StepFailure(key: "include", error.description) }
+            do { remote = try LoRAConfig(targets: targets).resolveTargets(in: modules) } catch {
+                throw StepFailure(key: "include", error.describeUnknownTarget(as: "include pattern"))
+            }
         }
         for pattern in p.exclude {
-            let excluded = (try? LoRAConfig(targets: LoRATargets(parsing: pattern)).resolveTargets(in: modules)) ?? []
-            if excluded.isEmpty { throw StepFailure(key: "exclude", "'\(pattern)' matches no linear layer of the model") }
+            let excluded: [LinearModule]
+            do { excluded = try LoRAConfig(targets: LoRATargets(parsing: pattern)).resolveTargets(in: modules) } catch {
+                throw StepFailure(key: "exclude", error.describeUnknownTarget(as: "exclude pattern"))
+            }
             remote.removeAll { excluded.contains($0) }
         }
         remote.removeAll { $0.layer < p.localFirstLayers && sharedInputKinds.contains($0.kind) }

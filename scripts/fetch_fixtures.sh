@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Writes the two GGUF test fixtures (checkpoint.gguf, tiny-llama.gguf) into the cache outside
+# Writes the GGUF test fixtures (checkpoint.gguf, tiny-llama.gguf, tiny-llama3.gguf, tiny-qwen2.gguf) into the cache outside
 # the repository (~/.cache/nb/fixtures, or $NB_CACHE/fixtures) with scripts/make_gguf_fixtures.py,
 # in a small venv holding llama.cpp's gguf-py (PyPI), and checks their SHA-256. They are model
 # files, so they are generated here rather than committed. Idempotent.
@@ -13,6 +13,8 @@ venv="$cache/venv-fixtures"
 fixtures=(
   "checkpoint.gguf|10aa9c31e3b44ead4137025741a5aae853e69ac7d595e802d2288202ae7321b9"
   "tiny-llama.gguf|652db76e6186bcaf25e8ab10213eb8bd276898077afa2523d786f0ba78f564a9"
+  "tiny-llama3.gguf|8a0fb4804014576aff86aca3ab2c5268e76c8817b1ada075acccf32165a7b033"
+  "tiny-qwen2.gguf|22cf81ec6de675b3d9f3e4bfe18aff402c01733e8c2a0688fa0e5591194607f5"
 )
 
 digest() { sha256sum "$1" | cut -d' ' -f1; }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the two GGUF test fixtures into a directory outside the repository (`make setup`
+"""Writes the GGUF test fixtures into a directory outside the repository (`make setup`
 runs it through scripts/fetch_fixtures.sh, which checks their SHA-256):
 
 - checkpoint.gguf: metadata of every GGUF value type, alignment 64, tensors F32, F16,
@@ -9,6 +9,8 @@ runs it through scripts/fetch_fixtures.sh, which checks their SHA-256):
 - tiny-llama.gguf: the tiny LLaMA of Tests/EngineTests/Fixtures/reference/tiny-llama/ as
   GGUF v3 (F32, llama.cpp tensor names, Q/K rows permuted for interleaved RoPE, a toy
   300-token byte-level BPE vocabulary); its logits are reference/tiny-llama-logits.json.
+- tiny-llama3.gguf, tiny-qwen2.gguf: reference/tiny-llama3/ and tiny-qwen2/ as llama.cpp's
+  converter writes Llama 3 (rope_freqs.weight) and Qwen2 (make_family_goldens.py).
 
 Needs gguf, numpy and safetensors only:
     python3 scripts/make_gguf_fixtures.py OUTDIR
@@ -16,6 +18,7 @@ The other generators (make_checkpoint_fixtures.py, reference/make_model_goldens.
 these writers, so the committed expectations and these files come from the same code.
 """
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -189,6 +192,109 @@ def write_llama_gguf(sd: dict, cfg: dict, path: Path) -> None:
     w.close()
 
 
+def llama3_inverse_frequencies(theta, dim, factor, low, high, original):
+    """transformers' llama3 rope: per-frequency scaling by wavelength, float32 as torch does."""
+    inv = (np.float32(1.0) / (np.float32(theta) ** (np.arange(0, dim, 2).astype(np.float32) / np.float32(dim)))).astype(np.float32)
+    factors = []
+    for f in inv.tolist():
+        wavelen = 2 * math.pi / f
+        if wavelen < original / high:
+            factors.append(1.0)
+        elif wavelen > original / low:
+            factors.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+def gguf_writer(path, arch, cfg, name):
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_type("model")
+    w.add_name(name)
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    w.add_vocab_size(cfg["vocab_size"])
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    w.add_rope_dimension_count(head_dim)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    tokens, types = toy_tokenizer()
+    w.add_add_space_prefix(False)
+    w.add_add_bos_token(False)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(TOY_MERGES)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(2)
+    w.add_chat_template(TOY_CHAT_TEMPLATE)
+    return w
+
+
+def write_family_gguf(sd, cfg, path, arch):
+    """llama.cpp's converter, for these two layouts: Llama permutes Q/K rows for its
+    interleaved RoPE and stores llama3 factors in rope_freqs.weight; Qwen2 keeps HF's rows.
+    `sd`: HF names to float32 numpy arrays; `cfg`: the config.json values."""
+    w = gguf_writer(path, arch, cfg, path.stem)
+    if cfg.get("rope_scaling"):
+        rs = cfg["rope_scaling"]
+        assert rs["rope_type"] == "llama3"
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        factors = llama3_inverse_frequencies(cfg["rope_theta"], head_dim, rs["factor"], rs["low_freq_factor"],
+                                             rs["high_freq_factor"], rs["original_max_position_embeddings"])
+        w.add_tensor("rope_freqs.weight", factors)
+
+    def t(name, arr):
+        w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
+
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    t("token_embd.weight", sd["model.embed_tokens.weight"])
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
+        if arch == "llama":
+            q, k = llama_cpp_permute(q, nh, nh), llama_cpp_permute(k, nh, nkv)
+        t(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
+        t(f"blk.{i}.attn_q.weight", q)
+        t(f"blk.{i}.attn_k.weight", k)
+        t(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
+        if arch == "qwen2":
+            t(f"blk.{i}.attn_q.bias", sd[p + "self_attn.q_proj.bias"])
+            t(f"blk.{i}.attn_k.bias", sd[p + "self_attn.k_proj.bias"])
+            t(f"blk.{i}.attn_v.bias", sd[p + "self_attn.v_proj.bias"])
+        t(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
+        t(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
+        t(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
+        t(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
+        t(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+    t("output_norm.weight", sd["model.norm.weight"])
+    if "lm_head.weight" in sd and not cfg.get("tie_word_embeddings"):
+        t("output.weight", sd["lm_head.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+
+def family_fixture(name):
+    """A committed tiny family checkpoint (safetensors + config.json) as numpy arrays."""
+    from safetensors.numpy import load_file
+    folder = REPO / "Tests/EngineTests/Fixtures/reference" / name
+    cfg = json.loads((folder / "config.json").read_text())
+    return {k: v.astype(np.float32) for k, v in load_file(str(folder / "model.safetensors")).items()}, cfg
+
+
 def main() -> None:
     from safetensors.numpy import load_file
 
@@ -198,7 +304,9 @@ def main() -> None:
     cfg = json.loads((TINY_LLAMA / "config.json").read_text())
     sd = {k: v.astype(np.float32) for k, v in load_file(str(TINY_LLAMA / "model.safetensors")).items()}
     write_llama_gguf(sd, cfg, out / "tiny-llama.gguf")
-    for name in ("checkpoint.gguf", "tiny-llama.gguf"):
+    for name, arch in (("tiny-llama3", "llama"), ("tiny-qwen2", "qwen2")):
+        write_family_gguf(*family_fixture(name), out / f"{name}.gguf", arch)
+    for name in ("checkpoint.gguf", "tiny-llama.gguf", "tiny-llama3.gguf", "tiny-qwen2.gguf"):
         print(f"{name}: {(out / name).stat().st_size} bytes")
 
 

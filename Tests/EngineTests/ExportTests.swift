@@ -186,11 +186,11 @@ import Testing
             #expect(error < 1e-5, "\(name), \(what): max error \(error)")
         }
         // The Qwen2 GGUF (toy 300-token tokenizer) as a Hugging Face folder: its tokenizer files are written from the vocabulary.
-        let qwen = try Self.load(Self.fixtures.appendingPathComponent("reference/tiny-qwen2.gguf").path)
+        let qwen = try Self.load(try cachedFixtureURL("tiny-qwen2.gguf").path)
         let toy = dir.appendingPathComponent("qwen-folder")
         _ = try ModelExport.export(qwen, adapter: nil, to: toy, format: .safetensors)
         try check(try Self.load(toy.path).model, "tiny-qwen2", "GGUF → safetensors")
-        let llama3GGUF = try Self.load(Self.fixtures.appendingPathComponent("reference/tiny-llama3.gguf").path)
+        let llama3GGUF = try Self.load(try cachedFixtureURL("tiny-llama3.gguf").path)
         _ = try ModelExport.export(llama3GGUF, adapter: nil, to: dir.appendingPathComponent("llama3-again.gguf"), format: .gguf)
         try check(try Self.load(dir.appendingPathComponent("llama3-again.gguf").path).model, "tiny-llama3", "GGUF → GGUF")
         #expect { try ModelExport.export(llama3GGUF, adapter: nil, to: dir.appendingPathComponent("no"), format: .safetensors) } throws: {

@@ -69,7 +69,7 @@ import Testing
     /// The same models as llama.cpp's converter writes them: Llama 3 with its permuted Q/K
     /// rows and `rope_freqs.weight`, Qwen2 with HF's rows and its biases.
     @Test(arguments: ["tiny-llama3", "tiny-qwen2"]) func ggufGivesTheSameLogits(fixture: String) throws {
-        let loaded = try LoadedModel.load(try ModelCatalog.locate(ModelGoldenTests.fixtures.appendingPathComponent(fixture + ".gguf").path))
+        let loaded = try LoadedModel.load(try ModelCatalog.locate(try cachedFixtureURL(fixture + ".gguf").path))
         let llama = try #require(loaded.model as? LlamaModel)
         #expect(llama.ropeStyle == (fixture == "tiny-qwen2" ? .halves : .interleaved))
         #expect(llama.architecture == (fixture == "tiny-qwen2" ? "qwen2" : "llama"))
@@ -176,7 +176,7 @@ extension ModelFamilyTests {
     /// scaling and a GGUF's `rope_freqs.weight` travel with it.
     @Test(arguments: families + ["tiny-llama3.gguf", "tiny-qwen2.gguf"]) func clientTensorsAndConfigLoadBackToTheSameModel(fixture: String) throws {
         let model: TrainableModel = fixture.hasSuffix(".gguf")
-            ? try #require(try LoadedModel.load(try ModelCatalog.locate(ModelGoldenTests.fixtures.appendingPathComponent(fixture).path)).model as? TrainableModel)
+            ? try #require(try LoadedModel.load(try ModelCatalog.locate(try cachedFixtureURL(fixture).path)).model as? TrainableModel)
             : try Self.model(fixture)
         var tensors = InMemoryTensors()
         for t in model.clientTensors(excluding: []) { tensors.tensors[t.name] = (t.shape, t.values) }

@@ -15,30 +15,33 @@ helpers it reuses), and two GGUF files written the way llama.cpp's converter wri
 | tiny-llama-dynamic | rope_scaling dynamic (factor 2), max_position_embeddings 16: the 20-token sequence and the continuations run past it |
 | tiny-qwen2 | Qwen2: q/k/v biases, rope_theta 1e6, untied, use_sliding_window false |
 | tiny-mistral | Mistral: sliding_window 6 (shorter than the 20-token sequence), rope_theta 1e6, untied |
-| tiny-llama3.gguf | tiny-llama3 as llama.cpp writes Llama 3: Q/K rows permuted, `rope_freqs.weight` holding the llama3 factors, key_length 24 |
-| tiny-qwen2.gguf | tiny-qwen2 as llama.cpp writes Qwen2: arch `qwen2`, no Q/K permutation (NEOX RoPE), q/k/v biases |
+| tiny-llama3.gguf (not committed: `make setup` writes it into ~/.cache/nb/fixtures) | tiny-llama3 as llama.cpp writes Llama 3: Q/K rows permuted, `rope_freqs.weight` holding the llama3 factors, key_length 24 |
+| tiny-qwen2.gguf (likewise) | tiny-qwen2 as llama.cpp writes Qwen2: arch `qwen2`, no Q/K permutation (NEOX RoPE), q/k/v biases |
 
 Reference stack: torch 2.13.0 (CPU), transformers 4.46.3, gguf (PyPI), numpy; one thread,
 torch.manual_seed(0) before each model. Deterministic.
 """
 
 import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import gguf
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import make_model_goldens as base  # noqa: E402  (helpers and the three sequences)
-from make_gguf_fixtures import (TOY_CHAT_TEMPLATE, TOY_MERGES, llama_cpp_permute,  # noqa: E402
-                                toy_tokenizer)
+sys.path.insert(0, str(HERE.parents[3] / "scripts"))
+from make_gguf_fixtures import write_family_gguf  # noqa: E402  (shared with `make setup`)
 
 torch.set_num_threads(1)
+# Model files are not committed: `make setup` writes these GGUFs from the committed folders.
+GGUF_DIR = Path(os.environ.get("NB_CACHE", Path.home() / ".cache/nb")) / "fixtures"
+GGUF_DIR.mkdir(parents=True, exist_ok=True)
 base.GENERATOR = "Tests/EngineTests/Fixtures/reference/make_family_goldens.py"
 
 COMMON = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -87,100 +90,10 @@ def save(model, name, summary, greedy_check=True):
     return seqs
 
 
-def llama3_inverse_frequencies(theta, dim, factor, low, high, original):
-    """transformers' llama3 rope: per-frequency scaling by wavelength, float32 as torch does."""
-    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    factors = []
-    for f in inv.tolist():
-        wavelen = 2 * math.pi / f
-        if wavelen < original / high:
-            factors.append(1.0)
-        elif wavelen > original / low:
-            factors.append(factor)
-        else:
-            smooth = (original / wavelen - low) / (high - low)
-            factors.append(1 / ((1 - smooth) / factor + smooth))
-    return np.array(factors, dtype=np.float32)
-
-
-def gguf_writer(path, arch, cfg, name):
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_type("model")
-    w.add_name(name)
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_rope_freq_base(cfg["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
-    w.add_vocab_size(cfg["vocab_size"])
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    w.add_rope_dimension_count(head_dim)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    tokens, types = toy_tokenizer()
-    w.add_add_space_prefix(False)
-    w.add_add_bos_token(False)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(TOY_MERGES)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(2)
-    w.add_chat_template(TOY_CHAT_TEMPLATE)
-    return w
-
-
 def write_gguf(model, path, arch):
-    """llama.cpp's converter, for these two layouts: Llama permutes Q/K rows for its
-    interleaved RoPE and stores llama3 factors in rope_freqs.weight; Qwen2 keeps HF's rows."""
-    cfg = model.config.to_dict()
     sd = {k: v.detach().to(torch.float32).numpy() for k, v in model.state_dict().items()}
-    w = gguf_writer(path, arch, cfg, path.stem)
-    if cfg.get("rope_scaling"):
-        rs = cfg["rope_scaling"]
-        assert rs["rope_type"] == "llama3"
-        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-        factors = llama3_inverse_frequencies(cfg["rope_theta"], head_dim, rs["factor"], rs["low_freq_factor"],
-                                             rs["high_freq_factor"], rs["original_max_position_embeddings"])
-        w.add_tensor("rope_freqs.weight", factors)
-
-    def t(name, arr):
-        w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
-
-    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    t("token_embd.weight", sd["model.embed_tokens.weight"])
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
-        if arch == "llama":
-            q, k = llama_cpp_permute(q, nh, nh), llama_cpp_permute(k, nh, nkv)
-        t(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
-        t(f"blk.{i}.attn_q.weight", q)
-        t(f"blk.{i}.attn_k.weight", k)
-        t(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
-        if arch == "qwen2":
-            t(f"blk.{i}.attn_q.bias", sd[p + "self_attn.q_proj.bias"])
-            t(f"blk.{i}.attn_k.bias", sd[p + "self_attn.k_proj.bias"])
-            t(f"blk.{i}.attn_v.bias", sd[p + "self_attn.v_proj.bias"])
-        t(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
-        t(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
-        t(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
-        t(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
-        t(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
-    t("output_norm.weight", sd["model.norm.weight"])
-    if "lm_head.weight" in sd and not cfg.get("tie_word_embeddings"):
-        t("output.weight", sd["lm_head.weight"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    base.log(f"  wrote {path.name} ({path.stat().st_size} B)")
+    write_family_gguf(sd, model.config.to_dict(), path, arch)
+    base.log(f"  wrote {path.name} ({path.stat().st_size} B) (make setup writes the same bytes)")
 
 
 def main():
@@ -189,7 +102,7 @@ def main():
                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
     save(llama3, "tiny-llama3", {"head_dim": 24, "rope_theta": 500000.0, "rope_scaling": "llama3 8/1/4/16", "tied": True})
-    write_gguf(llama3, HERE / "tiny-llama3.gguf", "llama")
+    write_gguf(llama3, GGUF_DIR / "tiny-llama3.gguf", "llama")
 
     linear = build(LlamaForCausalLM, LlamaConfig, rope_theta=10000.0, max_position_embeddings=64,
                    tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
@@ -204,7 +117,7 @@ def main():
     qwen2 = build(Qwen2ForCausalLM, Qwen2Config, rope_theta=1000000.0, max_position_embeddings=64,
                   tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096, max_window_layers=2)
     save(qwen2, "tiny-qwen2", {"rope_theta": 1e6, "qkv_bias": True})
-    write_gguf(qwen2, HERE / "tiny-qwen2.gguf", "qwen2")
+    write_gguf(qwen2, GGUF_DIR / "tiny-qwen2.gguf", "qwen2")
 
     mistral = build(MistralForCausalLM, MistralConfig, head_dim=16, rope_theta=1000000.0, max_position_embeddings=64,
                     tie_word_embeddings=False, sliding_window=6)

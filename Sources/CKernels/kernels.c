@@ -3,6 +3,10 @@
 #include "nb_kernels.h"
 #include <math.h>
 #include <string.h>
+#include <stdlib.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -243,4 +247,60 @@ void nb_quantize_rows(const float *x, size_t rows, size_t cols, const double *sc
         }
         row_sums[r] = sum;
     }
+}
+
+int nb_release_free_memory(void) {
+#if defined(__GLIBC__)
+    return malloc_trim(0);
+#else
+    return 0;
+#endif
+}
+
+void nb_unpack_i8(const int8_t *src, size_t rows, size_t columns, size_t from, size_t count, float base, float *out) {
+    for (size_t r = 0; r < rows; r++) {
+        const int8_t *s = src + r * columns + from;
+        float *o = out + r * count;
+        for (size_t c = 0; c < count; c++) o[c] = base + (float)s[c];
+    }
+}
+
+void nb_unpack_i16(const int16_t *src, size_t rows, size_t columns, size_t from, size_t count, float base, float *out) {
+    for (size_t r = 0; r < rows; r++) {
+        const int16_t *s = src + r * columns + from;
+        float *o = out + r * count;
+        for (size_t c = 0; c < count; c++) o[c] = base + (float)s[c];
+    }
+}
+
+void nb_add_float_to_double(const float *x, size_t n, double *acc) {
+    for (size_t i = 0; i < n; i++) acc[i] += (double)x[i];
+}
+
+void nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int8_t *w, float base, size_t outputs, double *acc) {
+    int32_t *xi = (int32_t *)malloc(rows * columns * sizeof(int32_t));
+    int64_t *xsum = (int64_t *)malloc(rows * sizeof(int64_t));
+    if (!xi || !xsum) { free(xi); free(xsum); return; }
+    for (size_t r = 0; r < rows; r++) {
+        int64_t sum = 0;
+        for (size_t c = 0; c < columns; c++) { xi[r * columns + c] = (int32_t)x[r * columns + c]; sum += xi[r * columns + c]; }
+        xsum[r] = sum;
+    }
+    const int64_t b = (int64_t)base;
+    for (size_t o = 0; o < outputs; o++) {
+        const int8_t *wo = w + o * columns;
+        for (size_t r = 0; r < rows; r++) {
+            const int32_t *xr = xi + r * columns;
+            int64_t total = 0;
+            for (size_t c0 = 0; c0 < columns; c0 += 128) {
+                size_t end = c0 + 128 < columns ? c0 + 128 : columns;
+                int32_t part = 0;  // |x·w| < 2^16 · 2^7, 128 of them < 2^30
+                for (size_t c = c0; c < end; c++) part += xr[c] * (int32_t)wo[c];
+                total += part;
+            }
+            acc[r * outputs + o] = (double)(total + b * xsum[r]);
+        }
+    }
+    free(xi);
+    free(xsum);
 }

@@ -31,7 +31,7 @@ import Testing
 
     /// The corrected integer accumulators equal Σ (x_q − x_zp)(w_q − w_zp) computed in Int64,
     /// and y equals the product of the dequantized operands.
-    @Test func integerProductIsExact() {
+    @Test func integerProductIsExact() throws {
         let shapes = [(1, 1, 1), (3, 5, 7), (16, 768, 8), (4, 1, 33)]
         for bits in [2, 8, 16] {
             for (sym, (N, K, O)) in zip([false, true, false, true], shapes) {
@@ -47,6 +47,13 @@ import Testing
                     let wq = QuantizedRows(rows: O, columns: K, bits: bits, symmetric: !sym, perRow: kind != "zeros") { w[$0 * K + $1] }
                     let (y, acc) = IntegerMatmul.multiply(xq, wq)
                     let xd = xq.dequantized(), wd = wq.dequantized()
+                    // Weights packed in one or two bytes each give the same products.
+                    let packed = wq.compacted()
+                    // (16-bit integers spanning at most 256 values fit one byte each too.)
+                    let bytes = try #require(packed.packed?.byteCount)
+                    #expect(packed.values.isEmpty && (bits <= 8 ? bytes == O * K : bytes == O * K || bytes == 2 * O * K), "\(bits) bits packed")
+                    let (yPacked, accPacked) = IntegerMatmul.multiply(xq, packed)
+                    #expect(accPacked == acc && yPacked == y && packed.dequantized() == wd, "\(kind) \(bits) bits (\(N), \(K), \(O)) packed")
                     for n in 0..<N {
                         for o in 0..<O {
                             var exact: Int64 = 0

@@ -60,4 +60,21 @@ void nb_row_min_max(const float *x, size_t rows, size_t cols, float *mins, float
 void nb_quantize_rows(const float *x, size_t rows, size_t cols, const double *scale, const double *zero_point,
                       double q_min, double q_max, int per_row, float *q, double *row_sums);
 
+/// Columns [from, from + count) of a row-major (rows, columns) matrix of packed integers into
+/// out (rows, count) as Float: out = base + src.
+void nb_unpack_i8(const int8_t *src, size_t rows, size_t columns, size_t from, size_t count, float base, float *out);
+void nb_unpack_i16(const int16_t *src, size_t rows, size_t columns, size_t from, size_t count, float base, float *out);
+
+/// Exact integer products for a few rows: acc (rows, outputs) = Σ_k x[r, k]·(base + w[o, k]),
+/// x (rows, columns) integer-valued Float with |x| < 2^16, w (outputs, columns) packed Int8.
+/// Sums in 32-bit integers over blocks of 128 columns, then in 64-bit: exact for any width.
+void nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int8_t *w, float base, size_t outputs, double *acc);
+
+/// acc[i] += (double)x[i] for i < n.
+void nb_add_float_to_double(const float *x, size_t n, double *acc);
+
+/// Returns the allocator's free memory to the system (glibc's malloc_trim(0)); a no-op where
+/// the C library has no such call. Returns 1 when memory was released.
+int nb_release_free_memory(void);
+
 #endif

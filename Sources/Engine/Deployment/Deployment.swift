@@ -158,10 +158,11 @@ public enum Deployment {
         let quantized = try QuantizedLinearBackend(plan: plan, model: model)
         let (_, metadata) = try quantized.remoteModules()
         var tensors: [(name: String, shape: [Int], values: [Int8])] = []
+        func int8(_ q: QuantizedRows) -> [Int8] { (0..<(q.rows * q.columns)).map { Int8(q.integer($0 / q.columns, $0 % q.columns)) } }
         for m in metadata {
             let l = quantized.layers[m.name]!
-            tensors.append((m.name + ".forward", [l.forward.rows, l.forward.columns], l.forward.values.map { Int8($0) }))
-            tensors.append((m.name + ".backward", [l.backward.rows, l.backward.columns], l.backward.values.map { Int8($0) }))
+            tensors.append((m.name + ".forward", [l.forward.rows, l.forward.columns], int8(l.forward)))
+            tensors.append((m.name + ".backward", [l.backward.rows, l.backward.columns], int8(l.backward)))
         }
         let weightsURL = server.appendingPathComponent(DeploymentLayout.serverWeights)
         try SafeTensorsWriter.write(int8: tensors, metadata: ["format": "nb-int8-weights"], to: weightsURL)

@@ -82,7 +82,7 @@ extension QuantizedLinearBackend {
         for name in moduleNames {
             let l = layers[name]!
             func integers(_ q: QuantizedRows) throws(EncryptedBackendError) -> ServerWeights {
-                do { return try ServerWeights(outputs: q.rows, inputs: q.columns) { Int(q.values[$0 * q.columns + $1]) } } catch {
+                do { return try ServerWeights(outputs: q.rows, inputs: q.columns) { Int(q.integer($0, $1)) } } catch {
                     throw .unsupportedWeights(module: name, reason: error.description)
                 }
             }

@@ -201,7 +201,13 @@ public final class EncryptedLinearBackend: LinearBackend {
     /// The `execute` mode: the in-process server on this model's quantized weights.
     public convenience init(plan: HybridPlan, model: TrainableModel, keyring: Keyring, protocol productProtocol: ProductProtocol = .he,
                             maskStore: MaskStore? = nil) throws {
-        let q = try QuantizedLinearBackend(plan: plan, model: model)
+        try self.init(quantized: try QuantizedLinearBackend(plan: plan, model: model), keyring: keyring, protocol: productProtocol, maskStore: maskStore)
+    }
+
+    /// The same, from the plan's `disable` backend (its quantized weights become the
+    /// in-process server's).
+    public convenience init(quantized q: QuantizedLinearBackend, keyring: Keyring, protocol productProtocol: ProductProtocol = .he,
+                            maskStore: MaskStore? = nil) throws {
         let (weights, metadata) = try q.remoteModules()
         try self.init(plan: q.plan, metadata: metadata, client: FHEClient(keyring: keyring), transport: InProcessTransport(weights: weights),
                       protocol: productProtocol, maskStore: maskStore)

@@ -125,7 +125,8 @@ public final class QuantizedLinearBackend: LinearBackend {
             let perChannel = scheme.weights == .perChannel
             let forward = QuantizedRows(rows: O, columns: K, bits: scheme.nBits, symmetric: scheme.symmetricWeights, perRow: perChannel) { at($0, $1) }
             let backward = QuantizedRows(rows: K, columns: O, bits: scheme.nBits, symmetric: scheme.symmetricWeights, perRow: perChannel) { at($1, $0) }
-            layers[name] = Layer(forward: forward, backward: backward, range: range)
+            // Packed (one byte per 8-bit weight): the backend lives as long as the session.
+            layers[name] = Layer(forward: forward.compacted(), backward: backward.compacted(), range: range)
         }
     }
 

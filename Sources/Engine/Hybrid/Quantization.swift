@@ -199,12 +199,45 @@ public struct QuantizedRows: Sendable {
         (self.values, self.quantizers, self.rowSums) = (values, quantizers, sums)
     }
 
+    /// The integers of a long-lived matrix (weights) in one or two bytes each instead of a
+    /// Float's four, when ``compacted()`` could pack them; `values` is then empty.
+    public private(set) var packed: PackedIntegers?
+
+    /// The integer at (r, c), wherever it is stored.
+    public func integer(_ r: Int, _ c: Int) -> Float {
+        if let packed { return packed.value(r * columns + c) }
+        return values[r * columns + c]
+    }
+
+    /// The same rows with their integers packed (``PackedIntegers``): a quarter of the memory
+    /// for 8-bit weights. Products read them through ``IntegerMatmul/multiply(_:_:)`` as
+    /// before, column chunk by column chunk. Unchanged when the integers do not fit.
+    public func compacted() -> QuantizedRows {
+        guard packed == nil, let p = PackedIntegers(values) else { return self }
+        var copy = self
+        copy.values = []
+        copy.packed = p
+        return copy
+    }
+
+    /// Columns k0 ..< k0 + kc of every row as Float: a view into `values`, or unpacked into
+    /// `scratch` (rows × kc), with its leading dimension.
+    func columnChunk(_ k0: Int, _ kc: Int, scratch: inout [Float], _ body: (UnsafePointer<Float>, Int) -> Void) {
+        if let packed {
+            if scratch.count < rows * kc { scratch = [Float](repeating: 0, count: rows * kc) }
+            scratch.withUnsafeMutableBufferPointer { packed.unpack(rows: rows, columns: columns, from: k0, count: kc, into: $0.baseAddress!) }
+            scratch.withUnsafeBufferPointer { body($0.baseAddress!, kc) }
+        } else {
+            values.withUnsafeBufferPointer { body($0.baseAddress! + k0, columns) }
+        }
+    }
+
     /// The dequantized matrix (rows, columns).
     public func dequantized() -> [Double] {
-        var out = [Double](repeating: 0, count: values.count)
+        var out = [Double](repeating: 0, count: rows * columns)
         for r in 0..<rows {
             let q = quantizer(r)
-            for c in 0..<columns { out[r * columns + c] = q.dequantize(Double(values[r * columns + c])) }
+            for c in 0..<columns { out[r * columns + c] = q.dequantize(Double(integer(r, c))) }
         }
         return out
     }
@@ -245,25 +278,34 @@ public enum IntegerMatmul {
         var acc = [Double](repeating: 0, count: N * O)
         if N > 0 && O > 0 && K > 0 {
             let chunk = exactFloatChunk(x, w)
-            if chunk >= 64 {
+            if N <= PackedIntegers.fewRows, let packed = w.packed, packed.withBytes({ _ in true }) == true,
+               x.quantizers.allSatisfy({ max(abs($0.qMin), abs($0.qMax)) < 65536 }) {
+                // A few rows (generation, one token at a time): integer sums straight from the
+                // packed bytes, a quarter of the memory traffic of unpacking them.
+                x.values.withUnsafeBufferPointer { xb in
+                    _ = packed.withBytes { wb in nb_int8_rows_product(xb.baseAddress!, N, K, wb, packed.base, O, &acc) }
+                }
+            } else if chunk >= 64 {
                 // Each product is at most 2^24 / chunk, so every partial sum over `chunk`
                 // columns is an integer below 2^24: sgemm on Float computes it exactly, in
                 // any order. The chunks add up in Double.
-                var part = [Float](repeating: 0, count: N * O)
+                var part = [Float](repeating: 0, count: N * O), scratch: [Float] = []
                 var k0 = 0
                 while k0 < K {
                     let kc = min(chunk, K - k0)
-                    x.values.withUnsafeBufferPointer { xb in
-                        w.values.withUnsafeBufferPointer { wb in
+                    w.columnChunk(k0, kc, scratch: &scratch) { wb, ldw in
+                        x.values.withUnsafeBufferPointer { xb in
                             BLAS.sgemm(transposeA: false, transposeB: true, m: N, n: O, k: kc, a: xb.baseAddress! + k0, lda: K,
-                                       b: wb.baseAddress! + k0, ldb: K, c: &part, ldc: O)
+                                       b: wb, ldb: ldw, c: &part, ldc: O)
                         }
                     }
-                    for i in 0..<(N * O) { acc[i] += Double(part[i]) }
+                    nb_add_float_to_double(part, N * O, &acc)
                     k0 += kc
                 }
             } else {
-                let xd = x.values.map(Double.init), wd = w.values.map(Double.init)
+                let xd = x.values.map(Double.init)
+                var wd = [Double](repeating: 0, count: O * K)
+                for o in 0..<O { for c in 0..<K { wd[o * K + c] = Double(w.integer(o, c)) } }
                 cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(N), blasint(O), blasint(K), 1, xd, blasint(K),
                             wd, blasint(K), 0, &acc, blasint(O))
             }
@@ -289,5 +331,52 @@ public enum IntegerMatmul {
             }
         }
         return y
+    }
+}
+
+/// Integers stored in one byte each (Int8) when their range spans at most 256 values, else two
+/// (Int16), as offsets from a base: value = base + stored. For weights quantized once and
+/// multiplied many times; ``QuantizedRows/compacted()`` makes them.
+public struct PackedIntegers: Sendable {
+    public let base: Float
+    let bytes: [Int8]
+    let halves: [Int16]
+
+    /// Nil when the values are not integers or span more than Int16 holds.
+    init?(_ values: [Float]) {
+        guard let lo = values.min(), let hi = values.max() else { return nil }
+        guard values.allSatisfy({ $0 == $0.rounded() }) else { return nil }
+        if hi - lo <= 255 {
+            let base = lo + 128
+            (self.base, bytes, halves) = (base, values.map { Int8($0 - base) }, [])
+        } else if hi - lo <= 65535 {
+            let base = lo + 32768
+            (self.base, bytes, halves) = (base, [], values.map { Int16($0 - base) })
+        } else {
+            return nil
+        }
+    }
+
+    /// Up to this many rows, products read the packed bytes directly (``IntegerMatmul``).
+    static let fewRows = 8
+
+    /// The bytes, when the integers are packed one per byte.
+    func withBytes<R>(_ body: (UnsafePointer<Int8>) -> R) -> R? {
+        guard !bytes.isEmpty else { return nil }
+        return bytes.withUnsafeBufferPointer { body($0.baseAddress!) }
+    }
+
+    /// Bytes held.
+    public var byteCount: Int { bytes.count + 2 * halves.count }
+
+    func value(_ i: Int) -> Float { base + Float(bytes.isEmpty ? Int(halves[i]) : Int(bytes[i])) }
+
+    /// Columns from ..< from + count of a (rows, columns) matrix into `out` (rows, count).
+    func unpack(rows: Int, columns: Int, from: Int, count: Int, into out: UnsafeMutablePointer<Float>) {
+        if bytes.isEmpty {
+            halves.withUnsafeBufferPointer { nb_unpack_i16($0.baseAddress!, rows, columns, from, count, base, out) }
+        } else {
+            bytes.withUnsafeBufferPointer { nb_unpack_i8($0.baseAddress!, rows, columns, from, count, base, out) }
+        }
     }
 }

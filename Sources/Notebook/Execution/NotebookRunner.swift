@@ -257,6 +257,8 @@ public final class NotebookRunner: @unchecked Sendable {
             update(i, status: .running, note: note)
             options.log("  \(label): running\n")
             let started = ProgressReporter.monotonicSeconds()
+            ProcessMemory.returnFreeMemory()
+            let peakIsCellsOwn = ProcessMemory.resetPeak()
             let context = makeContext(cell: cell.source, session: session, key: cell.key, checkpointKey: cell.checkpointKey)
             do {
                 if cell.source.header.step == ParametersCell.stepName {
@@ -279,8 +281,10 @@ public final class NotebookRunner: @unchecked Sendable {
                 note = (note.map { $0 + "; " } ?? "") + "could not save its snapshot: \(error.localizedDescription)"
             }
             lock.withLock { header.model = session.state.model?.headerDescription }
+            let peak = peakIsCellsOwn ? ProcessMemory.peakResidentMB() : nil
+            lock.withLock { views[i].record.peakMemoryMB = peak.map { $0.rounded() } }
             update(i, status: .ran, duration: duration, finishedAt: snapshot.finishedAt, note: note, outputs: context.outputs)
-            options.log("  \(label): ran in \(Format.duration(duration))\n")
+            options.log("  \(label): ran in \(Format.duration(duration))\(peak.map { String(format: ", peak memory %.0f MiB", $0) + (ProcessInfo.processInfo.environment["NB_MEMORY_TRACE"] == nil ? "" : String(format: " (now %.0f)", ProcessMemory.residentMB())) } ?? "")\n")
         }
         session.localServers.stopAll()
         if let failure {
@@ -289,7 +293,8 @@ public final class NotebookRunner: @unchecked Sendable {
         }
         finish(state: failure == nil ? "finished" : "failed")
         options.log("report: \(PathDisplay.relative(reportURL))\n")
-        options.log(String(format: "peak memory (resident): %.0f MiB\n", ProcessMemory.peakResidentMB()))
+        let cellPeaks = lock.withLock { views.compactMap(\.record.peakMemoryMB) }
+        options.log(String(format: "peak memory (resident): %.0f MiB\n", max(ProcessMemory.peakResidentMB(), cellPeaks.max() ?? 0)))
         return RunResult(exitCode: failure == nil ? 0 : 1, reportURL: reportURL, manifest: manifest, message: failure)
     }
 

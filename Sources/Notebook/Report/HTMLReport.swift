@@ -121,6 +121,9 @@ public enum HTMLReport {
             let verb = r.status == .reused ? "originally ran in" : "in"
             h += " <span class=\"timing\">\(verb) <span class=\"dur\">\(Format.duration(d))</span></span>"
         }
+        if r.status == .ran, let peak = r.peakMemoryMB {
+            h += " <span class=\"timing\">peak memory <span class=\"mem\">\(String(format: "%.0f", peak)) MiB</span></span>"
+        }
         if r.status == .reused, let at = r.finishedAt {
             h += " <span class=\"timing\">unchanged since <span class=\"date\">\(dateString(at))</span></span>"
         }

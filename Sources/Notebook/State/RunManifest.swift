@@ -24,6 +24,9 @@ public struct CellRecord: Codable, Equatable, Sendable {
     /// Seconds the step ran (this run, or originally for a reused cell).
     public var duration: Double?
     public var finishedAt: Date?
+    /// The process's peak resident memory while this cell ran, in MiB (where Linux lets the
+    /// runner reset the peak before each cell; nil for cells that did not run).
+    public var peakMemoryMB: Double?
     /// Why it was reused, re-run, or not run.
     public var note: String?
     public var error: String?

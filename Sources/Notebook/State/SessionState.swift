@@ -224,7 +224,9 @@ extension Session {
             if let cached = encryptedBackends[key] { return cached }
             let (_, model) = try trainableModel()
             let keyring = try clientKeyring()
-            let backend = try EncryptedLinearBackend(plan: plan, model: model, keyring: keyring, protocol: productProtocol,
+            // The `disable` backend's quantized weights when a cell made them, else made for this.
+            let quantized = try backends[plan] ?? QuantizedLinearBackend(plan: plan, model: model)
+            let backend = try EncryptedLinearBackend(quantized: quantized, keyring: keyring, protocol: productProtocol,
                                                      maskStore: productProtocol == .masked ? try maskStore() : nil)
             encryptedBackends[key] = backend
             return backend

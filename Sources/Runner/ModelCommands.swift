@@ -240,14 +240,18 @@ extension Nb {
         @Option(help: ArgumentHelp("Where to write: a folder for safetensors, a .gguf file for GGUF.", valueName: "PATH")) var to: String
         @Option(help: ArgumentHelp("safetensors (model.safetensors + config.json + tokenizer files) or gguf; default: gguf when --to ends in .gguf.", valueName: "FORMAT"))
         var format: String?
-        @Option(help: ArgumentHelp("GGUF tensor type of the matrices: f32 or f16 (vectors stay f32).", valueName: "f32|f16")) var precision = "f32"
+        @Option(help: ArgumentHelp("GGUF tensor type of the matrices (vectors stay f32): f32, f16, bf16, q8_0, q4_0, q4_1, or source (each tensor in its type in the base GGUF). Default: source for a GGUF base, else f32.", valueName: "type")) var precision: String?
 
         var resolvedFormat: ModelExport.Format? { ModelExport.Format(rawValue: format ?? (to.lowercased().hasSuffix(".gguf") ? "gguf" : "safetensors")) }
 
         func validate() throws {
             guard let f = resolvedFormat else { throw ValidationError("--format must be safetensors or gguf, not '\(format ?? "")'") }
-            guard let p = ModelExport.Precision(rawValue: precision) else { throw ValidationError("--precision must be f32 or f16, not '\(precision)'") }
-            if f == .safetensors && p != .f32 { throw ValidationError("--precision f16 is for --format gguf; safetensors are written in f32") }
+            if let precision {
+                guard let p = ModelExport.Precision(rawValue: precision) else {
+                    throw ValidationError("--precision must be one of \(ModelExport.Precision.allCases.map(\.rawValue).joined(separator: ", ")), not '\(precision)'")
+                }
+                if f == .safetensors && p != .f32 { throw ValidationError("--precision \(precision) is for --format gguf; safetensors are written in f32") }
+            }
             if f == .gguf && !to.lowercased().hasSuffix(".gguf") { throw ValidationError("--to must end in .gguf for --format gguf") }
         }
 
@@ -260,8 +264,10 @@ extension Nb {
                     lora = try PEFTAdapter.load(from: URL(fileURLWithPath: adapter), modules: model.linearModules)
                 }
                 let destination = URL(fileURLWithPath: (to as NSString).expandingTildeInPath)
-                let summary = try ModelExport.export(loaded, adapter: lora, to: destination, format: resolvedFormat!,
-                                                     precision: ModelExport.Precision(rawValue: precision)!)
+                // A GGUF base keeps its tensor types unless told otherwise.
+                let chosen = precision.flatMap(ModelExport.Precision.init(rawValue:))
+                    ?? (resolvedFormat == .gguf && loaded.location.format == .gguf ? .source : .f32)
+                let summary = try ModelExport.export(loaded, adapter: lora, to: destination, format: resolvedFormat!, precision: chosen)
                 for f in summary.files { print(String(format: "%12d  %@", f.bytes, f.path)) }
                 FileHandle.standardError.write(Data(("[\(summary.tensors) tensors, \(summary.parameters) parameters, adapter "
                     + (lora.map { "merged (r=\($0.config.rank), \($0.layers.count) modules)" } ?? "none") + "; tokenizer \(summary.tokenizer)]\n").utf8))

@@ -25,6 +25,13 @@ import Testing
             var gguf_tensors: [Tensor]?
             var gguf_token_count: Int?
         }
+        struct Quantized: Decodable {
+            var precision: String, sha256: String
+            var blocks: Int, identical_blocks: Int
+            var max_dequantized_difference: Double
+            var types: [String: String]
+        }
+        var quantized: [Quantized]
         var text: String
         var exports: [Export]
     }
@@ -132,6 +139,78 @@ import Testing
         let tiny = try Self.load(Self.fixtures.appendingPathComponent("reference/tiny-gpt2").path)
         #expect { try ModelExport.export(tiny, adapter: nil, to: dir.appendingPathComponent("t.gguf"), format: .gguf) } throws: {
             "\($0)".contains("50257 tokens, more than the model's 300 embedding rows")
+        }
+    }
+
+    /// Quantized GGUF exports: every matrix in the asked block type (vectors F32), read back
+    /// by nb within the error bound of its quantizer, block by block (d, m the F16-stored
+    /// scale and minimum): Q8_0 |x − x̂| ≤ d/2, Q4_0 ≤ d (the clamp of q at 15), Q4_1 ≤ d/2,
+    /// each plus the F16 rounding of d and m. `source` keeps each tensor's type, and Q8_0
+    /// re-quantizes its own output to the same bytes.
+    @Test func quantizedGGUFExportsStayWithinTheirBounds() throws {
+        let dir = try Self.temporary()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let (loaded, adapter, c) = try Self.ggufLlama()
+        let exact = dir.appendingPathComponent("f32.gguf")
+        _ = try ModelExport.export(loaded, adapter: adapter, to: exact, format: .gguf)
+        let reference = try GGUFFile(url: exact)
+        for (precision, type) in [(ModelExport.Precision.q8_0, GGMLType.q8_0), (.q4_0, .q4_0), (.q4_1, .q4_1), (.bf16, .bf16)] {
+            let file = dir.appendingPathComponent("\(precision.rawValue).gguf")
+            _ = try ModelExport.export(loaded, adapter: adapter, to: file, format: .gguf, precision: precision)
+            let q = try GGUFFile(url: file)
+            #expect(q.tensorNames == reference.tensorNames)
+            for info in q.tensorInfos {
+                let x = try reference.float32(info.name), y = try q.float32(info.name)
+                guard info.dims.count >= 2 else { #expect(info.type == .f32 && y == x, "\(info.name): vectors stay F32"); continue }
+                #expect(info.type == type, "\(info.name) is \(info.type), not \(type)")
+                for b in 0..<(x.count / 32) {
+                    let block = x[(32 * b)..<(32 * b + 32)]
+                    let amax = block.map(abs).max()!, lo = block.min()!, hi = block.max()!
+                    let bound: Float
+                    switch precision {
+                    case .q8_0: bound = amax / 127 * (0.5 + 127 * 0x1p-11)
+                    case .q4_0: bound = amax / 8 * (1 + 8 * 0x1p-11)
+                    case .q4_1: bound = (hi - lo) / 15 * (0.5 + 15 * 0x1p-11) + abs(lo) * 0x1p-11
+                    default: bound = amax * 0x1p-8
+                    }
+                    let worst = zip(block, y[(32 * b)..<(32 * b + 32)]).map { abs($0 - $1) }.max()!
+                    #expect(worst <= bound * 1.0001 + 1e-12, "\(precision.rawValue) \(info.name) block \(b): error \(worst) > bound \(bound)")
+                }
+            }
+            // It loads as a model (the per-value bounds above are the check; a tiny random
+            // model's logits are too sensitive for a tolerance to mean much, except BF16's).
+            let logits = Self.logits(try Self.load(file.path).model, c.ids)
+            #expect(logits.allSatisfy { $0.isFinite })
+            if precision == .bf16 {
+                let (error, _) = ModelGoldenTests.compare(logits, c.logits_merged.flatMap { $0 })
+                #expect(error < 2e-2, "bf16: logits off by \(error) of their range")
+            }
+        }
+        // gguf-py's own quantizers (check_export.py) made the very same blocks from the F32 export.
+        let check = try JSONDecoder().decode(Check.self, from: Data(contentsOf: Self.fixtures.appendingPathComponent("export/export-check.json")))
+        #expect(check.quantized.map(\.precision) == ["q8_0", "q4_0", "q4_1"])
+        for r in check.quantized {
+            let file = dir.appendingPathComponent("\(r.precision).gguf")
+            #expect(try SHA256Digest.hex(fileAt: file) == r.sha256, "\(r.precision): the bytes gguf-py checked")
+            #expect(r.blocks > 3000 && r.identical_blocks == r.blocks && r.max_dequantized_difference == 0, "\(r.precision): \(r.identical_blocks) of \(r.blocks) blocks as gguf-py makes them")
+            let q = try GGUFFile(url: file)
+            for info in q.tensorInfos { #expect(r.types[info.name] == info.type.name, "\(r.precision) \(info.name)") }
+        }
+        // `source`: a Q8_0 base exported again keeps Q8_0 (and the same bytes), F32 vectors stay F32.
+        let base = dir.appendingPathComponent("q8_0.gguf")
+        let quantizedBase = try Self.load(base.path)
+        let again = dir.appendingPathComponent("again.gguf")
+        _ = try ModelExport.export(quantizedBase, adapter: nil, to: again, format: .gguf, precision: .source)
+        let (a, b) = (try GGUFFile(url: base), try GGUFFile(url: again))
+        for info in a.tensorInfos {
+            #expect(b.info(info.name)?.type == info.type, "\(info.name) keeps \(info.type)")
+            #expect(b.rawBytes(of: info.name) == a.rawBytes(of: info.name), "\(info.name): the same bytes")
+        }
+        #expect(b.metadata["general.file_type"]?.int == 7)
+        // `source` needs a GGUF base.
+        let folderBase = try Self.load(Self.fixtures.appendingPathComponent("reference/tiny-llama").path)
+        #expect { try ModelExport.export(folderBase, adapter: nil, to: dir.appendingPathComponent("x.gguf"), format: .gguf, precision: .source) } throws: {
+            "\($0)".contains("is not a GGUF")
         }
     }
 

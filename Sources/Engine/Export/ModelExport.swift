@@ -27,10 +27,28 @@ public protocol ExportableModel: TrainableModel {
 
 /// Writes a model (with a LoRA adapter merged: W + (α/r)·B·A, exact in Float32) as a
 /// Hugging Face folder — `model.safetensors`, `config.json`, tokenizer files — that
-/// transformers' `from_pretrained` loads, or as one GGUF file (F32 or F16) that llama.cpp reads.
+/// transformers' `from_pretrained` loads, or as one GGUF file (F32, F16, BF16, Q8_0, Q4_0,
+/// Q4_1, or each tensor in the base GGUF's own type) that llama.cpp reads.
 public enum ModelExport {
     public enum Format: String, Codable, CaseIterable, Sendable { case safetensors, gguf }
-    public enum Precision: String, Codable, CaseIterable, Sendable { case f32, f16 }
+    /// GGUF tensor types of the matrices (vectors stay F32): one type for all, or `source`:
+    /// each tensor in its type in the base GGUF (a quantized base stays quantized).
+    public enum Precision: String, Codable, CaseIterable, Sendable {
+        case f32, f16, bf16, q8_0, q4_0, q4_1, source
+
+        /// llama.cpp's `general.file_type` (LLAMA_FTYPE_*).
+        var fileType: UInt32 {
+            switch self {
+            case .f32: 0
+            case .f16: 1
+            case .q4_0: 2
+            case .q4_1: 3
+            case .q8_0: 7
+            case .bf16: 32
+            case .source: 0
+            }
+        }
+    }
 
     public struct Summary: Sendable {
         public var files: [(path: String, bytes: Int)]
@@ -132,10 +150,23 @@ public enum ModelExport {
 
     static func writeGGUF(_ model: ExportableModel, loaded: LoadedModel, to file: URL, precision: Precision, name: String) throws -> Summary {
         let (architecture, keys, tensors) = try model.ggufCheckpoint()
+        // `source`: the base GGUF's tensor types, by llama.cpp name (the names nb writes).
+        var sourceTypes: [String: GGUFWriter.TensorType] = [:]
+        var fileType = precision.fileType
+        if precision == .source {
+            guard loaded.location.format == .gguf else {
+                throw ExportError.unsupported(format: "gguf", reason: "--precision source keeps the base GGUF's tensor types; \(loaded.location.displayName) is not a GGUF (use f32, f16, bf16, q8_0, q4_0 or q4_1)")
+            }
+            let base = try GGUFFile(url: loaded.location.url)
+            for info in base.tensorInfos {
+                if let t = GGUFWriter.TensorType(info.type) { sourceTypes[info.name] = t }
+            }
+            if case .uint32(let t)? = base.metadata["general.file_type"] { fileType = t }
+        }
         let v = loaded.tokenizer.vocabulary
         var metadata: [(key: String, value: GGUFValue)] = [
             ("general.architecture", .string(architecture)), ("general.name", .string(name)),
-            ("general.file_type", .uint32(precision == .f32 ? 0 : 1)),
+            ("general.file_type", .uint32(fileType)),
         ]
         metadata += keys
         let special = Set(v.specialTokens.values)
@@ -159,9 +190,16 @@ public enum ModelExport {
         if let id = v.bosTokenID { metadata.append(("tokenizer.ggml.bos_token_id", .uint32(UInt32(id)))) }
         if let id = v.eosTokenID { metadata.append(("tokenizer.ggml.eos_token_id", .uint32(UInt32(id)))) }
         if let id = v.padTokenID { metadata.append(("tokenizer.ggml.padding_token_id", .uint32(UInt32(id)))) }
-        // llama.cpp's converter keeps vectors (norms, biases, rope factors) in F32.
-        let written = tensors.map { t in
-            GGUFWriter.Tensor(name: t.name, shape: t.shape, values: t.values, type: precision == .f16 && t.shape.count >= 2 ? .f16 : .f32)
+        // llama.cpp's converter keeps vectors (norms, biases, rope factors) in F32, and its
+        // quantizer leaves a matrix whose rows are not whole blocks in F16.
+        let written = tensors.map { t -> GGUFWriter.Tensor in
+            var type: GGUFWriter.TensorType
+            switch precision {
+            case .source: type = sourceTypes[t.name] ?? .f32
+            default: type = t.shape.count >= 2 ? GGUFWriter.TensorType(rawValue: precision.rawValue)! : .f32
+            }
+            if !type.fits(shape: t.shape) { type = .f16 }
+            return GGUFWriter.Tensor(name: t.name, shape: t.shape, values: t.values, type: type)
         }
         try GGUFWriter.write(metadata: metadata, tensors: written, to: file)
         let bytes = ((try? FileManager.default.attributesOfItem(atPath: file.path))?[.size] as? NSNumber)?.intValue ?? 0

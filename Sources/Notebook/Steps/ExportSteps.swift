@@ -3,12 +3,13 @@ import Foundation
 
 /// `nb save_merged`: writes the session's model with its LoRA adapter merged (W + (α/r)·B·A)
 /// as a Hugging Face folder (`model.safetensors`, `config.json`, tokenizer files) that
-/// transformers loads, or as a GGUF file (F32 or F16) for llama.cpp.
+/// transformers loads, or as a GGUF file for llama.cpp (F32, F16, BF16, Q8_0, Q4_0, Q4_1, or
+/// `source`: each tensor in its type in the base GGUF — the default for a GGUF base).
 ///
 /// ```nb save_merged
 /// path: ../outputs/merged       # a folder (safetensors) or a .gguf file
 /// format: safetensors           # or gguf
-/// precision: f32                # gguf: f32 or f16
+/// precision: f32                # gguf: f32, f16, bf16, q8_0, q4_0, q4_1 or source
 /// ```
 public enum SaveMergedStep: Step {
     public static let name = "save_merged"
@@ -19,18 +20,21 @@ public enum SaveMergedStep: Step {
         public typealias CodingKeys = Keys
         public var path: String
         public var format: ModelExport.Format
-        public var precision: ModelExport.Precision
+        /// nil: `source` for a GGUF base written as GGUF, else f32.
+        public var precision: ModelExport.Precision?
 
         public init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: Keys.self)
             path = try c.decode(String.self, forKey: .path)
             format = try c.decodeChoice(ModelExport.Format.self, forKey: .format) ?? (path.lowercased().hasSuffix(".gguf") ? .gguf : .safetensors)
-            precision = try c.decodeChoice(ModelExport.Precision.self, forKey: .precision) ?? .f32
+            precision = try c.decodeChoice(ModelExport.Precision.self, forKey: .precision)
         }
 
         public func validate() throws(ParameterError) {
             if path.isEmpty { throw ParameterError("path", "must name a folder (safetensors) or a .gguf file") }
-            if format == .safetensors && precision != .f32 { throw ParameterError("precision", "safetensors are written in f32; f16 is for gguf") }
+            if format == .safetensors, let precision, precision != .f32 {
+                throw ParameterError("precision", "safetensors are written in f32; \(precision.rawValue) is for gguf")
+            }
             if format == .gguf && !path.lowercased().hasSuffix(".gguf") { throw ParameterError("path", "a GGUF export is one file: end the path with .gguf") }
         }
     }
@@ -40,7 +44,8 @@ public enum SaveMergedStep: Step {
         let adapter = try context.session.adapter()
         let url = context.resolve(p.path)
         let summary: ModelExport.Summary
-        do { summary = try ModelExport.export(loaded, adapter: adapter, to: url, format: p.format, precision: p.precision) } catch {
+        let precision = p.precision ?? (p.format == .gguf && loaded.location.format == .gguf ? .source : .f32)
+        do { summary = try ModelExport.export(loaded, adapter: adapter, to: url, format: p.format, precision: precision) } catch {
             throw StepFailure(key: "path", "\(error)")
         }
         context.emit(.metrics([

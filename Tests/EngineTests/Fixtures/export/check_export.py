@@ -8,6 +8,9 @@ PEFT adapters of ../peft, it runs the built `nb export` (safetensors, and GGUF F
   * AutoTokenizer.from_pretrained(export) -> the ids of a sentence;
   * gguf.GGUFReader(export.gguf) -> every tensor's name, shape and type, and transformers'
     GGUF loader -> logits again.
+For the quantized GGUF types (Q8_0, Q4_0, Q4_1, `--precision`), it quantizes the F32 export's
+matrices with gguf-py's own numpy quantizers (gguf.quants.quantize) and compares them with
+nb's blocks byte for byte.
 It writes export-check.json: the SHA-256 of each exported file (the test re-exports and
 requires the same bytes, so these results are about the very files nb writes now), the
 largest logit differences, the tokenizer ids and the GGUF tensor list. The GGUF cases start
@@ -84,6 +87,37 @@ def main():
                 entry["max_abs_diff_vs_peft_merged"] = float((hf(ids).logits[0] - merged).abs().max())
             print({k: v for k, v in entry.items() if k != "gguf_tensors"})
             out["exports"].append(entry)
+        # Quantized GGUF: nb's blocks against gguf-py's quantizers on the same F32 matrices.
+        f32 = gguf.GGUFReader(str(Path(tmp) / "export2.gguf"))
+        matrices = {t.name: np.array(t.data, dtype=np.float32).reshape([int(d) for d in reversed(t.shape)])
+                    for t in f32.tensors if len(t.shape) >= 2}
+        out["quantized"] = []
+        for precision in ["q8_0", "q4_0", "q4_1"]:
+            qtype = getattr(gguf.GGMLQuantizationType, precision.upper())
+            target = Path(tmp) / f"{precision}.gguf"
+            subprocess.run([str(NB), "export", "--model", str(cases()[2][0]), "--adapter", str(FIXTURES / "peft/llama-adapter"),
+                            "--to", str(target), "--precision", precision], check=True, capture_output=True)
+            reader = gguf.GGUFReader(str(target))
+            blocks = same = 0
+            worst = 0.0
+            types = {}
+            for t in reader.tensors:
+                types[t.name] = t.tensor_type.name
+                if t.name not in matrices:
+                    continue
+                ours = np.asarray(t.data, dtype=np.uint8).reshape(-1)
+                theirs = gguf.quants.quantize(matrices[t.name], qtype).reshape(-1)
+                size = gguf.GGML_QUANT_SIZES[qtype][1]
+                a, b = ours.reshape(-1, size), theirs.reshape(-1, size)
+                blocks += a.shape[0]
+                same += int((a == b).all(axis=1).sum())
+                deq_ours = gguf.quants.dequantize(ours.reshape(matrices[t.name].shape[0], -1), qtype)
+                deq_theirs = gguf.quants.dequantize(theirs.reshape(matrices[t.name].shape[0], -1), qtype)
+                worst = max(worst, float(np.abs(deq_ours - deq_theirs).max()))
+            entry = {"precision": precision, "sha256": sha256(target), "blocks": blocks, "identical_blocks": same,
+                     "max_dequantized_difference": worst, "types": types}
+            print({k: v for k, v in entry.items() if k != "types"})
+            out["quantized"].append(entry)
     path = HERE / "export-check.json"
     path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {path}")

@@ -172,45 +172,72 @@ public enum HTMLReport {
         return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) UTC"
     }
 
+    /// Light colours are the report's original design; the dark block redefines every
+    /// colour for readers whose system prefers a dark scheme (no script involved). Charts
+    /// read `--chart-*` and `--series-*` through inline styles (see `LineChart.svg`).
     static let css = """
-    :root { --fg: #1d1d1f; --muted: #6b6b70; --line: #dcdce0; --bg-code: #f6f6f8; }
+    :root { color-scheme: light dark;
+      --fg: #1d1d1f; --muted: #6b6b70; --line: #dcdce0; --bg: #ffffff; --bg-code: #f6f6f8; --bg-toc: #fafafb; --bg-th: #f3f3f6;
+      --link: #0000ee; --link-visited: #551a8b;
+      --neutral-bg: #e8e8ec; --neutral-fg: #333333; --ok-bg: #d9f2df; --ok-fg: #17612a; --bad-bg: #fbe0e0; --bad-fg: #8a1c1c;
+      --warn-bg: #fff0cc; --warn-fg: #7a5200; --info-bg: #dde9fb; --info-fg: #1b4b91;
+      --error-bg: #fdeeee; --error-line: #f3c4c4; --warning-bg: #fff6dd; --problems-bg: #fdf4f4;
+      --edge: #9aa0a6; --edge-ran: #2e9d4b; --edge-reused: #4a7fd0; --edge-failed: #c62828; --edge-idle: #b0b0b8;
+      --chart-bg: #ffffff; --chart-fg: #333333; --chart-title: #000000; --chart-grid: #e5e5e5; --chart-muted: #6b6b70;
+      \(seriesVariables(LineChart.palette)) }
+    @media (prefers-color-scheme: dark) { :root {
+      --fg: #e4e4e7; --muted: #a1a1a8; --line: #3b3b42; --bg: #17171a; --bg-code: #232327; --bg-toc: #1d1d21; --bg-th: #26262b;
+      --link: #8ab4f8; --link-visited: #c58af9;
+      --neutral-bg: #34343a; --neutral-fg: #e4e4e7; --ok-bg: #163b20; --ok-fg: #8fe0a4; --bad-bg: #4a1c1c; --bad-fg: #ffb4b4;
+      --warn-bg: #43340f; --warn-fg: #ffd98a; --info-bg: #1a3050; --info-fg: #a9c8ff;
+      --error-bg: #2e1717; --error-line: #6b2a2a; --warning-bg: #3a3010; --problems-bg: #2a1616;
+      --edge: #80868b; --edge-ran: #3fbf62; --edge-reused: #6b9ee8; --edge-failed: #ef5350; --edge-idle: #6a6a72;
+      --chart-bg: #17171a; --chart-fg: #c8c8ce; --chart-title: #e4e4e7; --chart-grid: #34343a; --chart-muted: #a1a1a8;
+      \(seriesVariables(LineChart.darkPalette)) } }
     * { box-sizing: border-box; }
-    body { font: 15px/1.55 -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif; color: var(--fg); max-width: 980px; margin: 0 auto; padding: 24px 20px 60px; }
+    body { font: 15px/1.55 -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif; color: var(--fg); background: var(--bg); max-width: 980px; margin: 0 auto; padding: 24px 20px 60px; }
+    a { color: var(--link); } a:visited { color: var(--link-visited); }
     header.run { border-bottom: 2px solid var(--line); margin-bottom: 18px; }
     .report-title { margin: 0 0 4px; font-size: 26px; }
-    .run-state { display: inline-block; margin: 0 0 10px; padding: 1px 10px; border-radius: 10px; background: #e8e8ec; font-weight: 600; }
-    .state-finished { background: #d9f2df; color: #17612a; } .state-failed, .state-invalid-notebook { background: #fbe0e0; color: #8a1c1c; }
-    .state-interrupted { background: #fff0cc; color: #7a5200; } .state-running { background: #dde9fb; color: #1b4b91; }
+    .run-state { display: inline-block; margin: 0 0 10px; padding: 1px 10px; border-radius: 10px; background: var(--neutral-bg); font-weight: 600; }
+    .state-finished { background: var(--ok-bg); color: var(--ok-fg); } .state-failed, .state-invalid-notebook { background: var(--bad-bg); color: var(--bad-fg); }
+    .state-interrupted { background: var(--warn-bg); color: var(--warn-fg); } .state-running { background: var(--info-bg); color: var(--info-fg); }
     dl.run-info { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; font-size: 13px; margin: 0 0 14px; }
     dl.run-info dt { color: var(--muted); } dl.run-info dd { margin: 0; font-family: ui-monospace, "DejaVu Sans Mono", monospace; word-break: break-all; }
-    nav.toc { background: #fafafb; border: 1px solid var(--line); border-radius: 6px; padding: 8px 16px; margin-bottom: 20px; font-size: 14px; }
+    nav.toc { background: var(--bg-toc); border: 1px solid var(--line); border-radius: 6px; padding: 8px 16px; margin-bottom: 20px; font-size: 14px; }
     nav.toc h2 { font-size: 14px; margin: 4px 0; text-transform: uppercase; letter-spacing: .05em; color: var(--muted); }
     nav.toc ul { list-style: none; padding-left: 0; margin: 0; } nav.toc li { margin: 2px 0; }
     .toc-h2 { padding-left: 14px; } .toc-h3 { padding-left: 28px; } .toc-cell { padding-left: 28px; font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12.5px; }
     .prose table { border-collapse: collapse; margin: 10px 0; } .prose th, .prose td { border: 1px solid var(--line); padding: 4px 8px; }
     pre { background: var(--bg-code); padding: 10px 12px; border-radius: 6px; overflow-x: auto; font-size: 13px; }
     code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
-    section.cell { border: 1px solid var(--line); border-left: 4px solid #9aa0a6; border-radius: 6px; padding: 10px 14px; margin: 16px 0; }
-    section.status-ran { border-left-color: #2e9d4b; } section.status-reused { border-left-color: #4a7fd0; }
-    section.status-failed, section.status-interrupted { border-left-color: #c62828; } section.status-skipped, section.status-not-run { border-left-color: #b0b0b8; opacity: .85; }
+    section.cell { border: 1px solid var(--line); border-left: 4px solid var(--edge); border-radius: 6px; padding: 10px 14px; margin: 16px 0; }
+    section.status-ran { border-left-color: var(--edge-ran); } section.status-reused { border-left-color: var(--edge-reused); }
+    section.status-failed, section.status-interrupted { border-left-color: var(--edge-failed); }
+    section.status-skipped, section.status-not-run { border-left-color: var(--edge-idle); color: var(--muted); }
     .cell-head { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13.5px; display: flex; flex-wrap: wrap; gap: 8px; align-items: baseline; }
     .cell-num { color: var(--muted); } .cell-step { font-weight: 700; } .cell-line, .timing { color: var(--muted); font-size: 12px; }
-    .badge { font-size: 11px; padding: 1px 8px; border-radius: 9px; background: #e8e8ec; color: #333; font-family: -apple-system, "DejaVu Sans", sans-serif; }
-    .badge-ran { background: #d9f2df; color: #17612a; } .badge-reused { background: #dde9fb; color: #1b4b91; }
-    .badge-failed, .badge-interrupted { background: #fbe0e0; color: #8a1c1c; } .badge-running { background: #fff0cc; color: #7a5200; }
+    .badge { font-size: 11px; padding: 1px 8px; border-radius: 9px; background: var(--neutral-bg); color: var(--neutral-fg); font-family: -apple-system, "DejaVu Sans", sans-serif; }
+    .badge-ran { background: var(--ok-bg); color: var(--ok-fg); } .badge-reused { background: var(--info-bg); color: var(--info-fg); }
+    .badge-failed, .badge-interrupted { background: var(--bad-bg); color: var(--bad-fg); } .badge-running { background: var(--warn-bg); color: var(--warn-fg); }
     details.source summary { cursor: pointer; color: var(--muted); font-size: 12px; margin-top: 6px; }
-    pre.error { background: #fdeeee; color: #8a1c1c; border: 1px solid #f3c4c4; white-space: pre-wrap; }
-    p.note { color: var(--muted); font-size: 13px; margin: 6px 0; } p.warning { background: #fff6dd; padding: 6px 10px; border-radius: 4px; }
+    pre.error { background: var(--error-bg); color: var(--bad-fg); border: 1px solid var(--error-line); white-space: pre-wrap; }
+    p.note { color: var(--muted); font-size: 13px; margin: 6px 0; } p.warning { background: var(--warning-bg); color: var(--fg); padding: 6px 10px; border-radius: 4px; }
     .metrics { display: flex; flex-wrap: wrap; gap: 8px; margin: 8px 0; }
     .metric { border: 1px solid var(--line); border-radius: 6px; padding: 4px 10px; display: flex; flex-direction: column; min-width: 90px; }
     .metric-name { font-size: 11px; color: var(--muted); } .metric-value { font-weight: 600; font-size: 14px; word-break: break-all; }
     table.out-table { border-collapse: collapse; font-size: 13px; margin: 8px 0; width: 100%; }
     table.out-table caption { text-align: left; color: var(--muted); font-size: 12px; padding-bottom: 4px; }
     table.out-table th, table.out-table td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top; }
-    table.out-table th { background: #f3f3f6; }
+    table.out-table th { background: var(--bg-th); }
     figure.chart { margin: 10px 0; } figure.chart svg { max-width: 100%; height: auto; font-family: "DejaVu Sans", sans-serif; }
-    section.problems { border: 1px solid #f3c4c4; background: #fdf4f4; border-radius: 6px; padding: 6px 16px; margin-bottom: 16px; }
+    section.problems { border: 1px solid var(--error-line); background: var(--problems-bg); border-radius: 6px; padding: 6px 16px; margin-bottom: 16px; }
     footer { margin-top: 40px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line); padding-top: 8px; }
 
     """
+
+    /// `--series-0: #1f77b4; --series-1: …` for the chart palette of one scheme.
+    static func seriesVariables(_ palette: [String]) -> String {
+        palette.enumerated().map { "--series-\($0.offset): \($0.element);" }.joined(separator: " ")
+    }
 }

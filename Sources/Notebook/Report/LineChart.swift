@@ -59,8 +59,24 @@ public struct LineChart: Codable, Equatable, Sendable {
         self.series = series
     }
 
-    /// Colours for up to eight series; later ones cycle.
-    static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    /// Colours for up to eight series; later ones cycle. Each has at least 3:1 contrast
+    /// with the white chart background (WCAG's minimum for graphics).
+    static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#d46a00", "#9467bd", "#8c564b", "#c94ea6", "#0e8f9c"]
+    /// The same hues for a dark background (the report's `prefers-color-scheme: dark`),
+    /// each at least 3:1 against it.
+    static let darkPalette = ["#5aa9e6", "#ff6b6b", "#5cc85c", "#ffa24a", "#b89bf0", "#c99a8a", "#f58fd4", "#3fd0dc"]
+
+    /// Colours are presentation attributes (what a standalone SVG viewer uses) plus an
+    /// inline style reading the report's CSS variable with the same colour as fallback, so
+    /// the report's stylesheet can switch the chart to its dark scheme without a script:
+    /// ` fill="#333" style="fill:var(--chart-fg,#333)"`.
+    static func paint(_ property: String, _ variable: String, _ color: String) -> String {
+        " \(property)=\"\(color)\" style=\"\(property):var(--\(variable),\(color))\""
+    }
+
+    static func seriesPaint(_ property: String, _ index: Int) -> String {
+        paint(property, "series-\(index % palette.count)", palette[index % palette.count])
+    }
 
     func usable(_ p: Point) -> Bool {
         p.x.isFinite && p.y.isFinite && (yScale == .linear || p.y > 0)
@@ -76,14 +92,14 @@ public struct LineChart: Codable, Equatable, Sendable {
         let plotW = width - left - right, plotH = height - top - bottom
         var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart\" viewBox=\"0 0 \(f(width)) \(f(height))\" width=\"\(f(width))\" height=\"\(f(height))\" role=\"img\" aria-label=\"\(HTML.escape(title))\">\n"
         out += "<title>\(HTML.escape(title))</title>\n"
-        out += "<rect x=\"0\" y=\"0\" width=\"\(f(width))\" height=\"\(f(height))\" fill=\"#ffffff\"/>\n"
-        out += "<text x=\"\(f(left + plotW / 2))\" y=\"20\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\">\(HTML.escape(title))</text>\n"
+        out += "<rect x=\"0\" y=\"0\" width=\"\(f(width))\" height=\"\(f(height))\"\(Self.paint("fill", "chart-bg", "#ffffff"))/>\n"
+        out += "<text x=\"\(f(left + plotW / 2))\" y=\"20\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\"\(Self.paint("fill", "chart-title", "#000000"))>\(HTML.escape(title))</text>\n"
 
         let points = series.flatMap(\.points).filter(usable)
         guard let xMin = points.map(\.x).min(), let xMax = points.map(\.x).max(),
               let yMin = points.map(\.y).min(), let yMax = points.map(\.y).max()
         else {
-            out += "<text x=\"\(f(left + plotW / 2))\" y=\"\(f(top + plotH / 2))\" text-anchor=\"middle\" fill=\"#777\">no data</text>\n</svg>"
+            out += "<text x=\"\(f(left + plotW / 2))\" y=\"\(f(top + plotH / 2))\" text-anchor=\"middle\"\(Self.paint("fill", "chart-muted", "#6b6b70"))>no data</text>\n</svg>"
             return out
         }
         let xAxis = Axis.linear(xMin, xMax)
@@ -92,18 +108,18 @@ public struct LineChart: Codable, Equatable, Sendable {
         func py(_ y: Double) -> Double { top + (1 - yAxis.fraction(y)) * plotH }
 
         // Grid, ticks and labels.
-        out += "<g class=\"axes\" font-size=\"11\" fill=\"#333\">\n"
+        out += "<g class=\"axes\" font-size=\"11\"\(Self.paint("fill", "chart-fg", "#333"))>\n"
         for t in yAxis.ticks {
             let y = py(t)
-            out += "<line x1=\"\(f(left))\" y1=\"\(f(y))\" x2=\"\(f(left + plotW))\" y2=\"\(f(y))\" stroke=\"#e5e5e5\"/>"
+            out += "<line x1=\"\(f(left))\" y1=\"\(f(y))\" x2=\"\(f(left + plotW))\" y2=\"\(f(y))\"\(Self.paint("stroke", "chart-grid", "#e5e5e5"))/>"
             out += "<text x=\"\(f(left - 6))\" y=\"\(f(y + 4))\" text-anchor=\"end\">\(yAxis.label(t))</text>\n"
         }
         for t in xAxis.ticks {
             let x = px(t)
-            out += "<line x1=\"\(f(x))\" y1=\"\(f(top + plotH))\" x2=\"\(f(x))\" y2=\"\(f(top + plotH + 5))\" stroke=\"#333\"/>"
+            out += "<line x1=\"\(f(x))\" y1=\"\(f(top + plotH))\" x2=\"\(f(x))\" y2=\"\(f(top + plotH + 5))\"\(Self.paint("stroke", "chart-fg", "#333"))/>"
             out += "<text x=\"\(f(x))\" y=\"\(f(top + plotH + 18))\" text-anchor=\"middle\">\(xAxis.label(t))</text>\n"
         }
-        out += "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(plotW))\" height=\"\(f(plotH))\" fill=\"none\" stroke=\"#333\"/>\n"
+        out += "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(plotW))\" height=\"\(f(plotH))\" fill=\"none\"\(Self.paint("stroke", "chart-fg", "#333"))/>\n"
         out += "<text x=\"\(f(left + plotW / 2))\" y=\"\(f(height - 8))\" text-anchor=\"middle\" font-size=\"12\">\(HTML.escape(xLabel))</text>\n"
         let yLabelText = yScale == .log ? "\(yLabel) (log scale)" : yLabel
         out += "<text transform=\"translate(16 \(f(top + plotH / 2))) rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">\(HTML.escape(yLabelText))</text>\n"
@@ -111,7 +127,6 @@ public struct LineChart: Codable, Equatable, Sendable {
 
         // Series: one path per unbroken run of usable points.
         for (i, s) in series.enumerated() {
-            let color = Self.palette[i % Self.palette.count]
             out += "<g class=\"series\" data-name=\"\(HTML.escape(s.name))\">"
             var runs: [[Point]] = [[]]
             for p in s.points {
@@ -119,10 +134,10 @@ public struct LineChart: Codable, Equatable, Sendable {
             }
             for run in runs where !run.isEmpty {
                 if run.count == 1 {
-                    out += "<circle cx=\"\(f(px(run[0].x)))\" cy=\"\(f(py(run[0].y)))\" r=\"2.5\" fill=\"\(color)\"/>"
+                    out += "<circle cx=\"\(f(px(run[0].x)))\" cy=\"\(f(py(run[0].y)))\" r=\"2.5\"\(Self.seriesPaint("fill", i))/>"
                 } else {
                     let d = run.enumerated().map { "\($0.offset == 0 ? "M" : "L")\(f(px($0.element.x))) \(f(py($0.element.y)))" }.joined(separator: " ")
-                    out += "<path d=\"\(d)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.8\"/>"
+                    out += "<path d=\"\(d)\" fill=\"none\"\(Self.seriesPaint("stroke", i)) stroke-width=\"1.8\"/>"
                 }
             }
             out += "</g>\n"
@@ -130,11 +145,11 @@ public struct LineChart: Codable, Equatable, Sendable {
 
         // Legend.
         if legendWidth > 0 {
-            out += "<g class=\"legend\" font-size=\"11\">\n"
+            out += "<g class=\"legend\" font-size=\"11\"\(Self.paint("fill", "chart-title", "#000000"))>\n"
             for (i, s) in series.enumerated() {
                 let y = top + 8 + Double(i) * 18
                 let x = left + plotW + 14
-                out += "<line x1=\"\(f(x))\" y1=\"\(f(y))\" x2=\"\(f(x + 18))\" y2=\"\(f(y))\" stroke=\"\(Self.palette[i % Self.palette.count])\" stroke-width=\"3\"/>"
+                out += "<line x1=\"\(f(x))\" y1=\"\(f(y))\" x2=\"\(f(x + 18))\" y2=\"\(f(y))\"\(Self.seriesPaint("stroke", i)) stroke-width=\"3\"/>"
                 out += "<text x=\"\(f(x + 24))\" y=\"\(f(y + 4))\">\(HTML.escape(s.name))</text>\n"
             }
             out += "</g>\n"

@@ -40,6 +40,12 @@ extension Nb {
         @Flag(help: "List the cells (number, id, step, line, last status) and exit.")
         var list = false
 
+        @Flag(name: [.customLong("explain"), .customLong("dry-run")], help: "Print, for each cell, whether it would be reused or run and why (which parameter, input file or slot it reads changed); run nothing.")
+        var explain = false
+
+        @Flag(help: "Run, then re-run what changed on every save of the notebook or of a file a cell reads, rewriting the report; Ctrl-C stops.")
+        var watch = false
+
         @Option(name: .customLong("param"), help: ArgumentHelp("Override a notebook parameter declared in its `nb parameters` cell.", valueName: "key=value"))
         var parameters: [String] = []
 
@@ -53,6 +59,8 @@ extension Nb {
             if cell != nil && from != nil { throw ValidationError("--cell and --from cannot be used together") }
             if fresh && cell != nil { throw ValidationError("--fresh re-runs everything; it cannot be combined with --cell") }
             for p in parameters where !p.contains("=") { throw ValidationError("--param \(p): expected key=value") }
+            if watch && (explain || list) { throw ValidationError("--watch runs the notebook; it cannot be combined with --explain or --list") }
+            if watch && (cell != nil || from != nil || fresh) { throw ValidationError("--watch re-runs what changed; use it without --cell, --from or --fresh") }
         }
 
         func run() throws {
@@ -63,13 +71,43 @@ extension Nb {
             options.fromCell = from
             options.parameterOverrides = parameters
             options.allowRawHTML = allowHTML
+            options.explain = explain
             options.invocation = (["nb"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
             if list {
                 try listCells(url: url, options: options)
                 return
             }
+            if watch { watchLoop(url: url, options: options) }
             let result = NotebookRunner(notebook: url, displayPath: notebook, options: options).run()
             if result.exitCode != 0 { throw ExitCode(result.exitCode) }
+        }
+
+        /// `--watch`: run, wait for a change to the notebook or to a file a cell reads (polled
+        /// every 0.25 s by size and modification time), run again (reusing what did not
+        /// change), forever. Ctrl-C while a cell runs leaves the report of an interrupted run;
+        /// between runs it leaves the last complete report and exits 0.
+        func watchLoop(url: URL, options: RunOptions) -> Never {
+            func stamp(_ files: [URL]) -> [String] {
+                files.map { f in
+                    let a = try? FileManager.default.attributesOfItem(atPath: f.path)
+                    return "\((a?[.size] as? NSNumber)?.intValue ?? -1) \((a?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? -1)"
+                }
+            }
+            var cycle = 0
+            while true {
+                cycle += 1
+                let runner = NotebookRunner(notebook: url, displayPath: notebook, options: options)
+                let result = runner.run(watching: true)
+                let records = result.manifest?.cells ?? []
+                func count(_ s: CellStatus) -> Int { records.filter { $0.status == s }.count }
+                let files = [url] + runner.inputFiles
+                options.log("nb: watch cycle \(cycle): \(count(.ran)) ran, \(count(.reused)) reused"
+                    + (count(.failed) > 0 ? ", \(count(.failed)) failed" : "") + (result.exitCode == 2 ? " (invalid notebook)" : "")
+                    + "; watching \(files.count) file\(files.count == 1 ? "" : "s") (Ctrl-C stops)\n")
+                let before = stamp(files)
+                repeat { usleep(250_000) } while stamp(files) == before
+                usleep(150_000)  // let an editor finish writing
+            }
         }
 
         func listCells(url: URL, options: RunOptions) throws {

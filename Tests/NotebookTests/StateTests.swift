@@ -73,9 +73,9 @@ private struct TemporaryDirectory {
     static func sampleSnapshot(key: String = "k0123abcd") -> CellSnapshot {
         var state = SessionState()
         state.parameters = ["epochs": "20", "lr": "2e-3"]
-        state.datasets["train"] = DatasetReference(
+        state.setDataset("train", DatasetReference(
             path: "/data/what_is_fhe.txt", displayPath: "data/what_is_fhe.txt",
-            sha256: String(repeating: "ab", count: 32), format: .qa, exampleCount: 40)
+            sha256: String(repeating: "ab", count: 32), format: .qa, exampleCount: 40))
         let chart = LineChart(title: "Lengths", xLabel: "example", yLabel: "chars", yScale: .log, series: [
             LineChart.Series(name: "question", values: [12, 40.5, 7]),
             LineChart.Series(name: "answer", points: [.init(1, 0.1), .init(2.5, 1e6)]),

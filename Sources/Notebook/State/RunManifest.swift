@@ -27,6 +27,8 @@ public struct CellRecord: Codable, Equatable, Sendable {
     /// The process's peak resident memory while this cell ran, in MiB (where Linux lets the
     /// runner reset the peak before each cell; nil for cells that did not run).
     public var peakMemoryMB: Double?
+    /// What its key was made of (for `nb run --explain` to say what changed since).
+    public var parts: CellKeyParts?
     /// Why it was reused, re-run, or not run.
     public var note: String?
     public var error: String?
@@ -36,6 +38,18 @@ public struct CellRecord: Codable, Equatable, Sendable {
         (self.index, self.name, self.id, self.step, self.line, self.key, self.status) = (index, name, id, step, line, key, status)
         (self.duration, self.finishedAt, self.note, self.error) = (duration, finishedAt, note, error)
     }
+}
+
+/// The parts of a cell's key: its step and parameters, its input files, and the versions of
+/// the session slots it reads (a version is the key of the cell that wrote the slot).
+public struct CellKeyParts: Codable, Equatable, Sendable {
+    public var step: String
+    /// SHA-256 of the canonical parameters.
+    public var parameters: String
+    /// Input file path → SHA-256 ("missing" when absent).
+    public var inputs: [String: String]
+    /// Slot (as ``SessionSlot/description`` writes it) → version.
+    public var reads: [String: String]
 }
 
 /// `outputs/.nb/<notebook>/manifest.json`: what the latest run did with every cell.

@@ -72,25 +72,136 @@ public struct DeploymentReference: Codable, Equatable, Sendable {
     public var clientDirectory: URL { URL(fileURLWithPath: path).appendingPathComponent(DeploymentLayout.clientFolder, isDirectory: true) }
 }
 
+/// One named part of ``SessionState``: what a step reads and writes. A cell's cache key
+/// holds the versions of the slots its step reads, so an edit re-runs exactly the cells that
+/// read, directly or through others, what the edited cell writes.
+public enum SessionSlot: Hashable, Comparable, Sendable, CustomStringConvertible {
+    case parameters, model, adapter, hybrid, deployment
+    /// One data set, by its name in the notebook.
+    case dataset(String)
+
+    public var description: String {
+        switch self {
+        case .parameters: "parameters"
+        case .model: "model"
+        case .adapter: "adapter"
+        case .hybrid: "hybrid plan"
+        case .deployment: "deployment"
+        case .dataset(let name): "data set '\(name)'"
+        }
+    }
+
+    /// The fixed slots (data sets come by name).
+    public static let fixed: [SessionSlot] = [.parameters, .model, .adapter, .hybrid, .deployment]
+}
+
+/// What a step declares it reads and writes of the session state.
+public struct StepDataflow: Equatable, Sendable {
+    public var reads: Set<SessionSlot>
+    public var writes: Set<SessionSlot>
+    public init(reads: Set<SessionSlot> = [], writes: Set<SessionSlot> = []) { (self.reads, self.writes) = (reads, writes) }
+}
+
+/// Records which slots a step touched (for the declaration test and for checks).
+public final class SlotAccessLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _reads = Set<SessionSlot>(), _writes = Set<SessionSlot>()
+    /// A read of the whole set of data sets (their names), not of one by name.
+    private var _allDatasets = false
+    public init() {}
+    public var reads: Set<SessionSlot> { lock.withLock { _reads } }
+    public var writes: Set<SessionSlot> { lock.withLock { _writes } }
+    public var readAllDatasets: Bool { lock.withLock { _allDatasets } }
+    /// A read of what the step itself wrote earlier is no dependency on earlier cells.
+    func read(_ s: SessionSlot) { lock.withLock { if !_writes.contains(s) { _reads.insert(s) } } }
+    func wrote(_ s: SessionSlot) { lock.withLock { _ = _writes.insert(s) } }
+    func readDatasets() { lock.withLock { _allDatasets = true } }
+}
+
 /// The state carried from cell to cell and snapshotted after each one.
 ///
 /// Only small values and references to immutable inputs live here; large derived things
-/// (loaded examples, later models) are rebuilt from the references on demand.
+/// (loaded examples, later models) are rebuilt from the references on demand. Each field is
+/// a ``SessionSlot``; reads and writes go to ``accessLog`` when one is attached.
 public struct SessionState: Codable, Equatable, Sendable {
-    /// Notebook parameters after `--param` overrides.
-    public var parameters: [String: String] = [:]
-    /// Data sets by name.
-    public var datasets: [String: DatasetReference] = [:]
-    /// The model loaded by `load_model`, if any.
-    public var model: ModelReference?
-    /// The LoRA adapter on that model (from `inject_lora`, `train` or `load_adapter`), if any.
-    public var adapter: AdapterReference?
-    /// The client/server split and quantization fixed by `compile_hybrid`, if any.
-    public var hybrid: HybridPlan?
-    /// The deployment saved or loaded, if any.
-    public var deployment: DeploymentReference?
+    struct Values: Codable, Equatable, Sendable {
+        var parameters: [String: String] = [:]
+        var datasets: [String: DatasetReference] = [:]
+        var model: ModelReference?
+        var adapter: AdapterReference?
+        var hybrid: HybridPlan?
+        var deployment: DeploymentReference?
+    }
+    private var values = Values()
+    /// Where reads and writes are recorded (not part of the state: never coded or compared).
+    public var accessLog: SlotAccessLog?
 
     public init() {}
+    public init(from decoder: Decoder) throws { values = try Values(from: decoder) }
+    public func encode(to encoder: Encoder) throws { try values.encode(to: encoder) }
+    public static func == (a: SessionState, b: SessionState) -> Bool { a.values == b.values }
+
+    /// Notebook parameters after `--param` overrides.
+    public var parameters: [String: String] {
+        get { accessLog?.read(.parameters); return values.parameters }
+        set { accessLog?.wrote(.parameters); values.parameters = newValue }
+    }
+    /// Data sets by name (reading this reads every data set's slot; prefer ``dataset(_:)``).
+    public var datasets: [String: DatasetReference] { accessLog?.readDatasets(); return values.datasets }
+    /// The data set named `name`.
+    public func dataset(_ name: String) -> DatasetReference? { accessLog?.read(.dataset(name)); return values.datasets[name] }
+    public mutating func setDataset(_ name: String, _ reference: DatasetReference?) {
+        accessLog?.wrote(.dataset(name))
+        values.datasets[name] = reference
+    }
+    /// The model loaded by `load_model`, if any.
+    public var model: ModelReference? {
+        get { accessLog?.read(.model); return values.model }
+        set { accessLog?.wrote(.model); values.model = newValue }
+    }
+    /// The LoRA adapter on that model (from `inject_lora`, `train` or `load_adapter`), if any.
+    public var adapter: AdapterReference? {
+        get { accessLog?.read(.adapter); return values.adapter }
+        set { accessLog?.wrote(.adapter); values.adapter = newValue }
+    }
+    /// The client/server split and quantization fixed by `compile_hybrid`, if any.
+    public var hybrid: HybridPlan? {
+        get { accessLog?.read(.hybrid); return values.hybrid }
+        set { accessLog?.wrote(.hybrid); values.hybrid = newValue }
+    }
+    /// The deployment saved or loaded, if any.
+    public var deployment: DeploymentReference? {
+        get { accessLog?.read(.deployment); return values.deployment }
+        set { accessLog?.wrote(.deployment); values.deployment = newValue }
+    }
+
+    /// Every slot that holds something (data sets by name), untracked.
+    public var slots: [SessionSlot] { SessionSlot.fixed + values.datasets.keys.sorted().map { .dataset($0) } }
+
+    /// The slots whose values differ between the two states, untracked.
+    public func slotsDiffering(from other: SessionState) -> Set<SessionSlot> {
+        var out = Set<SessionSlot>()
+        let (a, b) = (values, other.values)
+        if a.parameters != b.parameters { out.insert(.parameters) }
+        if a.model != b.model { out.insert(.model) }
+        if a.adapter != b.adapter { out.insert(.adapter) }
+        if a.hybrid != b.hybrid { out.insert(.hybrid) }
+        if a.deployment != b.deployment { out.insert(.deployment) }
+        for name in Set(a.datasets.keys).union(b.datasets.keys) where a.datasets[name] != b.datasets[name] { out.insert(.dataset(name)) }
+        return out
+    }
+
+    /// Sets `slot` to its value in `other`, untracked (restoring a slot from its writer's snapshot).
+    public mutating func copy(_ slot: SessionSlot, from other: SessionState) {
+        switch slot {
+        case .parameters: values.parameters = other.values.parameters
+        case .model: values.model = other.values.model
+        case .adapter: values.adapter = other.values.adapter
+        case .hybrid: values.hybrid = other.values.hybrid
+        case .deployment: values.deployment = other.values.deployment
+        case .dataset(let name): values.datasets[name] = other.values.datasets[name]
+        }
+    }
 }
 
 /// The working state of one run: the snapshot-able ``SessionState`` plus caches of large
@@ -115,7 +226,7 @@ public final class Session {
 
     /// Remembers a data set loaded by a step.
     public func register(_ dataset: Dataset, as name: String, reference: DatasetReference) {
-        state.datasets[name] = reference
+        state.setDataset(name, reference)
         loadedDatasets[reference.cacheKey] = dataset
     }
 
@@ -123,7 +234,7 @@ public final class Session {
     /// has not read it yet (e.g. after a reused cell). The file must still have the digest
     /// it had when it was loaded.
     public func dataset(named name: String) throws -> Dataset {
-        guard let reference = state.datasets[name] else {
+        guard let reference = state.dataset(name) else {
             throw SessionError.unknownDataset(name, known: state.datasets.keys.sorted())
         }
         if let cached = loadedDatasets[reference.cacheKey] { return cached }

@@ -11,6 +11,7 @@ import Foundation
 /// ```
 public enum SaveDeploymentStep: Step {
     public static let name = "save_deployment"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .adapter, .hybrid, .deployment], writes: [.deployment]) }
     public static let summary = "write the hybrid model as a server folder (quantized remote weights) and a client folder (the rest, adapter, key)"
 
     public struct Parameters: StepParameters {
@@ -97,6 +98,7 @@ public enum SaveDeploymentStep: Step {
 /// ```
 public enum LoadDeploymentStep: Step {
     public static let name = "load_deployment"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [], writes: [.model, .adapter, .hybrid, .deployment]) }
     public static let summary = "load a deployment's client folder (no frozen matrices): its model part, plan, adapter and key"
 
     public struct Parameters: StepParameters {

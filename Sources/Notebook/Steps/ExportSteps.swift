@@ -13,6 +13,7 @@ import Foundation
 /// ```
 public enum SaveMergedStep: Step {
     public static let name = "save_merged"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .adapter, .deployment], writes: []) }
     public static let summary = "save the model with its adapter merged, as safetensors (transformers) or GGUF (llama.cpp)"
 
     public struct Parameters: StepParameters {

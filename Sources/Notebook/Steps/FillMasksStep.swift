@@ -13,6 +13,7 @@ import Foundation
 /// ```
 public enum FillMasksStep: Step {
     public static let name = "fill_masks"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .adapter, .hybrid, .deployment], writes: []) }
     public static let summary = "offline phase of the masked protocol: fill the mask store for N tokens"
 
     public enum Directions: String, Codable, CaseIterable, Sendable { case both, forward }

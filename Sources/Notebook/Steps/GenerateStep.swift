@@ -16,6 +16,7 @@ import Foundation
 /// ```
 public enum GenerateStep: Step {
     public static let name = "generate"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .adapter, .hybrid, .deployment], writes: []) }
     public static let summary = "continue prompts with the loaded model (greedy or sampled, KV cache)"
 
     public struct Parameters: StepParameters {
@@ -90,6 +91,13 @@ public enum GenerateStep: Step {
         var decodeSeconds = 0.0
         let progress = context.progress("generate", total: p.prompts.count)
         let adapter = p.adapter ? try context.session.adapter() : nil
+        // A tokenizer larger than the model's embedding (a mismatched pair) is refused here,
+        // with the offending prompt, instead of failing inside the model.
+        for prompt in p.prompts {
+            if let bad = loaded.encodePrompt(prompt, chat: p.chat, qa: p.qa).first(where: { $0 < 0 || $0 >= loaded.model.vocabularySize }) {
+                throw StepFailure(key: "prompts", "the tokenizer gives token \(bad) for \"\(prompt)\", beyond the model's \(loaded.model.vocabularySize) embedding rows: the model and its tokenizer do not match")
+            }
+        }
         func generateAll() {
             let compact = loaded.model.compactDecode
             loaded.model.compactDecode = p.precision == .float16

@@ -15,6 +15,7 @@ import Foundation
 /// ```
 public enum CompileHybridStep: Step {
     public static let name = "compile_hybrid"
+    public static func dataflow(_ p: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .adapter, .deployment, .dataset(p.calibration.data)], writes: [.hybrid]) }
     public static let summary = "choose the remote (server) layers, calibrate, and fix their quantization scheme"
 
     public struct Calibration: Codable, Equatable, Sendable {
@@ -173,6 +174,7 @@ public enum CompileHybridStep: Step {
 /// remote layers are on the server, and the share that leaves the client.
 public enum WeightsReportStep: Step {
     public static let name = "weights_report"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .adapter, .hybrid, .deployment], writes: []) }
     public static let summary = "parameters in total, on the server, on the client and in LoRA"
 
     public struct Parameters: StepParameters {
@@ -215,6 +217,7 @@ public enum WeightsReportStep: Step {
 /// ```
 public enum QuantizationStudyStep: Step {
     public static let name = "quantization_study"
+    public static func dataflow(_ p: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .adapter, .hybrid, .deployment, .dataset(p.data)], writes: []) }
     public static let summary = "train from the same start under several quantization schemes and compare the losses"
 
     public struct Parameters: StepParameters {

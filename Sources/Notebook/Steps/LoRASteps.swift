@@ -58,6 +58,7 @@ public struct TargetModulesSpec: Codable, Equatable, Sendable {
 /// ```
 public enum InjectLoRAStep: Step {
     public static let name = "inject_lora"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .deployment], writes: [.adapter]) }
     public static let summary = "add LoRA adapters (rank, alpha, dropout, target modules) to the loaded model"
 
     public struct Parameters: StepParameters {
@@ -127,6 +128,7 @@ public enum InjectLoRAStep: Step {
 /// ```
 public enum SaveAdapterStep: Step {
     public static let name = "save_adapter"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .adapter], writes: []) }
     public static let summary = "save the LoRA adapter in the PEFT layout"
 
     public struct Parameters: StepParameters {
@@ -169,6 +171,7 @@ public enum SaveAdapterStep: Step {
 /// ```
 public enum LoadAdapterStep: Step {
     public static let name = "load_adapter"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .deployment], writes: [.adapter]) }
     public static let summary = "load a PEFT-layout LoRA adapter onto the loaded model"
 
     public struct Parameters: StepParameters {

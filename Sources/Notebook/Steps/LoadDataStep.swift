@@ -12,6 +12,7 @@ import Foundation
 /// ```
 public enum LoadDataStep: Step {
     public static let name = "load_data"
+    public static func dataflow(_ p: Parameters) -> StepDataflow { StepDataflow(reads: [.model], writes: [.dataset(p.name)]) }
     public static let summary = "read a question/answer .txt or a .jsonl data file and show what is in it"
 
     public struct Parameters: StepParameters {

@@ -11,6 +11,7 @@ import Foundation
 /// ```
 public enum LoadModelStep: Step {
     public static let name = "load_model"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [], writes: [.model, .adapter, .hybrid, .deployment]) }
     public static let summary = "load a GPT-2 or LLaMA-family model (GGUF or safetensors) and its tokenizer"
 
     public enum DType: String, Codable, CaseIterable, Sendable { case float32 }

@@ -36,6 +36,7 @@ struct TrainerSettings {
 /// ```
 public enum LoraTrainerStep: Step {
     public static let name = "lora_trainer"
+    public static func dataflow(_ p: Parameters) -> StepDataflow { StepDataflow(reads: Set([.model, .adapter, .hybrid, .deployment, .dataset(p.data)] + (p.test.map { [SessionSlot.dataset($0)] } ?? [])), writes: [.adapter, .hybrid]) }
     public static let summary = "the high-level LoraTrainer: LoRA, hybrid compile, training, continuations and loss before/after"
 
     public struct Parameters: StepParameters {

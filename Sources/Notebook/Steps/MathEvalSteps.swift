@@ -31,6 +31,7 @@ struct MathEvalSummary: Codable {
 /// client folders too) and `eval_summary_{mode}.json`.
 public enum MathEvalStep: Step {
     public static let name = "math_eval"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .adapter, .hybrid, .deployment], writes: [.adapter]) }
     public static let summary = "fine-tune on generated math word problems in torch, 8bit or 16bit mode; perplexity and exact match before/after"
 
     public enum Precision: String, Codable, CaseIterable, Sendable { case torch, eightBit = "8bit", sixteenBit = "16bit" }
@@ -184,6 +185,7 @@ public enum MathEvalStep: Step {
 /// by side: one table and one chart with every mode's loss curve.
 public enum EvalCompareStep: Step {
     public static let name = "eval_compare"
+    public static func dataflow(_ _: Parameters) -> StepDataflow { StepDataflow(reads: [], writes: []) }
     public static let summary = "compare the math_eval runs of the torch, 8bit and 16bit modes (table + loss curves)"
 
     public struct Parameters: StepParameters {

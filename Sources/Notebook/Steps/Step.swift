@@ -34,6 +34,10 @@ public protocol Step: SendableMetatype {
     static var summary: String { get }
     /// Files the step reads; their contents are hashed into the cell's cache key.
     static func inputs(_ parameters: Parameters, context: StepContext) -> [URL]
+    /// The session slots the step reads and writes with these parameters: a cell's key holds
+    /// the versions of what it reads, and what it writes gets a new version. The runner checks
+    /// every run against this (reading or writing anything else fails the cell).
+    static func dataflow(_ parameters: Parameters) -> StepDataflow
     /// Runs the step, changing `context.session` and appending to `context.outputs`.
     static func run(_ parameters: Parameters, context: StepContext) throws
 }
@@ -50,6 +54,8 @@ public struct PreparedStep: @unchecked Sendable {
     /// The same without the keys that say where the work runs (``locationKeys``): what a
     /// checkpoint belongs to, so that a run resumes on another replica of the server.
     public var computationParameters: String
+    /// What it reads and writes of the session state.
+    public var dataflow: StepDataflow
     let inputs: (StepContext) -> [URL]
     let run: (StepContext) throws -> Void
 }
@@ -91,6 +97,7 @@ public struct StepRegistry: Sendable {
             let canonical = (try? encoder.encode(parameters)).flatMap { String(data: $0, encoding: .utf8) } ?? ""
             return PreparedStep(
                 name: S.name, canonicalParameters: canonical, computationParameters: PreparedStep.withoutLocation(canonical),
+                dataflow: S.dataflow(parameters),
                 inputs: { S.inputs(parameters, context: $0) },
                 run: { try S.run(parameters, context: $0) })
         }

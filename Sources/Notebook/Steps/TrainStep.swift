@@ -8,7 +8,7 @@ struct RowSettings {
 
     func data(_ name: String, key: String, context: StepContext, loaded: LoadedModel) throws -> CausalLMData {
         let dataset = try context.session.dataset(named: name)
-        let path = context.session.state.datasets[name]?.displayPath ?? name
+        let path = context.session.state.dataset(name)?.displayPath ?? name
         do {
             return try CausalLMData(dataset: dataset, tokenizer: loaded.tokenizer,
                                     options: CausalLMDataOptions(maxLength: maxLength, padding: padding),
@@ -50,6 +50,7 @@ struct RowSettings {
 /// next time the notebook runs, and ends with the same adapter as an uninterrupted run.
 public enum TrainStep: Step {
     public static let name = "train"
+    public static func dataflow(_ p: Parameters) -> StepDataflow { StepDataflow(reads: Set([.model, .adapter, .hybrid, .deployment, .dataset(p.data)] + (p.eval.map { [SessionSlot.dataset($0.data)] } ?? [])), writes: [.adapter]) }
     public static let summary = "fine-tune the LoRA adapter (AdamW, schedule, accumulation, clipping, checkpoints)"
 
     public struct EpochGeneration: Codable, Equatable, Sendable {
@@ -227,7 +228,7 @@ public enum TrainStep: Step {
         do { run = try LoRATrainingRun(model: model, adapter: adapter, data: data, settings: settings) } catch {
             switch error {
             case .invalidSettings(let key, _): throw StepFailure(key: key, error.description)
-            default: throw StepFailure(key: "data", "\(context.session.state.datasets[p.data]?.displayPath ?? p.data): \(error.description)")
+            default: throw StepFailure(key: "data", "\(context.session.state.dataset(p.data)?.displayPath ?? p.data): \(error.description)")
             }
         }
         // Resume from this very computation's checkpoint, if an earlier run left one.
@@ -268,7 +269,7 @@ public enum TrainStep: Step {
         func generateSamples(epoch: Int) throws {
             guard let g = p.generate else { return }
             let stops = loaded.stopTokens
-            let qa = g.qa ?? (!g.chat && context.session.state.datasets[p.data]?.format == .qa)
+            let qa = g.qa ?? (!g.chat && context.session.state.dataset(p.data)?.format == .qa)
             func complete(_ prompt: String, _ generate: ([Int]) -> [Int]) {
                 let tokens = generate(loaded.encodePrompt(prompt, chat: g.chat, qa: qa))
                 samples.append(EpochSample(epoch: epoch, prompt: prompt, completion: loaded.tokenizer.decode(tokens.filter { !stops.contains($0) })))
@@ -433,6 +434,7 @@ public enum TrainStep: Step {
 /// ```
 public enum EvaluateStep: Step {
     public static let name = "evaluate"
+    public static func dataflow(_ p: Parameters) -> StepDataflow { StepDataflow(reads: [.model, .adapter, .hybrid, .deployment, .dataset(p.data)], writes: []) }
     public static let summary = "loss and perplexity of the model (with or without its adapter) on a data set"
 
     public struct Parameters: StepParameters {

@@ -277,7 +277,7 @@ void nb_add_float_to_double(const float *x, size_t n, double *acc) {
     for (size_t i = 0; i < n; i++) acc[i] += (double)x[i];
 }
 
-void nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int8_t *w, float base, size_t outputs, double *acc) {
+void nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int8_t *w, float base, size_t outputs, double *acc, size_t acc_stride) {
     int32_t *xi = (int32_t *)malloc(rows * columns * sizeof(int32_t));
     int64_t *xsum = (int64_t *)malloc(rows * sizeof(int64_t));
     if (!xi || !xsum) { free(xi); free(xsum); return; }
@@ -298,7 +298,7 @@ void nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int
                 for (size_t c = c0; c < end; c++) part += xr[c] * (int32_t)wo[c];
                 total += part;
             }
-            acc[r * outputs + o] = (double)(total + b * xsum[r]);
+            acc[r * acc_stride + o] = (double)(total + b * xsum[r]);
         }
     }
     free(xi);

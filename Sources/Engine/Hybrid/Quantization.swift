@@ -282,8 +282,22 @@ public enum IntegerMatmul {
                x.quantizers.allSatisfy({ max(abs($0.qMin), abs($0.qMax)) < 65536 }) {
                 // A few rows (generation, one token at a time): integer sums straight from the
                 // packed bytes, a quarter of the memory traffic of unpacking them.
+                // Two halves of the outputs on two threads (the bytes are read once either way).
+                let parts = O * K >= 1 << 16 ? 2 : 1, step = (O + parts - 1) / parts
                 x.values.withUnsafeBufferPointer { xb in
-                    _ = packed.withBytes { wb in nb_int8_rows_product(xb.baseAddress!, N, K, wb, packed.base, O, &acc) }
+                    acc.withUnsafeMutableBufferPointer { ab in
+                        // Addresses as integers: the buffers outlive the concurrent loop.
+                        let (xa, aa, base) = (Int(bitPattern: xb.baseAddress!), Int(bitPattern: ab.baseAddress!), packed.base)
+                        _ = packed.withBytes { wb in
+                            let wa = Int(bitPattern: wb)
+                            DispatchQueue.concurrentPerform(iterations: parts) { part in
+                                let o0 = part * step, count = min(step, O - o0)
+                                guard count > 0, let xp = UnsafePointer<Float>(bitPattern: xa), let wp = UnsafePointer<Int8>(bitPattern: wa),
+                                      let ap = UnsafeMutablePointer<Double>(bitPattern: aa) else { return }
+                                nb_int8_rows_product(xp, N, K, wp + o0 * K, base, count, ap + o0, O)
+                            }
+                        }
+                    }
                 }
             } else if chunk >= 64 {
                 // Each product is at most 2^24 / chunk, so every partial sum over `chunk`

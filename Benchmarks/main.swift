@@ -450,6 +450,11 @@ try text.write(to: notebookURL, atomically: true, encoding: .utf8)
 rows.append(Row(name: "run after editing one early cell of the 200-cell notebook (no other cell reads what it writes)", value: edited * 1000, unit: "ms",
                 baselineName: "reused run of the unchanged notebook", baseline: reused * 1000, ratio: edited / reused,
                 note: "\(editedRan) of 200 cells ran (dataflow keys; chained keys re-ran 199)"))
+// NB_BENCH_RUNNER_ONLY=1: the runner's rows alone (a quick look), printed without writing outputs/bench.*.
+if ProcessInfo.processInfo.environment["NB_BENCH_RUNNER_ONLY"] == "1" {
+    for r in rows { print(r.name, r.value, r.unit, r.baseline ?? 0, r.note ?? "") }
+    exit(0)
+}
 
 // 4. Models: GPT-2 shape (random weights: the real ones are not reachable here) and SmolLM2 (real).
 let gpt2 = GPT2Model.random(config: GPT2Config(), seed: 1)

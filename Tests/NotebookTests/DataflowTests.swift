@@ -77,10 +77,15 @@ import Testing
         path: adapter
         ```
 
+        ```nb fill_masks id=masks
+        tokens: 64
+        mode: execute
+        ```
+
         """
     }
 
-    static let all: Set<String> = ["1", "model", "data", "extra", "before", "lora", "eval", "hybrid", "weights", "train", "after", "save"]
+    static let all: Set<String> = ["1", "model", "data", "extra", "before", "lora", "eval", "hybrid", "weights", "train", "after", "save", "masks"]
 
     func workspace() throws -> Workspace {
         let w = try Workspace()
@@ -101,15 +106,15 @@ import Testing
         #expect(try ran(w) == Self.all)
         // (edit in the notebook text, the cells that must run)
         let cases: [(String, String, Set<String>)] = [
-            ("epochs: 1\n```", "epochs: 2\n```", ["1", "train", "after", "save"]),
+            ("epochs: 1\n```", "epochs: 2\n```", ["1", "train", "after", "save", "masks"]),
             ("model: \(Self.model)", "model: \(Self.model)\nfallback: smollm2-135m-instruct", Self.all.subtracting(["1"])),
-            ("name: train\n", "name: train\nshow: 1\n", ["data", "hybrid", "weights", "train", "after", "save"]),
+            ("name: train\n", "name: train\nshow: 1\n", ["data", "hybrid", "weights", "train", "after", "save", "masks"]),
             ("limit: 2", "limit: 3", ["extra", "eval"]),
             ("max_tokens: 4\n```\n\n```nb inject_lora", "max_tokens: 5\n```\n\n```nb inject_lora", ["before"]),
-            ("r: 2", "r: 3", ["lora", "eval", "hybrid", "weights", "train", "after", "save"]),
+            ("r: 2", "r: 3", ["lora", "eval", "hybrid", "weights", "train", "after", "save", "masks"]),
             ("data: extra\nmax_length: 32", "data: extra\nmax_length: 24", ["eval"]),
-            ("n_bits: 8", "n_bits: 7", ["hybrid", "weights", "train", "after", "save"]),
-            ("learning_rate: 1e-3", "learning_rate: 2e-3", ["train", "after", "save"]),
+            ("n_bits: 8", "n_bits: 7", ["hybrid", "weights", "train", "after", "save", "masks"]),
+            ("learning_rate: 1e-3", "learning_rate: 2e-3", ["train", "after", "save", "masks"]),
             ("max_tokens: 4\nmode: disable", "max_tokens: 6\nmode: disable", ["after"]),
             ("path: adapter", "path: adapter2", ["save"]),
         ]
@@ -139,7 +144,7 @@ import Testing
         #expect(explained.stderr.contains("load_data · extra (line 17): run: input extra.txt changed"), "\(explained.stderr)")
         #expect(explained.stderr.contains("evaluate · eval (line 35): run: the data set 'extra' it reads changed (written by cell extra, line 17)"), "\(explained.stderr)")
         #expect(explained.stderr.contains("generate · before (line 24): reuse"))
-        #expect(explained.stderr.contains("2 of 12 cells would run"))
+        #expect(explained.stderr.contains("2 of 13 cells would run"))
         #expect(try ran(w) == Self.all, "--explain ran nothing (the manifest is the first run's)")
 
         let run = try w.nb("nb.md")
@@ -158,7 +163,7 @@ import Testing
         #expect(try ran(w) == ["model", "data", "lora", "hybrid", "weights"], "weights needs the model, the adapter, and the plan (which needs the data)")
         #expect(try w.nb("nb.md").code == 0)
         #expect(try w.nb("nb.md", "--from", "lora").code == 0)
-        #expect(try ran(w) == ["lora", "eval", "hybrid", "weights", "train", "after", "save"])
+        #expect(try ran(w) == ["lora", "eval", "hybrid", "weights", "train", "after", "save", "masks"])
         // A snapshot that is gone: its writer runs again, and nothing else.
         let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: w.root.appendingPathComponent("outputs/.nb/nb/manifest.json"))) as! [String: Any]
         let keys = Dictionary(uniqueKeysWithValues: (manifest["cells"] as! [[String: Any]]).map { ($0["name"] as! String, $0["key"] as! String) })
@@ -219,14 +224,14 @@ import Testing
             while !collected.text.contains(text) && Date() < deadline && process.isRunning { usleep(50_000) }
             try #require(collected.text.contains(text), "waited for '\(text)': \(collected.text.suffix(2000))")
         }
-        try waitFor("watch cycle 1: 12 ran, 0 reused")
+        try waitFor("watch cycle 1: 13 ran, 0 reused")
         try w.write("nb.md", Self.notebook.replacingOccurrences(of: "limit: 2", with: "limit: 3"))
-        try waitFor("watch cycle 2: 2 ran, 10 reused")
+        try waitFor("watch cycle 2: 2 ran, 11 reused")
         #expect(try ran(w) == ["extra", "eval"])
         try w.write("nb.md", Self.notebook.replacingOccurrences(of: "learning_rate: 1e-3", with: "learning_rate: 2e-3"))
         // (limit is back to 2: extra and eval are reused from the first cycle's snapshots.)
-        try waitFor("watch cycle 3: 3 ran, 9 reused")
-        #expect(try ran(w) == ["train", "after", "save"])
+        try waitFor("watch cycle 3: 4 ran, 9 reused")
+        #expect(try ran(w) == ["train", "after", "save", "masks"])
         kill(process.processIdentifier, SIGINT)
         process.waitUntilExit()
         errors.fileHandleForReading.readabilityHandler = nil

@@ -28,10 +28,10 @@ extension Nb {
         @Argument(help: "The notebook, a Markdown file.", completion: .file(extensions: ["md"]))
         var notebook: String
 
-        @Option(name: .customLong("cell"), help: ArgumentHelp("Re-run only this cell (id or 1-based number), from the saved state before it.", valueName: "ID|N"))
+        @Option(name: .customLong("cell"), help: ArgumentHelp("Re-run only this cell (id or 1-based number), on what it reads, restored from the cells that wrote it.", valueName: "ID|N"))
         var cell: String?
 
-        @Option(name: .customLong("from"), help: ArgumentHelp("Re-run this cell and every cell after it.", valueName: "ID|N"))
+        @Option(name: .customLong("from"), help: ArgumentHelp("Re-run this cell and the cells that read, directly or through others, what it writes.", valueName: "ID|N"))
         var from: String?
 
         @Flag(help: "Re-run every cell, ignoring saved snapshots.")

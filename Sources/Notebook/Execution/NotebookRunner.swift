@@ -6,7 +6,7 @@ public struct RunOptions: Sendable {
     public var fresh = false
     /// `--cell`: re-run only this cell (id or 1-based number) from the state before it.
     public var onlyCell: String?
-    /// `--from`: re-run this cell and every cell after it.
+    /// `--from`: re-run this cell and the cells that depend on what it writes.
     public var fromCell: String?
     /// `--explain`: print what each cell would do (reuse or run, and why) and run nothing.
     public var explain = false

@@ -277,10 +277,10 @@ void nb_add_float_to_double(const float *x, size_t n, double *acc) {
     for (size_t i = 0; i < n; i++) acc[i] += (double)x[i];
 }
 
-void nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int8_t *w, float base, size_t outputs, double *acc, size_t acc_stride) {
+int nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int8_t *w, float base, size_t outputs, double *acc, size_t acc_stride) {
     int32_t *xi = (int32_t *)malloc(rows * columns * sizeof(int32_t));
     int64_t *xsum = (int64_t *)malloc(rows * sizeof(int64_t));
-    if (!xi || !xsum) { free(xi); free(xsum); return; }
+    if (!xi || !xsum) { free(xi); free(xsum); return -1; }
     for (size_t r = 0; r < rows; r++) {
         int64_t sum = 0;
         for (size_t c = 0; c < columns; c++) { xi[r * columns + c] = (int32_t)x[r * columns + c]; sum += xi[r * columns + c]; }
@@ -303,4 +303,5 @@ void nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int
     }
     free(xi);
     free(xsum);
+    return 0;
 }

@@ -207,6 +207,14 @@ import Testing
             #expect(b.rawBytes(of: info.name) == a.rawBytes(of: info.name), "\(info.name): the same bytes")
         }
         #expect(b.metadata["general.file_type"]?.int == 7)
+        // A NaN weight cannot be block-quantized: a clear error naming the tensor, not a trap.
+        let model = try #require(loaded.model as? LlamaModel)
+        let saved = model.blocks[0].wv[5]
+        model.blocks[0].wv[5] = .nan
+        defer { model.blocks[0].wv[5] = saved }
+        #expect { try ModelExport.export(loaded, adapter: nil, to: dir.appendingPathComponent("nan.gguf"), format: .gguf, precision: .q8_0) } throws: {
+            "\($0)".contains("tensor blk.0.attn_v.weight holds nan at index 5: q8_0 needs finite values")
+        }
         // `source` needs a GGUF base.
         let folderBase = try Self.load(Self.fixtures.appendingPathComponent("reference/tiny-llama").path)
         #expect { try ModelExport.export(folderBase, adapter: nil, to: dir.appendingPathComponent("x.gguf"), format: .gguf, precision: .source) } throws: {

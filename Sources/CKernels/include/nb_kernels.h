@@ -69,7 +69,8 @@ void nb_unpack_i16(const int16_t *src, size_t rows, size_t columns, size_t from,
 /// x (rows, columns) integer-valued Float with |x| < 2^16, w (outputs, columns) packed Int8.
 /// Sums in 32-bit integers over blocks of 128 columns, then in 64-bit: exact for any width.
 /// Rows of acc are acc_stride apart (a range of outputs: pass w and acc offset to its first).
-void nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int8_t *w, float base, size_t outputs, double *acc, size_t acc_stride);
+/// Returns 0, or -1 (acc untouched) when its scratch memory cannot be allocated.
+int nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int8_t *w, float base, size_t outputs, double *acc, size_t acc_stride);
 
 /// acc[i] += (double)x[i] for i < n.
 void nb_add_float_to_double(const float *x, size_t n, double *acc);

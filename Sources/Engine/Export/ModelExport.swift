@@ -201,6 +201,12 @@ public enum ModelExport {
             if !type.fits(shape: t.shape) { type = .f16 }
             return GGUFWriter.Tensor(name: t.name, shape: t.shape, values: t.values, type: type)
         }
+        // Block quantizers need finite values (a NaN or infinity has no integer code).
+        for t in written where [.q8_0, .q4_0, .q4_1].contains(t.type) {
+            if let i = t.values.firstIndex(where: { !$0.isFinite }) {
+                throw ExportError.unsupported(format: "gguf", reason: "tensor \(t.name) holds \(t.values[i]) at index \(i): \(t.type.rawValue) needs finite values (export as f32 or f16)")
+            }
+        }
         try GGUFWriter.write(metadata: metadata, tensors: written, to: file)
         let bytes = ((try? FileManager.default.attributesOfItem(atPath: file.path))?[.size] as? NSNumber)?.intValue ?? 0
         return Summary(files: [(file.lastPathComponent, bytes)], tensors: tensors.count, parameters: tensors.reduce(0) { $0 + $1.values.count },

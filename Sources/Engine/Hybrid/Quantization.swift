@@ -278,7 +278,7 @@ public enum IntegerMatmul {
         var acc = [Double](repeating: 0, count: N * O)
         if N > 0 && O > 0 && K > 0 {
             let chunk = exactFloatChunk(x, w)
-            if N <= PackedIntegers.fewRows, let packed = w.packed, packed.withBytes({ _ in true }) == true,
+            if N <= PackedIntegers.fewRows, let packed = w.packed, packed.isOneBytePerValue,
                x.quantizers.allSatisfy({ max(abs($0.qMin), abs($0.qMax)) < 65536 }) {
                 // A few rows (generation, one token at a time): integer sums straight from the
                 // packed bytes, a quarter of the memory traffic of unpacking them.
@@ -294,7 +294,8 @@ public enum IntegerMatmul {
                                 let o0 = part * step, count = min(step, O - o0)
                                 guard count > 0, let xp = UnsafePointer<Float>(bitPattern: xa), let wp = UnsafePointer<Int8>(bitPattern: wa),
                                       let ap = UnsafeMutablePointer<Double>(bitPattern: aa) else { return }
-                                nb_int8_rows_product(xp, N, K, wp + o0 * K, base, count, ap + o0, O)
+                                let status = nb_int8_rows_product(xp, N, K, wp + o0 * K, base, count, ap + o0, O)
+                                precondition(status == 0, "out of memory for an integer product of \(N) × \(K)")
                             }
                         }
                     }
@@ -373,6 +374,9 @@ public struct PackedIntegers: Sendable {
 
     /// Up to this many rows, products read the packed bytes directly (``IntegerMatmul``).
     static let fewRows = 8
+
+    /// Whether the integers are packed one per byte (Int8).
+    var isOneBytePerValue: Bool { !bytes.isEmpty }
 
     /// The bytes, when the integers are packed one per byte.
     func withBytes<R>(_ body: (UnsafePointer<Int8>) -> R) -> R? {

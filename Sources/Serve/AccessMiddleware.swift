@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import NIOCore
 
 /// What a route learnt about its request, for the access log.
 struct RequestRecord: Sendable {
@@ -14,8 +15,15 @@ struct RequestRecord: Sendable {
 struct ServeRequestContext: RequestContext {
     var coreContext: CoreRequestContextStorage
     let record = Locked(RequestRecord())
+    /// The connection, whose ``ConnectionGuard`` says what the socket took of the answer.
+    let channel: any Channel
 
-    init(source: ApplicationRequestContextSource) { coreContext = .init(source: source) }
+    init(source: ApplicationRequestContextSource) { (coreContext, channel) = (.init(source: source), source.channel) }
+
+    /// The delivery record of this request's connection (nil without a ``ConnectionGuard``).
+    func delivery() async -> AnswerDelivery? {
+        try? await channel.pipeline.handler(type: ConnectionGuard.self).map { $0.delivery }.get()
+    }
 }
 
 /// Wraps every route: checks the bearer token (all routes but the health check), turns the
@@ -54,18 +62,23 @@ struct AccessMiddleware: RouterMiddleware {
             write(request, context, status: nil, bytesOut: 0, started: started, error: "connection dropped: \(error)")
             throw error
         }
-        // The line is written once the body has been sent, with the bytes really written (and
-        // the time the peer took to read them).
+        // The line is written once the body has been written to the socket, with the bytes it
+        // took (and the time the peer took to read them). The writer returns when a piece is
+        // queued, not when it is sent: the connection's guard reports what was sent.
         let (status, body, refusal) = (response.status.code, response.body, failure)
+        response.headers[AnswerDelivery.header] = context.id
         response.body = ResponseBody(contentLength: body.contentLength) { [self] writer in
-            let sent = Locked(0)
-            do {
-                try await body.write(CountingWriter(parent: writer, sent: sent))
-            } catch {
-                self.write(request, context, status: status, bytesOut: sent.value, started: started, error: "answer cut after \(sent.value) bytes: \(error)")
-                throw error
+            var thrown: (any Error)?
+            let queued = Locked(0)
+            do { try await body.write(CountingWriter(parent: writer, queued: queued)) } catch { thrown = error }
+            let outcome = await context.delivery()?.outcome(of: context.id)
+            let bytes = outcome?.bytes ?? queued.value
+            if let reason = thrown.map({ "\($0)" }) ?? outcome?.failure {
+                self.write(request, context, status: status, bytesOut: bytes, started: started, error: "answer cut after \(bytes) bytes: \(reason)")
+            } else {
+                self.write(request, context, status: status, bytesOut: bytes, started: started, error: refusal)
             }
-            self.write(request, context, status: status, bytesOut: sent.value, started: started, error: refusal)
+            if let thrown { throw thrown }
         }
         return response
     }
@@ -101,14 +114,14 @@ struct AccessMiddleware: RouterMiddleware {
     }
 }
 
-/// Passes a body on and counts the bytes whose write completed.
+/// Passes a body on and counts the bytes queued (what was sent, where no guard reports it).
 private struct CountingWriter: ResponseBodyWriter {
     var parent: any ResponseBodyWriter
-    let sent: Locked<Int>
+    let queued: Locked<Int>
 
     mutating func write(_ buffer: ByteBuffer) async throws {
         try await parent.write(buffer)
-        sent.update { $0 += buffer.readableBytes }
+        queued.update { $0 += buffer.readableBytes }
     }
 
     consuming func finish(_ trailingHeaders: HTTPFields?) async throws {

@@ -25,6 +25,13 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPResponsePart
 
     let idle: TimeAmount, drainLimit: TimeAmount, linger: TimeAmount
+    /// What the socket took of each answer, for the access log.
+    let delivery = AnswerDelivery()
+    /// The request id of the answer whose parts are being queued, and the body bytes written
+    /// so far of each answer not yet settled (a next answer may be queued before the last part
+    /// of the one before is written).
+    private var answerID: String?
+    private var written: [String: Int] = [:]
     private var lastProgress = NIODeadline.now()
     private var pendingWrites = 0
     /// A request whose answer has not been sent yet.
@@ -49,6 +56,18 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         idleTimer?.cancel()
         finalTimer?.cancel()
+        connectionGone()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connectionGone()
+        context.fireChannelInactive()
+    }
+
+    private func connectionGone() {
+        for (id, bytes) in written { delivery.settle(id, .init(bytes: bytes, failure: "the connection closed")) }
+        (written, answerID) = ([:], nil)
+        delivery.close()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -66,20 +85,34 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         if case .head(var head) = part, head.status.kind != .informational {
             if quiescing { head.headerFields[.connection] = "close" }
             closeAfterAnswer = head.headerFields[.connection]?.lowercased() == "close"
+            answerID = head.headerFields[AnswerDelivery.header]
+            if let answerID { written[answerID] = 0 }
             part = .head(head)
         }
-        var isEnd = false
-        if case .end = part { isEnd = true }
+        var isEnd = false, bodyBytes = 0
+        switch part {
+        case .end: isEnd = true
+        case .body(let buffer): bodyBytes = buffer.readableBytes
+        case .head: break
+        }
         // The time the answer took to compute is not idle time.
         if pendingWrites == 0 { lastProgress = .now() }
         pendingWrites += 1
-        let written = promise ?? context.eventLoop.makePromise()
-        written.futureResult.assumeIsolated().whenComplete { result in
+        let id = answerID
+        if isEnd { answerID = nil }
+        let done = promise ?? context.eventLoop.makePromise()
+        done.futureResult.assumeIsolated().whenComplete { result in
             self.pendingWrites -= 1
             self.lastProgress = .now()
+            if let id, case .success = result { self.written[id]? += bodyBytes }
+            if isEnd, let id, let bytes = self.written.removeValue(forKey: id) {
+                var failure: String?
+                if case .failure(let error) = result { failure = "\(error)" }
+                self.delivery.settle(id, .init(bytes: bytes, failure: failure))
+            }
             if isEnd, case .success = result { self.answerSent(context) }
         }
-        context.write(wrapOutboundOut(part), promise: written)
+        context.write(wrapOutboundOut(part), promise: done)
     }
 
     private func answerSent(_ context: ChannelHandlerContext) {

@@ -100,6 +100,33 @@ func decodeBytes(_ model: LanguageModel) -> String {
     return "\(Int((Double(total) / 1e6).rounded())) MB (\(detail.joined(separator: ", ")))"
 }
 
+/// The float LoRA training steps against PyTorch + PEFT, each in a child process so its peak
+/// RSS is its own: GPT-2 shape at 1×128 and 4×128, SmolLM2-135M at 1×128.
+func trainStepRows(selfURL: URL) -> [Row] {
+    var rows: [Row] = []
+    for (model, batch, targets, reference, target) in [("gpt2", 1, "c_attn", 0.45, 0.30), ("gpt2", 4, "c_attn", 1.94, 1.3),
+                                                        ("smollm2", 1, "all-linear", 0.70, 0.47)] {
+        guard let (code, out) = try? runProcess(selfURL, ["--train-step", model, String(batch)], in: URL(fileURLWithPath: ".")), code == 0 else {
+            print("bench: the \(model) training step did not run; its row is left out")
+            continue
+        }
+        let f = out.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        let torch = torchBaseline(["--model", model == "gpt2" ? "gpt2" : "llama", "--mode", "train", "--targets", targets,
+                                   "--batch", String(batch), "--seq", "128"])
+        let base = (torch?["step_s_median"] as? Double) ?? reference
+        let label = model == "gpt2" ? "GPT-2-shape" : "SmolLM2-135M"
+        rows.append(Row(name: "\(label) LoRA train step \(batch)×128 (\(targets), r=8)", value: f[0], unit: "s",
+                        baselineName: torch == nil ? "PyTorch 2.3.1 + PEFT (REFERENCE.md figure, not this run)" : "PyTorch + PEFT (bench_torch.py, this run)",
+                        baseline: base, ratio: f[0] / base,
+                        note: String(format: "target ≤ %.2f s, and ≤ 0.7× PyTorch in the same run; ratio < 1: faster than PyTorch", target)))
+        let torchRSS = torch?["peak_rss_MB"] as? Double
+        rows.append(Row(name: "\(label) training \(batch)×128 peak RSS", value: f[1], unit: "MB",
+                        baselineName: torchRSS == nil ? nil : "PyTorch + PEFT (this run)", baseline: torchRSS,
+                        ratio: torchRSS.map { f[1] / $0 }, note: model == "gpt2" && batch == 4 ? "target ≤ 1500 MB" : nil))
+    }
+    return rows
+}
+
 /// Runs shared/baselines/bench_torch.py in the reference venv when both exist; its RESULT json.
 func torchBaseline(_ args: [String]) -> [String: Any]? {
     let python = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/nb-baseline/bin/python")
@@ -313,6 +340,15 @@ if let i = CommandLine.arguments.firstIndex(of: "--soak-rows") {
     exit(0)
 }
 
+// Only the float training-step rows against PyTorch (for a quick look): --train-rows.
+if CommandLine.arguments.contains("--train-rows") {
+    let me = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+    for r in trainStepRows(selfURL: me) {
+        print("\(r.name): \(r.value) \(r.unit)  [\(r.baselineName ?? ""): \(r.baseline.map { "\($0)" } ?? "-"), ratio \(r.ratio.map { String(format: "%.2f", $0) } ?? "-")]  \(r.note ?? "")")
+    }
+    exit(0)
+}
+
 // Only the deployment rows (for a quick look): --deployment-rows.
 if CommandLine.arguments.contains("--deployment-rows") {
     let me = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
@@ -498,25 +534,7 @@ if let (code, out) = try? runProcess(selfURL, ["--load-smollm2"], in: URL(fileUR
 }
 
 // 5. LoRA training steps (float), each in a child process so its peak RSS is its own.
-for (model, batch, targets, reference, target) in [("gpt2", 1, "c_attn", 0.45, 0.30), ("gpt2", 4, "c_attn", 1.94, 1.3),
-                                                    ("smollm2", 1, "all-linear", 0.70, 0.47)] {
-    guard let (code, out) = try? runProcess(selfURL, ["--train-step", model, String(batch)], in: URL(fileURLWithPath: ".")), code == 0 else {
-        print("bench: the \(model) training step did not run; its row is left out")
-        continue
-    }
-    let f = out.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-    let torch = torchBaseline(["--model", model == "gpt2" ? "gpt2" : "llama", "--mode", "train", "--targets", targets,
-                               "--batch", String(batch), "--seq", "128"])
-    let base = (torch?["step_s_median"] as? Double) ?? reference
-    let label = model == "gpt2" ? "GPT-2-shape" : "SmolLM2-135M"
-    rows.append(Row(name: "\(label) LoRA train step \(batch)×128 (\(targets), r=8)", value: f[0], unit: "s",
-                    baselineName: torch == nil ? "PyTorch 2.3.1 + PEFT (REFERENCE.md figure, not this run)" : "PyTorch + PEFT (bench_torch.py, this run)",
-                    baseline: base, ratio: f[0] / base, note: String(format: "target ≤ %.2f s; ratio < 1: faster than PyTorch", target)))
-    let torchRSS = torch?["peak_rss_MB"] as? Double
-    rows.append(Row(name: "\(label) training \(batch)×128 peak RSS", value: f[1], unit: "MB",
-                    baselineName: torchRSS == nil ? nil : "PyTorch + PEFT (this run)", baseline: torchRSS,
-                    ratio: torchRSS.map { f[1] / $0 }, note: model == "gpt2" && batch == 4 ? "target ≤ 1500 MB" : nil))
-}
+rows += trainStepRows(selfURL: selfURL)
 
 // 5b. Gradient checkpointing: the GPT-2-shape step at 4×128 recomputing each block's activations.
 if let plain = rows.first(where: { $0.name.hasPrefix("GPT-2-shape training 4×128 peak RSS") }),

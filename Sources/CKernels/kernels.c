@@ -305,3 +305,61 @@ int nb_int8_rows_product(const float *x, size_t rows, size_t columns, const int8
     free(xsum);
     return 0;
 }
+
+// ---------------------------------------------------------------------------------------
+// LoRA dropout masks. Element i of a mask drawn at generator state s is dropped when the
+// SplitMix64 output at state s + (i+1)·γ, shifted right by 11 (a uniform 53-bit integer u),
+// is below `threshold` = ceil(p·2^53): the very draws of SeededGenerator.nextUnit() < p, one
+// per element, without the sequential dependence (SplitMix64 is a function of its counter).
+
+static inline uint64_t nb_splitmix_output(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+#define NB_DEFINE_DROPOUT(name, attr)                                                           \
+    attr static void dropout_kept_##name(uint64_t state, uint64_t threshold, uint8_t *kept, size_t n) { \
+        for (size_t i = 0; i < n; i++) {                                                        \
+            uint64_t u = nb_splitmix_output(state + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ULL) >> 11; \
+            kept[i] = u >= threshold;                                                           \
+        }                                                                                       \
+    }
+
+NB_DEFINE_DROPOUT(generic, )
+#if defined(__x86_64__)
+NB_DEFINE_DROPOUT(avx512, __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl"))))
+NB_DEFINE_DROPOUT(avx2, __attribute__((target("avx2"))))
+#endif
+
+void nb_dropout_kept(uint64_t state, uint64_t threshold, uint8_t *kept, size_t n) {
+#if defined(__x86_64__)
+    static int level = -1;
+    if (level < 0) {
+        __builtin_cpu_init();
+        level = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
+                 && __builtin_cpu_supports("avx512vl")) ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+    }
+    if (level == 2) return dropout_kept_avx512(state, threshold, kept, n);
+    if (level == 1) return dropout_kept_avx2(state, threshold, kept, n);
+#endif
+    dropout_kept_generic(state, threshold, kept, n);
+}
+
+void nb_mask_multiply(const float *x, const uint8_t *kept, float keep, size_t n, float *out) {
+    for (size_t i = 0; i < n; i++) out[i] = x[i] * (kept[i] ? keep : 0.0f);
+}
+
+void nb_mask_accumulate(const float *src, const uint8_t *kept, float keep, size_t n, float *dst) {
+    for (size_t i = 0; i < n; i++) dst[i] += src[i] * (kept[i] ? keep : 0.0f);
+}
+
+int nb_keep_freed_memory(void) {
+#if defined(__GLIBC__)
+    // Fixed thresholds (glibc's dynamic ones stop at 32 MiB and trim the heap top after each
+    // step): large buffers come from the heap and go back to it.
+    return mallopt(M_MMAP_THRESHOLD, 1 << 30) && mallopt(M_TRIM_THRESHOLD, 0x7fffffff);
+#else
+    return 0;
+#endif
+}

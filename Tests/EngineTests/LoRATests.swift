@@ -114,11 +114,11 @@ func loraError<T>(_ body: () throws(LoRAError) -> T) -> LoRAError? {
         var layer = Self.randomLayer()
         var rng = SeededGenerator(seed: 3)
         let x = InMemoryTensors.normal(count: 4 * 5, std: 1, rng: &rng)
-        let mask = LoRALayer.dropoutMask(count: 20, probability: 0.3, rng: &rng)
+        let mask = LoRALayer.dropout(count: 20, probability: 0.3, rng: &rng)
         for m in [nil, mask] {
             var y = [Float](repeating: 0.25, count: 4 * 3)
             layer.forward(x, rows: 4, mask: m, save: false, into: &y)
-            let expected = Self.naiveDelta(layer, x: x, mask: m, rows: 4)
+            let expected = Self.naiveDelta(layer, x: x, mask: m?.values, rows: 4)
             for i in y.indices { #expect(abs(Double(y[i]) - 0.25 - expected[i]) < 1e-5) }
         }
     }
@@ -130,12 +130,13 @@ func loraError<T>(_ body: () throws(LoRAError) -> T) -> LoRAError? {
         var rng = SeededGenerator(seed: 11)
         let x = InMemoryTensors.normal(count: rows * n, std: 1, rng: &rng)
         let g = InMemoryTensors.normal(count: rows * o, std: 1, rng: &rng)
-        let dropMask = LoRALayer.dropoutMask(count: rows * n, probability: 0.4, rng: &rng)
-        #expect(dropMask.contains(0) && dropMask.contains { $0 > 1 })
-        for mask in [nil, dropMask] {
+        let dropMask = LoRALayer.dropout(count: rows * n, probability: 0.4, rng: &rng)
+        #expect(dropMask.values.contains(0) && dropMask.values.contains { $0 > 1 })
+        for dropout in [nil, dropMask] {
+            let mask = dropout?.values
             var layer = Self.randomLayer()
             var y = [Float](repeating: 0, count: rows * o)
-            layer.forward(x, rows: rows, mask: mask, save: true, into: &y)
+            layer.forward(x, rows: rows, mask: dropout, save: true, into: &y)
             var dX = [Float](repeating: 0.5, count: rows * n)
             layer.backward(x, outputGradient: g, rows: rows, inputGradient: &dX)
 
@@ -176,6 +177,23 @@ func loraError<T>(_ body: () throws(LoRAError) -> T) -> LoRAError? {
         #expect(mask.allSatisfy { $0 == 0 || $0 == Float(1 / 0.9) })
         var again = SeededGenerator(seed: 5)
         #expect(LoRALayer.dropoutMask(count: 100_000, probability: 0.1, rng: &again) == mask)
+    }
+
+    /// The parallel kernel draws exactly what one `nextUnit() < p` per element draws, in
+    /// order, and leaves the generator where those draws leave it: masks (and so training
+    /// runs, checkpoints and resumes) are those of the sequential definition. Lengths that
+    /// are not a multiple of any vector width, probabilities at the edges, and seeds whose
+    /// counter wraps around 2⁶⁴.
+    @Test func dropoutKernelDrawsTheSequentialMasks() {
+        for (seed, count, p) in [(UInt64(5), 100_003, 0.1), (1, 1, 0.5), (7, 37, 0.0), (UInt64.max - 3, 1_000, 0.999),
+                                 (0x9E37_79B9_7F4A_7C15 &* 3, 4_099, 0.25), (42, 65, 1e-17)] {
+            var sequential = SeededGenerator(seed: seed), parallel = sequential
+            let keep = Float(1 / (1 - p))
+            let expected: [Float] = (0..<count).map { _ in sequential.nextUnit() < p ? 0 : keep }
+            let drawn = LoRALayer.dropout(count: count, probability: p, rng: &parallel)
+            #expect(drawn.values == expected, "seed \(seed), \(count) elements, p = \(p)")
+            #expect(parallel == sequential, "seed \(seed): the generator ends where \(count) draws leave it")
+        }
     }
 
     @Test func mergedWeightGivesTheAdaptedOutput() {

@@ -79,4 +79,17 @@ void nb_add_float_to_double(const float *x, size_t n, double *acc);
 /// the C library has no such call. Returns 1 when memory was released.
 int nb_release_free_memory(void);
 
+
+/// LoRA dropout: kept[i] = 1 unless the SplitMix64 draw at counter state + (i+1)·γ, shifted
+/// right by 11, is below threshold (= ceil(p·2^53)); the draws of one nextUnit() per element.
+void nb_dropout_kept(uint64_t state, uint64_t threshold, uint8_t *kept, size_t n);
+/// out[i] = x[i] · (kept[i] ? keep : 0).
+void nb_mask_multiply(const float *x, const uint8_t *kept, float keep, size_t n, float *out);
+/// dst[i] += src[i] · (kept[i] ? keep : 0).
+void nb_mask_accumulate(const float *src, const uint8_t *kept, float keep, size_t n, float *dst);
+/// Makes freed memory stay with the allocator for reuse, however large the block (glibc:
+/// fixed mmap and trim thresholds of 1 GiB and 2 GiB): a training step's large buffers then
+/// reuse the last step's pages instead of mapping, faulting and zeroing fresh ones. Pair with
+/// nb_release_free_memory() where the memory should go back. Returns 1 when set.
+int nb_keep_freed_memory(void);
 #endif

@@ -7,8 +7,11 @@ public struct SeededGenerator: RandomNumberGenerator, Codable, Equatable, Sendab
 
     public init(seed: UInt64) { state = seed }
 
+    /// SplitMix64's counter step (γ): the state after k draws is the seed + k·γ.
+    static let increment: UInt64 = 0x9E37_79B9_7F4A_7C15
+
     public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
+        state &+= Self.increment
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB

@@ -139,15 +139,19 @@ extension Layers {
 
 extension Layers {
     static let geluScale = 0.7978845608028654  // sqrt(2/π)
+    /// The fewest values an element-wise kernel gives one core (smaller calls stay on one).
+    static let elementsPerTask = 1 << 15
     static let geluCubic = 0.044715
 
     /// GELU, tanh approximation (GPT-2's `gelu_new`): y = ½x(1 + tanh(√(2/π)(x + 0.044715x³))).
     /// Saves nothing: the backward reads x. x, y: (count).
     @_specialize(exported: true, where Real == Float)
     public static func geluForward<Real: TrainingScalar>(_ x: UnsafePointer<Real>, _ y: UnsafeMutablePointer<Real>, count: Int) {
-        if Real.self == Float.self {  // the vectorized kernel (float precision, ≤ 2 ulp tanh)
-            return nb_gelu_forward(UnsafeRawPointer(x).assumingMemoryBound(to: Float.self),
-                                   UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), count)
+        if Real.self == Float.self {  // the vectorized kernel (float precision, ≤ 2 ulp tanh), on every core
+            let (x, y) = (UnsafeRawPointer(x).assumingMemoryBound(to: Float.self), UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self))
+            return Parallel.forEach(rows: count, minimumRowsPerTask: elementsPerTask) { r in
+                nb_gelu_forward(x + r.lowerBound, y + r.lowerBound, r.count)
+            }
         }
         let k = Real(geluScale), c = Real(geluCubic)
         for i in 0..<count {
@@ -162,8 +166,11 @@ extension Layers {
     public static func geluBackward<Real: TrainingScalar>(_ dY: UnsafePointer<Real>, x: UnsafePointer<Real>, dX: UnsafeMutablePointer<Real>,
                                                        count: Int) {
         if Real.self == Float.self {
-            return nb_gelu_backward(UnsafeRawPointer(dY).assumingMemoryBound(to: Float.self), UnsafeRawPointer(x).assumingMemoryBound(to: Float.self),
-                                    UnsafeMutableRawPointer(dX).assumingMemoryBound(to: Float.self), count)
+            let (dY, x, dX) = (UnsafeRawPointer(dY).assumingMemoryBound(to: Float.self), UnsafeRawPointer(x).assumingMemoryBound(to: Float.self),
+                               UnsafeMutableRawPointer(dX).assumingMemoryBound(to: Float.self))
+            return Parallel.forEach(rows: count, minimumRowsPerTask: elementsPerTask) { r in
+                nb_gelu_backward(dY + r.lowerBound, x + r.lowerBound, dX + r.lowerBound, r.count)
+            }
         }
         let k = Real(geluScale), c = Real(geluCubic)
         for i in 0..<count {
@@ -179,8 +186,11 @@ extension Layers {
     public static func swiGLUForward<Real: TrainingScalar>(gate: UnsafePointer<Real>, up: UnsafePointer<Real>, _ y: UnsafeMutablePointer<Real>,
                                                         count: Int) {
         if Real.self == Float.self {
-            return nb_swiglu_forward(UnsafeRawPointer(gate).assumingMemoryBound(to: Float.self), UnsafeRawPointer(up).assumingMemoryBound(to: Float.self),
-                                     UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), count)
+            let (gate, up, y) = (UnsafeRawPointer(gate).assumingMemoryBound(to: Float.self), UnsafeRawPointer(up).assumingMemoryBound(to: Float.self),
+                                 UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self))
+            return Parallel.forEach(rows: count, minimumRowsPerTask: elementsPerTask) { r in
+                nb_swiglu_forward(gate + r.lowerBound, up + r.lowerBound, y + r.lowerBound, r.count)
+            }
         }
         for i in 0..<count {
             let g = gate[i]
@@ -195,10 +205,13 @@ extension Layers {
         dGate: UnsafeMutablePointer<Real>, dUp: UnsafeMutablePointer<Real>, count: Int
     ) {
         if Real.self == Float.self {
-            return nb_swiglu_backward(UnsafeRawPointer(dY).assumingMemoryBound(to: Float.self), UnsafeRawPointer(gate).assumingMemoryBound(to: Float.self),
-                                      UnsafeRawPointer(up).assumingMemoryBound(to: Float.self),
-                                      UnsafeMutableRawPointer(dGate).assumingMemoryBound(to: Float.self),
-                                      UnsafeMutableRawPointer(dUp).assumingMemoryBound(to: Float.self), count)
+            let (dY, gate, up) = (UnsafeRawPointer(dY).assumingMemoryBound(to: Float.self), UnsafeRawPointer(gate).assumingMemoryBound(to: Float.self),
+                                  UnsafeRawPointer(up).assumingMemoryBound(to: Float.self))
+            let (dGate, dUp) = (UnsafeMutableRawPointer(dGate).assumingMemoryBound(to: Float.self), UnsafeMutableRawPointer(dUp).assumingMemoryBound(to: Float.self))
+            return Parallel.forEach(rows: count, minimumRowsPerTask: elementsPerTask) { r in
+                let i = r.lowerBound
+                nb_swiglu_backward(dY + i, gate + i, up + i, dGate + i, dUp + i, r.count)
+            }
         }
         for i in 0..<count {
             let g = gate[i]

@@ -33,6 +33,11 @@ extension Layers {
         let n = normalizer ?? counted
         precondition(n >= 0, "normalizer \(n) must not be negative")
         let inv: Real = n > 0 ? 1 / Real(n) : 0
+        if Real.self == Float.self {
+            return Real(floatCrossEntropy(logits: UnsafeRawPointer(logits).assumingMemoryBound(to: Float.self), targets: targets,
+                                          dLogits: dLogits.map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Float.self) },
+                                          rows: N, vocabularySize: V, ignoreIndex: ignoreIndex, inverse: Float(inv)))
+        }
         var loss: Real = 0
         for r in 0..<N {
             let z = logits + r * V, target = targets[r]
@@ -42,19 +47,6 @@ extension Layers {
             }
             precondition(target >= 0 && target < V, "target \(target) at row \(r) outside vocabulary 0..<\(V)")
             let zTarget = z[target]  // read before dLogits, which may alias the logits, is written
-            if Real.self == Float.self {  // the vectorized kernels
-                let zf = UnsafeRawPointer(z).assumingMemoryBound(to: Float.self)
-                let m = nb_max(zf, V)
-                let d = dLogits.map { UnsafeMutableRawPointer($0 + r * V).assumingMemoryBound(to: Float.self) }
-                let sum = nb_exp_shifted(zf, m, d, V)
-                if let d {
-                    let scale = Float(inv) / sum
-                    for j in 0..<V { d[j] *= scale }
-                    d[target] -= Float(inv)
-                }
-                loss += Real(m + logf(sum)) - zTarget
-                continue
-            }
             var m = -Real.infinity
             for j in 0..<V where z[j] > m { m = z[j] }
             var sum: Real = 0
@@ -70,6 +62,44 @@ extension Layers {
             }
             loss += m + Real.log(sum) - zTarget
         }
+        return loss * inv
+    }
+
+    /// The Float cross-entropy with the vectorized kernels, rows split over the cores: each
+    /// row's logsumexp and target logit are kept, then summed in row order, so the loss is
+    /// the same bit for bit as one thread summing row after row.
+    static func floatCrossEntropy(logits: UnsafePointer<Float>, targets: [Int], dLogits: UnsafeMutablePointer<Float>?,
+                                  rows N: Int, vocabularySize V: Int, ignoreIndex: Int, inverse inv: Float) -> Float {
+        for (r, target) in targets.enumerated() where target != ignoreIndex {
+            precondition(target >= 0 && target < V, "target \(target) at row \(r) outside vocabulary 0..<\(V)")
+        }
+        var logSumExp = [Float](repeating: 0, count: N), targetLogit = [Float](repeating: 0, count: N)
+        logSumExp.withUnsafeMutableBufferPointer { lse in
+            targetLogit.withUnsafeMutableBufferPointer { zt in
+                let (lse, zt) = (lse.baseAddress!, zt.baseAddress!)
+                Parallel.forEach(rows: N, minimumRowsPerTask: 8) { range in
+                    for r in range {
+                        let z = logits + r * V, target = targets[r]
+                        guard target != ignoreIndex else {
+                            if let dLogits { (dLogits + r * V).update(repeating: 0, count: V) }
+                            continue
+                        }
+                        zt[r] = z[target]  // read before dLogits, which may alias the logits, is written
+                        let m = nb_max(z, V)
+                        let d = dLogits.map { $0 + r * V }
+                        let sum = nb_exp_shifted(z, m, d, V)
+                        if let d {
+                            let scale = inv / sum
+                            for j in 0..<V { d[j] *= scale }
+                            d[target] -= inv
+                        }
+                        lse[r] = m + logf(sum)
+                    }
+                }
+            }
+        }
+        var loss: Float = 0
+        for r in 0..<N where targets[r] != ignoreIndex { loss += logSumExp[r] - targetLogit[r] }
         return loss * inv
     }
 

@@ -2,6 +2,10 @@
 // conventions (forwards write, backwards accumulate, nil gradients are skipped).
 
 extension Layers {
+    /// The fewest rows a normalization gives one core (rows are independent: the result is
+    /// the same on any number of cores).
+    static let rowsPerTask = 32
+
     /// LayerNorm per row: y = (x − μ)·ρ ⊙ γ + β, with μ = mean(x), ρ = 1/√(var(x) + eps)
     /// (biased variance, as PyTorch).
     ///
@@ -12,7 +16,7 @@ extension Layers {
         _ x: UnsafePointer<Real>, weight: UnsafePointer<Real>, bias: UnsafePointer<Real>, _ y: UnsafeMutablePointer<Real>,
         mean: UnsafeMutablePointer<Real>, rstd: UnsafeMutablePointer<Real>, rows N: Int, width C: Int, eps: Real
     ) {
-        for r in 0..<N {
+        Parallel.forEach(rows: N, minimumRowsPerTask: rowsPerTask) { rows in for r in rows {
             let xr = x + r * C, yr = y + r * C
             var m: Real = 0
             for i in 0..<C { m += xr[i] }
@@ -24,7 +28,7 @@ extension Layers {
             for i in 0..<C { yr[i] = (xr[i] - m) * s * weight[i] + bias[i] }
             mean[r] = m
             rstd[r] = s
-        }
+        } }
     }
 
     /// Backward of ``layerNormForward(_:weight:bias:_:mean:rstd:rows:width:eps:)``.
@@ -38,7 +42,8 @@ extension Layers {
         dX: UnsafeMutablePointer<Real>, dWeight: UnsafeMutablePointer<Real>? = nil, dBias: UnsafeMutablePointer<Real>? = nil,
         rows N: Int, width C: Int
     ) {
-        for r in 0..<N {
+        // Rows on every core, unless γ and β gradients are summed over them.
+        Parallel.forEach(rows: N, minimumRowsPerTask: dWeight == nil && dBias == nil ? rowsPerTask : N) { rows in for r in rows {
             let xr = x + r * C, dyr = dY + r * C, dxr = dX + r * C
             let m = mean[r], s = rstd[r]
             var gMean: Real = 0, gnMean: Real = 0
@@ -55,7 +60,7 @@ extension Layers {
                 if let dWeight { dWeight[i] += dyr[i] * n }
                 if let dBias { dBias[i] += dyr[i] }
             }
-        }
+        } }
     }
 
     /// RMSNorm per row: y = x·ρ ⊙ γ, with ρ = 1/√(mean(x²) + eps).
@@ -66,14 +71,14 @@ extension Layers {
         _ x: UnsafePointer<Real>, weight: UnsafePointer<Real>, _ y: UnsafeMutablePointer<Real>, rstd: UnsafeMutablePointer<Real>,
         rows N: Int, width C: Int, eps: Real
     ) {
-        for r in 0..<N {
+        Parallel.forEach(rows: N, minimumRowsPerTask: rowsPerTask) { rows in for r in rows {
             let xr = x + r * C, yr = y + r * C
             var ss: Real = 0
             for i in 0..<C { ss += xr[i] * xr[i] }
             let s = 1 / (ss / Real(C) + eps).squareRoot()
             for i in 0..<C { yr[i] = xr[i] * s * weight[i] }
             rstd[r] = s
-        }
+        } }
     }
 
     /// Backward of ``rmsNormForward(_:weight:_:rstd:rows:width:eps:)``.
@@ -85,7 +90,7 @@ extension Layers {
         _ dY: UnsafePointer<Real>, x: UnsafePointer<Real>, weight: UnsafePointer<Real>, rstd: UnsafePointer<Real>,
         dX: UnsafeMutablePointer<Real>, dWeight: UnsafeMutablePointer<Real>? = nil, rows N: Int, width C: Int
     ) {
-        for r in 0..<N {
+        Parallel.forEach(rows: N, minimumRowsPerTask: dWeight == nil ? rowsPerTask : N) { rows in for r in rows {
             let xr = x + r * C, dyr = dY + r * C, dxr = dX + r * C
             let s = rstd[r]
             var gnMean: Real = 0
@@ -96,6 +101,6 @@ extension Layers {
                 dxr[i] += s * (dyr[i] * weight[i] - n * gnMean)
                 if let dWeight { dWeight[i] += dyr[i] * n }
             }
-        }
+        } }
     }
 }

@@ -67,9 +67,9 @@ public final class LoRAAdapter {
     /// output (rows, out) += s·dropout(input)·Aᵀ·Bᵀ for input (rows, in) of layer `index`.
     public func forward(at index: Int, input: UnsafePointer<Float>, rows: Int, output: UnsafeMutablePointer<Float>) {
         guard isEnabled else { return }
-        var mask: [Float]? = nil
+        var mask: LoRALayer.Dropout? = nil
         if isTraining && config.dropout > 0 {
-            mask = LoRALayer.dropoutMask(count: rows * layers[index].module.inFeatures, probability: config.dropout, rng: &dropoutGenerator)
+            mask = LoRALayer.dropout(count: rows * layers[index].module.inFeatures, probability: config.dropout, rng: &dropoutGenerator)
         }
         layers[index].forward(input, rows: rows, mask: mask, save: isTraining, into: output)
     }

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// The low-rank update of one linear layer, with its gradients and what its last training
@@ -34,20 +35,22 @@ public struct LoRALayer: Sendable {
     public var gradientA: [Float]
     public var gradientB: [Float]
 
-    /// Saved by a training forward: the dropout mask (T, in) as kept (1) or dropped (0) bytes
-    /// and the kept values' factor 1/(1−p) (nil without dropout; a quarter of the Float mask's
-    /// memory over every adapted layer of a pass), h = x̃·Aᵀ (T, r), T.
-    var savedMaskBytes: [UInt8]?
-    var savedMaskKeep: Float = 1
+    /// An inverted-dropout mask M: each element kept (1) or dropped (0), and the kept values'
+    /// factor 1/(1−p), so M = kept · keep. One byte per element (a quarter of a Float mask's
+    /// memory over every adapted layer of a pass).
+    public struct Dropout: Sendable, Equatable {
+        public var kept: [UInt8]
+        public var keep: Float
+        /// M as Float values, 0 or 1/(1−p).
+        public var values: [Float] { kept.map { $0 == 0 ? 0 : keep } }
+    }
+
+    /// Saved by a training forward: the dropout mask (T, in) (nil without dropout),
+    /// h = x̃·Aᵀ (T, r), T.
+    var savedDropout: Dropout?
     var savedHidden: [Float] = []
     var savedRows = 0
 
-    /// The saved mask as Float values, 0 or 1/(1−p): exactly the forward's.
-    var savedMask: [Float]? {
-        guard let bytes = savedMaskBytes else { return nil }
-        let keep = savedMaskKeep
-        return bytes.map { $0 == 0 ? 0 : keep }
-    }
     public init(module: LinearModule, rank: Int, scale: Float, a: [Float], b: [Float]) {
         precondition(rank > 0, "LoRA rank must be positive, got \(rank)")
         precondition(a.count == rank * module.inFeatures, "\(module.name): lora_A needs (\(rank), \(module.inFeatures)) = \(rank * module.inFeatures) values, got \(a.count)")
@@ -69,18 +72,33 @@ public struct LoRALayer: Sendable {
     /// Parameters: r·in + out·r.
     public var parameterCount: Int { a.count + b.count }
 
-    /// An inverted-dropout mask of `count` values: 0 with probability p, else 1/(1−p).
+    /// An inverted-dropout mask of `count` elements: dropped with probability p, else kept
+    /// with the factor 1/(1−p). Element i is dropped when the i-th `rng.nextUnit()` is below p,
+    /// and `rng` ends where `count` draws leave it; the draws are made in parallel (the
+    /// generator is a counter: see `nb_dropout_kept`).
+    public static func dropout(count: Int, probability p: Double, rng: inout SeededGenerator) -> Dropout {
+        precondition(p >= 0 && p < 1, "dropout probability \(p) outside [0, 1)")
+        // nextUnit() = u · 2⁻⁵³ for a 53-bit integer u, so nextUnit() < p ⟺ u < ⌈p · 2⁵³⌉.
+        let threshold = UInt64((p * 0x1p53).rounded(.up))
+        let kept = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            if count > 0 { nb_dropout_kept(rng.state, threshold, buffer.baseAddress!, count) }
+            initialized = count
+        }
+        rng.state &+= UInt64(count) &* SeededGenerator.increment
+        return Dropout(kept: kept, keep: Float(1 / (1 - p)))
+    }
+
+    /// ``dropout(count:probability:rng:)`` as Float values, 0 or 1/(1−p).
     static func dropoutMask(count: Int, probability p: Double, rng: inout SeededGenerator) -> [Float] {
-        let keep = Float(1 / (1 - p))
-        return (0..<count).map { _ in rng.nextUnit() < p ? 0 : keep }
+        dropout(count: count, probability: p, rng: &rng).values
     }
 
     /// y (rows, out) += s · (x ⊙ mask)·Aᵀ·Bᵀ for x (rows, in). With `save`, keeps the mask
     /// and h for ``backward``.
-    mutating func forward(_ x: UnsafePointer<Float>, rows: Int, mask: [Float]?, save: Bool, into y: UnsafeMutablePointer<Float>) {
+    mutating func forward(_ x: UnsafePointer<Float>, rows: Int, mask: Dropout?, save: Bool, into y: UnsafeMutablePointer<Float>) {
         let n = module.inFeatures, o = module.outFeatures, r = rank
         precondition(rows > 0, "\(module.name): LoRA forward needs at least one row")
-        precondition(mask == nil || mask!.count == rows * n, "\(module.name): dropout mask has \(mask!.count) values for (\(rows), \(n))")
+        precondition(mask == nil || mask!.kept.count == rows * n, "\(module.name): dropout mask has \(mask!.kept.count) values for (\(rows), \(n))")
         var hidden = [Float](repeating: 0, count: rows * r)  // (T, r)
         Self.withMaskedInput(x, rows: rows, mask: mask) { xm in
             BLAS.sgemm(transposeA: false, transposeB: true, m: rows, n: r, k: n, a: xm, lda: n, b: a, ldb: n, c: &hidden, ldc: r)
@@ -88,8 +106,7 @@ public struct LoRALayer: Sendable {
         BLAS.sgemm(transposeA: false, transposeB: true, m: rows, n: o, k: r, alpha: scale, a: hidden, lda: r, b: b, ldb: r,
                    beta: 1, c: y, ldc: o)
         if save {
-            savedMaskBytes = mask.map { m in m.map { $0 == 0 ? 0 : 1 } }
-            savedMaskKeep = mask?.first { $0 != 0 } ?? 1
+            savedDropout = mask
             savedHidden = hidden
             savedRows = rows
         }
@@ -110,7 +127,7 @@ public struct LoRALayer: Sendable {
         BLAS.sgemm(transposeA: false, transposeB: false, m: rows, n: r, k: o, alpha: scale, a: dY, lda: o, b: b, ldb: r,
                    c: &dH, ldc: r)
         // dA (r, in) += dHᵀ (r, T) · x̃ (T, in)
-        let savedMask = self.savedMask
+        let savedMask = savedDropout
         Self.withMaskedInput(x, rows: rows, mask: savedMask) { xm in
             BLAS.sgemm(transposeA: true, transposeB: false, m: r, n: n, k: rows, a: dH, lda: r, b: xm, ldb: n,
                        beta: 1, c: &gradientA, ldc: n)
@@ -120,18 +137,19 @@ public struct LoRALayer: Sendable {
             // dX += (dH·A) ⊙ M
             var dXm = [Float](repeating: 0, count: rows * n)
             BLAS.sgemm(transposeA: false, transposeB: false, m: rows, n: n, k: r, a: dH, lda: r, b: a, ldb: n, c: &dXm, ldc: n)
-            for i in 0..<rows * n { dX[i] += dXm[i] * mask[i] }
+            nb_mask_accumulate(dXm, mask.kept, mask.keep, rows * n, dX)
         } else {
             BLAS.sgemm(transposeA: false, transposeB: false, m: rows, n: n, k: r, a: dH, lda: r, b: a, ldb: n, beta: 1, c: dX, ldc: n)
         }
     }
 
     /// Calls `body` with x itself, or with x ⊙ mask in a temporary buffer.
-    private static func withMaskedInput(_ x: UnsafePointer<Float>, rows: Int, mask: [Float]?, _ body: (UnsafePointer<Float>) -> Void) {
+    private static func withMaskedInput(_ x: UnsafePointer<Float>, rows: Int, mask: Dropout?, _ body: (UnsafePointer<Float>) -> Void) {
         guard let mask else { return body(x) }
-        let masked = [Float](unsafeUninitializedCapacity: mask.count) { buffer, initialized in
-            for i in 0..<mask.count { buffer[i] = x[i] * mask[i] }
-            initialized = mask.count
+        let count = mask.kept.count
+        let masked = [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+            nb_mask_multiply(x, mask.kept, mask.keep, count, buffer.baseAddress!)
+            initialized = count
         }
         body(masked)
     }

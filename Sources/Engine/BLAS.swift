@@ -24,6 +24,18 @@ public enum BLAS {
     /// Threads OpenBLAS uses for one call.
     public static var threads: Int { Int(openblas_get_num_threads()) }
 
+    /// Runs `body` with OpenBLAS on one thread: for products too small to share (OpenBLAS
+    /// splits any product over 262,144 multiply-adds, and for a LoRA update of rank 8 the
+    /// hand-over costs more than the work). The thread count is restored afterwards; a
+    /// caller that finds one thread already set leaves it alone.
+    public static func singleThreaded<R>(_ body: () throws -> R) rethrows -> R {
+        let n = openblas_get_num_threads()
+        guard n > 1 else { return try body() }
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(n) }
+        return try body()
+    }
+
     /// One line for report headers and `nb --version`.
     public static var summary: String {
         "\(configuration); kernel \(coreName); \(threads) thread\(threads == 1 ? "" : "s")"

@@ -71,7 +71,7 @@ public final class LoRAAdapter {
         if isTraining && config.dropout > 0 {
             mask = LoRALayer.dropout(count: rows * layers[index].module.inFeatures, probability: config.dropout, rng: &dropoutGenerator)
         }
-        layers[index].forward(input, rows: rows, mask: mask, save: isTraining, into: output)
+        BLAS.singleThreaded { layers[index].forward(input, rows: rows, mask: mask, save: isTraining, into: output) }
     }
 
     /// Array form of ``forward(at:input:rows:output:)``.
@@ -90,7 +90,7 @@ public final class LoRAAdapter {
     public func backward(at index: Int, input: UnsafePointer<Float>, outputGradient: UnsafePointer<Float>, rows: Int,
                          inputGradient: UnsafeMutablePointer<Float>?) {
         guard isEnabled else { return }
-        layers[index].backward(input, outputGradient: outputGradient, rows: rows, inputGradient: inputGradient)
+        BLAS.singleThreaded { layers[index].backward(input, outputGradient: outputGradient, rows: rows, inputGradient: inputGradient) }
     }
 
     /// Array form of ``backward(at:input:outputGradient:rows:inputGradient:)``.

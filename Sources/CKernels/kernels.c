@@ -353,13 +353,3 @@ void nb_mask_multiply(const float *x, const uint8_t *kept, float keep, size_t n,
 void nb_mask_accumulate(const float *src, const uint8_t *kept, float keep, size_t n, float *dst) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i] * (kept[i] ? keep : 0.0f);
 }
-
-int nb_keep_freed_memory(void) {
-#if defined(__GLIBC__)
-    // Fixed thresholds (glibc's dynamic ones stop at 32 MiB and trim the heap top after each
-    // step): large buffers come from the heap and go back to it.
-    return mallopt(M_MMAP_THRESHOLD, 1 << 30) && mallopt(M_TRIM_THRESHOLD, 0x7fffffff);
-#else
-    return 0;
-#endif
-}

@@ -37,6 +37,11 @@ public enum FHEMemory {
     /// client's peak memory stays near its model plus one call. (By default buffers are kept
     /// for reuse, which is faster for the in-process server.)
     public static func compact() { nb_fhe_compact_allocator() }
+
+    /// Freed buffers of up to 1 GiB stay in the heap for reuse instead of being unmapped and
+    /// faulted in again on the next use (encrypted calls, training steps), unless the process
+    /// asked for ``compact()``, which it keeps.
+    public static func keepFreedBuffers() { nb_fhe_tune_allocator() }
 }
 
 public final class FHEClient: @unchecked Sendable {

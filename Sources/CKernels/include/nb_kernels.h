@@ -87,9 +87,4 @@ void nb_dropout_kept(uint64_t state, uint64_t threshold, uint8_t *kept, size_t n
 void nb_mask_multiply(const float *x, const uint8_t *kept, float keep, size_t n, float *out);
 /// dst[i] += src[i] · (kept[i] ? keep : 0).
 void nb_mask_accumulate(const float *src, const uint8_t *kept, float keep, size_t n, float *dst);
-/// Makes freed memory stay with the allocator for reuse, however large the block (glibc:
-/// fixed mmap and trim thresholds of 1 GiB and 2 GiB): a training step's large buffers then
-/// reuse the last step's pages instead of mapping, faulting and zeroing fresh ones. Pair with
-/// nb_release_free_memory() where the memory should go back. Returns 1 when set.
-int nb_keep_freed_memory(void);
 #endif

@@ -1,4 +1,4 @@
-import CKernels
+import FHE
 import Foundation
 
 /// How a LoRA adapter is trained: the use case's knobs.
@@ -154,8 +154,9 @@ public final class LoRATrainingRun {
         // Each step allocates and frees the same large buffers (activations, logits): with
         // glibc's default thresholds they are mapped, faulted in and zeroed afresh every step
         // (14 % of a GPT-2-shape 4×128 step). Kept by the allocator, they reuse the last
-        // step's pages. The runner returns free memory after each cell (malloc_trim).
-        _ = nb_keep_freed_memory()
+        // step's pages (a remote client that chose compact memory keeps it). The runner
+        // returns free memory after each cell (malloc_trim).
+        FHEMemory.keepFreedBuffers()
     }
 
     /// Optimizer steps per epoch: ⌈batches / accumulation⌉.

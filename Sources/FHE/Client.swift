@@ -71,10 +71,10 @@ public final class FHEClient: @unchecked Sendable {
                         let ws = ring.workspace()
                         var expander = MaskExpander(seed: seed)
                         var a = [UInt64](repeating: 0, count: n), product = a
-                        // Noise for this thread's ciphertexts: rounded Gaussian from OS random words.
+                        // Noise for this thread's ciphertexts: rounded Gaussian from fresh random words.
                         let samples = range.count * rows + 1
                         var noise = [Int64](repeating: 0, count: samples & ~1 + 2), words = [UInt64](repeating: 0, count: noise.count / 2)
-                        words.withUnsafeMutableBufferPointer { SystemRandom.fill(words: $0) }
+                        words.withUnsafeMutableBufferPointer { BulkRandom.fill(words: $0) }
                         nb_fhe_gaussian(words, noise.count, sigma, &noise)
                         for i in range {
                             for g in 0..<groups {

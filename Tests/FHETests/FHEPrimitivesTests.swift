@@ -182,6 +182,38 @@ final class FHEPrimitivesTests: XCTestCase {
         XCTAssertLessThanOrEqual(out.map { abs(Double($0)) }.max()!, 6.67 * 65536)
     }
 
+    /// The vectorized sampler against Box-Muller through libm (Foundation's log, cos, sin): the
+    /// same rounded samples, at random words and at the edges (u1 = 2^-32 and 1, every eighth
+    /// of a turn, where the quadrant reduction switches).
+    func testGaussianSamplerMatchesLibmBoxMuller() {
+        var words = [UInt64](repeating: 0, count: 100_000)
+        words.withUnsafeMutableBufferPointer { BulkRandom.fill(words: $0) }
+        for high: UInt64 in [0, 1, 0x7FFF_FFFF, 0xFFFF_FFFE, 0xFFFF_FFFF] {
+            for eighth: UInt64 in 0..<8 {
+                for nudge: Int64 in [-1, 0, 1] {
+                    let low = UInt64(truncatingIfNeeded: Int64(eighth << 29) + nudge) & 0xFFFF_FFFF
+                    words.append(high << 32 | low)
+                }
+            }
+        }
+        for sigma in [3.2, 65536.0] {
+            var out = [Int64](repeating: 0, count: 2 * words.count)
+            nb_fhe_gaussian(words, out.count, sigma, &out)
+            var differing = 0
+            for (i, r) in words.enumerated() {
+                let u1 = Double((r >> 32) + 1) / 4294967296, u2 = Double(r & 0xFFFF_FFFF) / 4294967296
+                let radius = (-2 * log(u1)).squareRoot() * sigma
+                let expected = [radius * cos(2 * Double.pi * u2), radius * sin(2 * Double.pi * u2)].map { Int64($0.rounded(.toNearestOrEven)) }
+                for j in 0..<2 where out[2 * i + j] != expected[j] {
+                    differing += 1
+                    // Only a value within rounding error of a half-integer may land on the other side.
+                    XCTAssertEqual(Double(out[2 * i + j]), Double(expected[j]), accuracy: 1, "word \(String(r, radix: 16)) σ \(sigma)")
+                }
+            }
+            XCTAssertLessThanOrEqual(differing, 2, "σ \(sigma): \(differing) of \(out.count) samples differ from libm's")
+        }
+    }
+
     func testSecretKeysAreTernaryFreshAndSavedPrivately() throws {
         let p = FHEParameters.glwe2048
         let a = SecretKey.generate(p), b = SecretKey.generate(p)

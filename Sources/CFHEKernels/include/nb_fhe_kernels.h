@@ -64,7 +64,7 @@ void nb_fhe_noise(const uint64_t *body, const uint64_t *product, size_t count, u
                   double *errors, size_t stride);
 
 /// Rounded Gaussian samples of standard deviation sigma from uniform random words (Box-Muller,
-/// two samples per word, n/2 words; n even; tails cut at 6.66 σ).
+/// two samples per word, n/2 words; n even; tails cut at 6.66 σ; σ < 2^47).
 void nb_fhe_gaussian(const uint64_t *random, size_t n, double sigma, int64_t *out);
 
 /// Exact negacyclic products mod (X^N + 1, 2^64) of 64-bit polynomials by a small integer

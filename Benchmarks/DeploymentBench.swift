@@ -72,7 +72,7 @@ func deploymentChildModes() throws -> Bool {
                                                  client: FHEClient(keyring: try Keyring.load(from: client.appendingPathComponent("secret.key"))), transport: transport,
                                                  protocol: masked ? .masked : .he, maskStore: masked ? try MaskStore(directory: maskDirectory) : nil)
         if masked { try backend.prefillMasks(rows: steps * rows * length) }
-        let offline = backend.statistics
+        let offline = backend.statistics, offlinePeak = peakRSSMB()
         let run = try LoRATrainingRun(model: model, adapter: adapter, data: benchData(rows: rows, length: length, vocabulary: loaded.model.vocabularySize),
                                       settings: TrainingSettings(epochs: 1, batchSize: rows, learningRate: 2e-3, shuffle: false,
                                                                  gradientCheckpointing: args.contains("--checkpointing")))
@@ -86,7 +86,7 @@ func deploymentChildModes() throws -> Bool {
             losses.append(Double(record.loss))
         }
         let s = backend.statistics.since(offline), n = Double(steps)
-        print(jsonLine(["step": median(times), "peak": peakRSSMB(), "losses": losses, "encrypt": s.encryptSeconds / n, "server": s.serverSeconds / n,
+        print(jsonLine(["step": median(times), "peak": peakRSSMB(), "offlinePeak": offlinePeak, "losses": losses, "encrypt": s.encryptSeconds / n, "server": s.serverSeconds / n,
                         "onlineSent": Double(s.onlineBytesSent) / n, "onlineReceived": Double(s.onlineBytesReceived) / n,
                         "onlineBytesPerInput": Double(s.onlineBytesSent) / Double(max(s.inputValues, 1)),
                         "onlineBytesPerOutput": Double(s.onlineBytesReceived) / Double(max(s.outputValues, 1)),

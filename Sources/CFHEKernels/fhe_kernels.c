@@ -19,6 +19,20 @@
 #endif
 
 static int nb_fhe_compact = 0;
+// In a compact process: whether buffers are kept between fills (see nb_fhe_compact_between_peaks).
+static int nb_fhe_compact_steady = 0;
+
+static void nb_fhe_apply_compact(void) {
+#if defined(__GLIBC__)
+    if (nb_fhe_compact_steady) {
+        mallopt(M_MMAP_THRESHOLD, 32 << 20);
+        mallopt(M_TRIM_THRESHOLD, 128 << 20);
+    } else {
+        mallopt(M_MMAP_THRESHOLD, 1 << 20);
+        mallopt(M_TRIM_THRESHOLD, 1 << 24);
+    }
+#endif
+}
 
 void nb_fhe_tune_allocator(void) {
 #if defined(__GLIBC__)
@@ -34,11 +48,24 @@ void nb_fhe_compact_allocator(void) {
 #if defined(__GLIBC__)
     // Buffers of 1 MiB and more are mapped and unmapped per call, freed heap memory above
     // 16 MiB goes back to the system, and at most two arenas hold small blocks: slower
-    // calls, but a client whose peak memory is its model plus one call's buffers.
+    // calls, but a client whose peak memory is its model plus one call's buffers. A process
+    // already compact keeps its state (between fills or not).
+    if (nb_fhe_compact) { nb_fhe_apply_compact(); return; }
     nb_fhe_compact = 1;
-    mallopt(M_MMAP_THRESHOLD, 1 << 20);
-    mallopt(M_TRIM_THRESHOLD, 1 << 24);
+    nb_fhe_apply_compact();
     mallopt(M_ARENA_MAX, 2);
+#endif
+}
+
+void nb_fhe_compact_between_peaks(int peak) {
+#if defined(__GLIBC__)
+    if (!nb_fhe_compact) return;
+    nb_fhe_compact_steady = !peak;
+    nb_fhe_apply_compact();
+    // Before a peak, the kept buffers go back first.
+    if (peak) malloc_trim(0);
+#else
+    (void)peak;
 #endif
 }
 

@@ -36,6 +36,17 @@ public enum BLAS {
         return try body()
     }
 
+    /// Ends OpenBLAS's worker threads; its next threaded call starts them again (tens of
+    /// microseconds). After each call OpenBLAS's idle workers spin on `sched_yield` for about
+    /// 2^28 cycles (a tenth of a second) before they sleep, and on a small machine that spin
+    /// takes a core from whatever runs next: an encrypted product's threads in this process,
+    /// or `nb serve`'s on the same machine while this process waits for its answer. Call it
+    /// before such work, never while another thread is inside OpenBLAS.
+    public static func parkWorkers() {
+        guard threads > 1 else { return }
+        _ = blas_thread_shutdown_()
+    }
+
     /// One line for report headers and `nb --version`.
     public static var summary: String {
         "\(configuration); kernel \(coreName); \(threads) thread\(threads == 1 ? "" : "s")"

@@ -14,6 +14,10 @@ long nb_fhe_os_random(void *buffer, size_t count);
 void nb_fhe_tune_allocator(void);
 /// glibc's allocator returns large buffers to the system at once (for memory-bound clients).
 void nb_fhe_compact_allocator(void);
+/// In a compact process (after nb_fhe_compact_allocator): peak != 0 before work with large
+/// buffers (maps them per call, gives kept memory back), 0 after it (keeps buffers of up to
+/// 32 MiB and 128 MiB of free heap). No effect otherwise.
+void nb_fhe_compact_between_peaks(int peak);
 
 /// 1 when the AVX2 paths run on this CPU.
 int nb_fhe_has_avx2(void);

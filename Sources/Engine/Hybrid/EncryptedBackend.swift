@@ -267,6 +267,8 @@ public final class EncryptedLinearBackend: LinearBackend {
             keep = mask.indices.filter { mask[$0] }
         }
         func product(_ x: UnsafeBufferPointer<Float>) -> [Float] {
+            // No OpenBLAS worker spinning beside the product's threads or the server's.
+            BLAS.parkWorkers()
             let q = forward ? plan.quantizedInput(layer, x) : plan.quantizedGradient(layer, x)
             return encryptedProduct(layer.name, direction, q, forward ? m.forward : m.backward, forward ? m.forwardInfo : m.backwardInfo)
         }
@@ -351,6 +353,10 @@ public final class EncryptedLinearBackend: LinearBackend {
     /// The offline product of one segment of pads: encrypted in full ciphertexts with message
     /// modulus 2^k, multiplied by the server's `he` route, decrypted to W·r mod 2^k.
     func offlineProduct(_ stream: Stream, pads: [UInt64]) throws -> [UInt64] {
+        try FHEMemory.largeBuffers { try fullRingProduct(stream, pads: pads) }
+    }
+
+    private func fullRingProduct(_ stream: Stream, pads: [UInt64]) throws -> [UInt64] {
         let spec = stream.spec, k = spec.bits
         let half = UInt64(1) << UInt64(k - 1), modulus = Int64(1) << Int64(k)
         // Centred representatives in [−2^(k−1), 2^(k−1)): the same residues mod 2^k.

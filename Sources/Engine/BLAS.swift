@@ -29,12 +29,30 @@ public enum BLAS {
     /// hand-over costs more than the work). The thread count is restored afterwards; a
     /// caller that finds one thread already set leaves it alone.
     public static func singleThreaded<R>(_ body: () throws -> R) rethrows -> R {
-        let n = openblas_get_num_threads()
-        guard n > 1 else { return try body() }
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(n) }
+        try calling {
+            let n = openblas_get_num_threads()
+            guard n > 1 else { return try body() }
+            openblas_set_num_threads(1)
+            defer { openblas_set_num_threads(n) }
+            return try body()
+        }
+    }
+
+    /// Runs `body`, which calls OpenBLAS, shared with other such callers but never beside
+    /// ``parkWorkers()`` (which ends the threads a call may have handed work to). Reentrant.
+    public static func calling<R>(_ body: () throws -> R) rethrows -> R {
+        pthread_rwlock_rdlock(workersLock)
+        defer { pthread_rwlock_unlock(workersLock) }
         return try body()
     }
+
+    /// Readers: calls into OpenBLAS; the writer: ``parkWorkers()``. glibc's default prefers
+    /// readers, so a thread that holds it to read may take it to read again.
+    nonisolated(unsafe) private static let workersLock: UnsafeMutablePointer<pthread_rwlock_t> = {
+        let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
+        pthread_rwlock_init(lock, nil)
+        return lock
+    }()
 
     /// Ends OpenBLAS's worker threads; its next threaded call starts them again (tens of
     /// microseconds). After each call OpenBLAS's idle workers spin on `sched_yield` for about
@@ -44,6 +62,10 @@ public enum BLAS {
     /// before such work, never while another thread is inside OpenBLAS.
     public static func parkWorkers() {
         guard threads > 1 else { return }
+        // Alone: a call in flight on another thread could have queued work to a worker that
+        // the shutdown would end before it ran it (and two shutdowns at once deadlock).
+        pthread_rwlock_wrlock(workersLock)
+        defer { pthread_rwlock_unlock(workersLock) }
         _ = blas_thread_shutdown_()
     }
 
@@ -55,8 +77,10 @@ public enum BLAS {
     /// y = alpha·op(A)·x + beta·y, A row-major (M, N) (or used as (N, M) when `transpose`).
     public static func sgemv(transpose: Bool, m: Int, n: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                              x: UnsafePointer<Float>, beta: Float = 0, y: UnsafeMutablePointer<Float>) {
-        cblas_sgemv(CblasRowMajor, transpose ? CblasTrans : CblasNoTrans, blasint(m), blasint(n), alpha, a, blasint(lda),
-                    x, 1, beta, y, 1)
+        calling {
+            cblas_sgemv(CblasRowMajor, transpose ? CblasTrans : CblasNoTrans, blasint(m), blasint(n), alpha, a, blasint(lda),
+                        x, 1, beta, y, 1)
+        }
     }
 
     /// C = alpha·op(A)·op(B) + beta·C on row-major Float32 matrices.
@@ -69,11 +93,13 @@ public enum BLAS {
         b: UnsafePointer<Float>, ldb: Int,
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
-        cblas_sgemm(
-            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans,
-            transposeB ? CblasTrans : CblasNoTrans,
-            blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb),
-            beta, c, blasint(ldc))
+        calling {
+            cblas_sgemm(
+                CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans,
+                transposeB ? CblasTrans : CblasNoTrans,
+                blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb),
+                beta, c, blasint(ldc))
+        }
     }
 }
 

@@ -15,6 +15,9 @@ import Testing
     final class FolderTransport: EncryptedTransport {
         let server: ServerDeployment
         var requests: [[UInt8]] = []
+        /// Pieces per online call (the backend splits a call's rows into them).
+        var parts = 1
+        var maskedPipelineParts: Int { parts }
         init(_ server: ServerDeployment) { self.server = server }
         func multiply(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8] {
             requests.append(request)

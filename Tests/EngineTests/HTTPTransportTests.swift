@@ -16,9 +16,16 @@ struct HTTPTransportTests {
     final class FakeServer: @unchecked Sendable {
         let fd: Int32
         let port: Int
-        private let answer: @Sendable (Int32) -> Void
+        private let answer: @Sendable (Int32, [UInt8]) -> Void
 
-        init(answer: @escaping @Sendable (Int32) -> Void) throws {
+        /// One answer per connection, which then closes.
+        convenience init(answer: @escaping @Sendable (Int32) -> Void) throws {
+            try self.init(keepAlive: false, answering: { fd, _ in answer(fd) })
+        }
+
+        /// `answering(fd, request body)`; with `keepAlive`, every request of a connection is
+        /// answered until the client closes it.
+        init(keepAlive: Bool = true, answering answer: @escaping @Sendable (Int32, [UInt8]) -> Void) throws {
             self.answer = answer
             let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var one: Int32 = 1
@@ -38,8 +45,11 @@ struct HTTPTransportTests {
                     let client = accept(listener, nil, nil)
                     if client < 0 { return }
                     Thread.detachNewThread {
-                        FakeServer.readRequest(client)
-                        answer(client)
+                        // Requests one after the other on a kept-alive connection.
+                        while let body = FakeServer.readRequest(client) {
+                            answer(client, body)
+                            if !keepAlive { break }
+                        }
                         close(client)
                     }
                 }
@@ -53,19 +63,20 @@ struct HTTPTransportTests {
 
         var url: URL { URL(string: "http://127.0.0.1:\(port)")! }
 
-        /// Reads the head and a Content-Length body.
-        static func readRequest(_ fd: Int32) {
+        /// Reads the head and a Content-Length body (nil once the peer is gone). The client
+        /// sends one request at a time per connection, so nothing past the body is read.
+        static func readRequest(_ fd: Int32) -> [UInt8]? {
             var data = [UInt8]()
             var buffer = [UInt8](repeating: 0, count: 65536)
             while true {
                 let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-                if n <= 0 { return }
+                if n <= 0 { return nil }
                 data += buffer[0..<n]
                 guard let end = data.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound else { continue }
                 let head = String(decoding: data[..<end], as: UTF8.self).lowercased()
                 let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
                     .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
-                if data.count - end >= length { return }
+                if data.count - end >= length { return Array(data[end..<(end + length)]) }
             }
         }
 
@@ -169,6 +180,46 @@ struct HTTPTransportTests {
         }
         let transport = HTTPTransport(baseURL: exact.url)
         #expect(try transport.multiply(module: "m", direction: .forward, request: [1], responseBytes: expected) == [UInt8](repeating: 9, count: expected))
+    }
+
+    /// An online call in pieces: every piece is in flight before the first answer is used,
+    /// the answers are taken in order whatever order they come in, a piece refused with a 5xx
+    /// is resent alone, and a 4xx ends the call.
+    @Test func onlinePiecesAreInFlightTogetherAndAnsweredInOrder() throws {
+        let open = Locked((now: 0, most: 0, failedOnce: false))
+        let server = try FakeServer(answering: { fd, body in
+            open.update { $0.now += 1; $0.most = max($0.most, $0.now) }
+            defer { open.update { $0.now -= 1 } }
+            // The first piece (first byte 0) answers last.
+            if body.first == 0 { usleep(300_000) }
+            var refuse = false
+            open.update { if body.first == 1 && !$0.failedOnce { $0.failedOnce = true; refuse = true } }
+            if body.first == 9 {
+                FakeServer.write(fd, Array("HTTP/1.1 422 Unprocessable Content\r\nContent-Length: 6\r\n\r\nshape\n".utf8))
+            } else if refuse {
+                FakeServer.write(fd, Array("HTTP/1.1 503 Busy\r\nContent-Length: 5\r\n\r\nbusy\n".utf8))
+            } else {
+                // The answer: the piece's bytes plus one, twice as long.
+                let answer = (body + body).map { $0 &+ 1 }
+                FakeServer.write(fd, Array("HTTP/1.1 200 OK\r\nContent-Length: \(answer.count)\r\n\r\n".utf8) + answer)
+            }
+        })
+        let transport = HTTPTransport(baseURL: server.url, settings: RemoteSettings(timeout: 30, attempts: 3, backoff: 0.05))
+        #expect(transport.maskedPipelineParts >= 2)
+        let pieces: [[UInt8]] = [[0, 5, 6], [1, 7], [2, 8, 9, 10]]
+        var answers: [(Int, [UInt8])] = []
+        try transport.multiplyMaskedParts(module: "m", direction: .forward, parts: pieces.count,
+                                          request: { (pieces[$0], 2 * pieces[$0].count) }, receive: { answers.append(($0, $1)) })
+        #expect(answers.map(\.0) == [0, 1, 2])
+        for (i, answer) in answers { #expect(answer == (pieces[i] + pieces[i]).map { $0 + 1 }, "piece \(i)") }
+        open.update { state in
+            #expect(state.most >= 2, "at most \(state.most) piece in flight at once")
+            #expect(state.failedOnce)
+        }
+        #expect(transport.retries == 1)
+        #expect(throws: RemoteServerError.refused(url: server.url.absoluteString + "/v1/modules/m/forward/masked", status: 422, message: "shape")) {
+            try transport.multiplyMaskedParts(module: "m", direction: .forward, parts: 2, request: { ($0 == 0 ? [3] : [9], 2) }, receive: { _, _ in })
+        }
     }
 }
 

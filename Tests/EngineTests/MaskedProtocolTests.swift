@@ -233,6 +233,40 @@ import Testing
         let input = try MaskedInput(serialized: online)
         #expect(input.rows == 3 && input.features == layer.inFeatures)
     }
+
+    /// A call sent in pieces of rows (as the HTTP transport does, to overlap the client's work
+    /// with the server's) gives the clear integer products, forward and backward, bit for bit.
+    @Test func onlineCallsInPiecesEqualDisable() throws {
+        let dir = try Self.temporaryStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let keyring = Keyring()
+        let (deployment, _, _, _) = try DeploymentTests.save("tiny-llama", keyring: keyring)
+        let transport = DeploymentTests.FolderTransport(try ServerDeployment(path: deployment))
+        transport.parts = 3
+        let client = try ClientManifest.load(from: deployment.appendingPathComponent("client"))
+        let model = try #require(try PEFTAdapterTests.model("tiny-llama") as? TrainableModel)
+        let remote = try EncryptedLinearBackend(plan: client.plan, metadata: client.modules, client: FHEClient(keyring: keyring), transport: transport,
+                                                protocol: .masked, maskStore: try MaskStore(directory: dir))
+        let local = try QuantizedLinearBackend(plan: client.plan, model: model)
+        let m = model.linearModules[1], rows = 100
+        let layer = LinearLayer(name: m.name, inFeatures: m.inFeatures, outFeatures: m.outFeatures)
+        let x = (0..<(rows * layer.inFeatures)).map { Float(($0 * 37) % 23) / 11 - 1 }
+        let dy = (0..<(rows * layer.outFeatures)).map { Float(($0 * 53) % 29) / 7 - 2 }
+        var a = [Float](repeating: 0, count: rows * layer.outFeatures), b = a
+        _ = x.withUnsafeBufferPointer { xs in a.withUnsafeMutableBufferPointer { remote.forward(layer, x: xs, y: $0) } }
+        _ = x.withUnsafeBufferPointer { xs in b.withUnsafeMutableBufferPointer { local.forward(layer, x: xs, y: $0) } }
+        var c = [Float](repeating: 0, count: rows * layer.inFeatures), d = c
+        _ = dy.withUnsafeBufferPointer { g in c.withUnsafeMutableBufferPointer { remote.backward(layer, dY: g, dX: $0) } }
+        _ = dy.withUnsafeBufferPointer { g in d.withUnsafeMutableBufferPointer { local.backward(layer, dY: g, dX: $0) } }
+        #expect(remote.failure == nil)
+        #expect(a == b && c == d)
+        #expect(a.contains { $0 != 0 } && c.contains { $0 != 0 })
+        // Three online requests per call, of 33, 33 and 34 rows (the others are offline fills).
+        let pieces = transport.requests.compactMap { try? MaskedInput(serialized: $0) }
+        #expect(pieces.map(\.rows) == [33, 33, 34, 33, 33, 34])
+        #expect(transport.requests.count == pieces.count + 2)
+        #expect(remote.statistics.onlineCalls == 2)
+    }
 }
 
 extension MaskedProtocolTests {

@@ -86,9 +86,37 @@ public final class HTTPTransport: EncryptedTransport, @unchecked Sendable {
 
     /// The online product: `POST /v1/modules/{name}/{direction}/masked`.
     public func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8] {
-        let url = baseURL.appendingPathComponent("v1/modules").appendingPathComponent(module).appendingPathComponent(direction.rawValue)
+        try send(maskedURL(module, direction), method: .POST, body: request, expecting: .exactly(responseBytes))
+    }
+
+    /// Two pieces per online call, both in flight at once (two connections).
+    public var maskedPipelineParts: Int { 2 }
+
+    /// Sends each piece as soon as it is built and takes the answers in order. A piece whose
+    /// first attempt fails with a connection error or a 5xx answer is resent with the retry
+    /// policy of every request; other failures end the call at once.
+    public func multiplyMaskedParts(module: String, direction: ProductDirection, parts: Int,
+                                    request: (Int) throws -> (bytes: [UInt8], responseBytes: Int),
+                                    receive: (Int, [UInt8]) throws -> Void) throws {
+        let url = maskedURL(module, direction)
+        let started = ProcessInfo.processInfo.systemUptime
+        var pending: [(task: HTTPClient.Task<BoundedBody.Response>, request: HTTPClient.Request, size: BoundedBody.Size)] = []
+        for i in 0..<parts {
+            let (bytes, length) = try request(i)
+            let r = try makeRequest(url, method: .POST, body: bytes)
+            pending.append((start(r, expecting: .exactly(length)), r, .exactly(length)))
+        }
+        for (i, p) in pending.enumerated() {
+            switch try outcome(of: p.task, url: url, attempt: 1, started: started) {
+            case .body(let body): try receive(i, body)
+            case .retry(let why): try receive(i, try send(url, request: p.request, expecting: p.size, firstFailure: why))
+            }
+        }
+    }
+
+    private func maskedURL(_ module: String, _ direction: ProductDirection) -> URL {
+        baseURL.appendingPathComponent("v1/modules").appendingPathComponent(module).appendingPathComponent(direction.rawValue)
             .appendingPathComponent("masked")
-        return try send(url, method: .POST, body: request, expecting: .exactly(responseBytes))
     }
 
     /// `GET /v1/modules`: the server's manifest.
@@ -100,8 +128,7 @@ public final class HTTPTransport: EncryptedTransport, @unchecked Sendable {
         }
     }
 
-    /// One request with the retry policy; the body of a 200 answer.
-    func send(_ url: URL, method: HTTPMethod, body: [UInt8]?, expecting size: BoundedBody.Size) throws -> [UInt8] {
+    private func makeRequest(_ url: URL, method: HTTPMethod, body: [UInt8]?) throws -> HTTPClient.Request {
         var request: HTTPClient.Request
         do { request = try HTTPClient.Request(url: url, method: method) } catch {
             throw RemoteServerError.badResponse(url: url.absoluteString, reason: "not a usable URL (\(error))")
@@ -109,36 +136,65 @@ public final class HTTPTransport: EncryptedTransport, @unchecked Sendable {
         if body != nil { request.headers.add(name: "Content-Type", value: "application/octet-stream") }
         if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         if let body { request.body = .bytes(body) }
+        return request
+    }
+
+    /// One attempt, started: its whole exchange, body included, has one deadline.
+    private func start(_ request: HTTPClient.Request, expecting size: BoundedBody.Size) -> HTTPClient.Task<BoundedBody.Response> {
+        let deadline = NIODeadline.now() + .milliseconds(Int64(settings.timeout * 1000))
+        return client.execute(request: request, delegate: BoundedBody(expecting: size), deadline: deadline)
+    }
+
+    private enum Outcome {
+        case body([UInt8])
+        /// A connection error or a 5xx answer: worth another attempt.
+        case retry(String)
+    }
+
+    /// What one attempt came to; errors that no retry would mend are thrown.
+    private func outcome(of task: HTTPClient.Task<BoundedBody.Response>, url: URL, attempt: Int, started: Double) throws -> Outcome {
+        let answer: (status: Int, body: [UInt8])
+        do {
+            answer = try task.wait()
+        } catch let error as BoundedBody.Refusal {
+            // The server answered, but not what this request implies: a broken or hostile
+            // server, not a passing failure.
+            throw RemoteServerError.badResponse(url: url.absoluteString, reason: error.description)
+        } catch let error as HTTPClientError where error == .deadlineExceeded {
+            throw RemoteServerError.unavailable(url: url.absoluteString, attempts: attempt, seconds: ProcessInfo.processInfo.systemUptime - started,
+                                                lastError: "no complete answer within the \(Int(settings.timeout)) s deadline")
+        } catch {
+            return .retry("\(error)")
+        }
+        let text = String(decoding: answer.body.prefix(500), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        switch answer.status {
+        case 200: return .body(answer.body)
+        case 500...599: return .retry("HTTP \(answer.status) \(text)")
+        default: throw RemoteServerError.refused(url: url.absoluteString, status: answer.status, message: text)
+        }
+    }
+
+    /// One request with the retry policy; the body of a 200 answer.
+    func send(_ url: URL, method: HTTPMethod, body: [UInt8]?, expecting size: BoundedBody.Size) throws -> [UInt8] {
+        try send(url, request: try makeRequest(url, method: method, body: body), expecting: size)
+    }
+
+    /// The retry policy: attempts with exponential backoff on connection errors and 5xx
+    /// answers (`firstFailure`: the first attempt was made elsewhere and failed so).
+    private func send(_ url: URL, request: HTTPClient.Request, expecting size: BoundedBody.Size, firstFailure: String? = nil) throws -> [UInt8] {
         let started = ProcessInfo.processInfo.systemUptime
         var wait = settings.backoff
-        var lastError = ""
-        for attempt in 1...max(1, settings.attempts) {
+        var lastError = firstFailure ?? ""
+        // (A range: with one attempt allowed and it made elsewhere, none is left.)
+        for attempt in stride(from: firstFailure == nil ? 1 : 2, through: max(1, settings.attempts), by: 1) {
             if attempt > 1 {
                 retries += 1
                 Thread.sleep(forTimeInterval: wait)
                 wait = min(wait * 2, settings.maxBackoff)
             }
-            let delegate = BoundedBody(expecting: size)
-            let deadline = NIODeadline.now() + .milliseconds(Int64(settings.timeout * 1000))
-            let answer: (status: Int, body: [UInt8])
-            do {
-                answer = try client.execute(request: request, delegate: delegate, deadline: deadline).wait()
-            } catch let error as BoundedBody.Refusal {
-                // The server answered, but not what this request implies: a broken or hostile
-                // server, not a passing failure.
-                throw RemoteServerError.badResponse(url: url.absoluteString, reason: error.description)
-            } catch let error as HTTPClientError where error == .deadlineExceeded {
-                throw RemoteServerError.unavailable(url: url.absoluteString, attempts: attempt, seconds: ProcessInfo.processInfo.systemUptime - started,
-                                                    lastError: "no complete answer within the \(Int(settings.timeout)) s deadline")
-            } catch {
-                lastError = "\(error)"
-                continue
-            }
-            let text = String(decoding: answer.body.prefix(500), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            switch answer.status {
-            case 200: return answer.body
-            case 500...599: lastError = "HTTP \(answer.status) \(text)"
-            default: throw RemoteServerError.refused(url: url.absoluteString, status: answer.status, message: text)
+            switch try outcome(of: start(request, expecting: size), url: url, attempt: attempt, started: started) {
+            case .body(let body): return body
+            case .retry(let why): lastError = why
             }
         }
         throw RemoteServerError.unavailable(url: url.absoluteString, attempts: max(1, settings.attempts),

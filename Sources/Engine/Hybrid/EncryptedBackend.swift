@@ -48,6 +48,29 @@ public protocol EncryptedTransport: AnyObject {
     func multiply(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8]
     /// The serialized ``MaskedOutput`` for a serialized ``MaskedInput`` (the online product).
     func multiplyMasked(module: String, direction: ProductDirection, request: [UInt8], responseBytes: Int) throws -> [UInt8]
+    /// Pieces an online call's rows are split into (1: one request per call).
+    var maskedPipelineParts: Int { get }
+    /// One online call in `parts` pieces: `request(i)` builds piece i (its bytes and its answer's
+    /// length), `receive(i, answer)` takes its answer, in order. A transport over a network sends
+    /// a piece as soon as it is built, so the server multiplies one piece while the client
+    /// blinds the next and unblinds the last.
+    func multiplyMaskedParts(module: String, direction: ProductDirection, parts: Int,
+                             request: (Int) throws -> (bytes: [UInt8], responseBytes: Int),
+                             receive: (Int, [UInt8]) throws -> Void) throws
+}
+
+extension EncryptedTransport {
+    public var maskedPipelineParts: Int { 1 }
+
+    /// One piece after the other.
+    public func multiplyMaskedParts(module: String, direction: ProductDirection, parts: Int,
+                                    request: (Int) throws -> (bytes: [UInt8], responseBytes: Int),
+                                    receive: (Int, [UInt8]) throws -> Void) throws {
+        for i in 0..<parts {
+            let (bytes, length) = try request(i)
+            try receive(i, try multiplyMasked(module: module, direction: direction, request: bytes, responseBytes: length))
+        }
+    }
 }
 
 public enum EncryptedBackendError: Error, CustomStringConvertible {
@@ -310,28 +333,54 @@ public final class EncryptedLinearBackend: LinearBackend {
             }
             let taken = filled.result
             let integers = x.values.map { Int64($0) }
-            let request = integers.withUnsafeBufferPointer { xs in
-                taken.pads.withUnsafeBufferPointer { MaskedProduct.blind(xs, pads: $0, rows: rows, features: x.columns, bits: k) }
-            }.serialized()
+            let (features, outputs) = (x.columns, w.rows)
+            // Pieces of at least 32 rows: fewer would cost more in requests than they overlap.
+            let parts = min(max(1, transport.maskedPipelineParts), max(1, rows / 32))
+            let bounds = (0...parts).map { $0 * rows / parts }
+            var result = [Double](repeating: 0, count: rows * outputs)
+            var (sent, received, clientSeconds) = (0, 0, 0.0)
             var now = ProcessInfo.processInfo.systemUptime
             statistics.onlineClientSeconds += now - t - filled.seconds
             t = now
-            let response = try transport.multiplyMasked(module: name, direction: direction, request: request,
-                                                        responseBytes: MaskedOutput.byteCount(bits: k, rows: rows, outputs: w.rows))
+            try transport.multiplyMaskedParts(module: name, direction: direction, parts: parts, request: { i in
+                let started = ProcessInfo.processInfo.systemUptime
+                let (lo, hi) = (bounds[i], bounds[i + 1])
+                let request = integers.withUnsafeBufferPointer { xs in
+                    taken.pads.withUnsafeBufferPointer { pads in
+                        MaskedProduct.blind(UnsafeBufferPointer(rebasing: xs[lo * features..<hi * features]),
+                                            pads: UnsafeBufferPointer(rebasing: pads[lo * features..<hi * features]),
+                                            rows: hi - lo, features: features, bits: k)
+                    }
+                }.serialized()
+                sent += request.count
+                clientSeconds += ProcessInfo.processInfo.systemUptime - started
+                return (request, MaskedOutput.byteCount(bits: k, rows: hi - lo, outputs: outputs))
+            }, receive: { i, response in
+                let started = ProcessInfo.processInfo.systemUptime
+                let (lo, hi) = (bounds[i], bounds[i + 1])
+                let product: MaskedOutput
+                do { product = try MaskedOutput(serialized: response, expecting: (hi - lo, outputs, k)) } catch {
+                    throw EncryptedBackendError.failed(module: name, reason: "the server's online product: \(error)")
+                }
+                let y = taken.products.withUnsafeBufferPointer {
+                    MaskedProduct.unblind(product, padProducts: UnsafeBufferPointer(rebasing: $0[lo * outputs..<hi * outputs]))
+                }
+                result.withUnsafeMutableBufferPointer { r in
+                    for j in y.indices { r[lo * outputs + j] = Double(y[j]) }
+                }
+                received += response.count
+                clientSeconds += ProcessInfo.processInfo.systemUptime - started
+            })
             now = ProcessInfo.processInfo.systemUptime
-            statistics.onlineServerSeconds += now - t
-            t = now
-            let product: MaskedOutput
-            do { product = try MaskedOutput(serialized: response, expecting: (rows, w.rows, k)) } catch {
-                throw EncryptedBackendError.failed(module: name, reason: "the server's online product: \(error)")
-            }
-            acc = taken.products.withUnsafeBufferPointer { MaskedProduct.unblind(product, padProducts: $0) }.map { Double($0) }
-            statistics.onlineClientSeconds += ProcessInfo.processInfo.systemUptime - t
+            // With pieces in flight, client work overlaps the server's: the wait is the rest.
+            statistics.onlineClientSeconds += clientSeconds
+            statistics.onlineServerSeconds += max(0, now - t - clientSeconds)
+            acc = result
             statistics.onlineCalls += 1
             statistics.inputValues += rows * x.columns
             statistics.outputValues += rows * w.rows
-            statistics.onlineBytesSent += request.count
-            statistics.onlineBytesReceived += response.count
+            statistics.onlineBytesSent += sent
+            statistics.onlineBytesReceived += received
         } catch {
             if failure == nil { failure = (error as? EncryptedBackendError) ?? .failed(module: name, reason: "\(error)") }
             return [Float](repeating: 0, count: rows * w.rows)

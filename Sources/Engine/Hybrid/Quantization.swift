@@ -321,8 +321,10 @@ public enum IntegerMatmul {
                 let xd = x.values.map(Double.init)
                 var wd = [Double](repeating: 0, count: O * K)
                 for o in 0..<O { for c in 0..<K { wd[o * K + c] = Double(w.integer(o, c)) } }
-                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(N), blasint(O), blasint(K), 1, xd, blasint(K),
-                            wd, blasint(K), 0, &acc, blasint(O))
+                BLAS.calling {
+                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(N), blasint(O), blasint(K), 1, xd, blasint(K),
+                                wd, blasint(K), 0, &acc, blasint(O))
+                }
             }
         }
         let y = finish(raw: &acc, x, w)

@@ -56,11 +56,22 @@ public enum MaskedProduct {
         let byOutput = Parallel.unpackBits(y.body, count: rows * outputs, bits: k)  // O × R, value << (64 − k)
         let shift = UInt64(64 - k)
         return Parallel.uninitialized(rows * outputs) { (out: UnsafeMutableBufferPointer<Int64>) in
-            for o in 0..<outputs {
-                for r in 0..<rows {
-                    // In the top bits, the sum wraps mod 2^64 = wraps mod 2^k; the arithmetic shift centres it.
-                    let sum = byOutput[o * rows + r] &+ (wr[r * outputs + o] << shift)
-                    out[r * outputs + o] = Int64(bitPattern: sum) >> Int64(shift)
+            byOutput.withUnsafeBufferPointer { y in
+                // Tiles of 32 outputs by 32 rows (the two layouts are transposes), tile rows on every core.
+                let block = 32
+                parallelChunks((rows + block - 1) / block) { tiles in
+                    for rt in tiles {
+                        let r1 = min(rows, (rt + 1) * block)
+                        for o0 in stride(from: 0, to: outputs, by: block) {
+                            for r in (rt * block)..<r1 {
+                                for o in o0..<min(outputs, o0 + block) {
+                                    // In the top bits, the sum wraps mod 2^64 = wraps mod 2^k; the arithmetic shift centres it.
+                                    let sum = y[o * rows + r] &+ (wr[r * outputs + o] << shift)
+                                    out[r * outputs + o] = Int64(bitPattern: sum) >> Int64(shift)
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -160,13 +160,16 @@ extension ServeTests {
         let cut = try #require(server.stderr.wait(timeout: 10) { text in text.contains("answer cut after") ? true : nil })
         #expect(cut)
         // The line counts what the socket took, not what was queued for it (the CI run that
-        // queued the whole answer before back-pressure logged it as sent): at least what this
-        // client read, and less than the answer.
+        // queued the whole answer before back-pressure logged it as sent), by the pieces of
+        // 1 MiB the answer is written in: a piece the socket took only part of when the
+        // connection closed is not counted (one CI run read 35 KB of a fifth piece that the
+        // log left out). So: what this client read, to within one piece, and less than the answer.
         let length = try #require(Int(head.headers["content-length"] ?? ""))
         let id = try #require(head.headers["x-request-id"], "the answer names its request id")
         let line = try #require(try server.logLines().last { $0["event"] as? String == "request" && $0["id"] as? String == id })
         let logged = try #require(line["bytes_out"] as? Int)
-        #expect(logged >= head.body.count + rest.count && logged < length, "logged \(logged) of \(length); read \(head.body.count + rest.count)")
+        let read = head.body.count + rest.count
+        #expect(logged > read - (1 << 20) && logged < length, "logged \(logged) of \(length); read \(read)")
         #expect((line["error"] as? String)?.hasPrefix("answer cut after \(logged) bytes") == true)
         try expectHealthy(server)
     }

@@ -7,6 +7,9 @@ import FHE
 import Foundation
 import Notebook
 
+// Before any thread starts: OpenBLAS's idle workers sleep at once (see BLAS.idleSpinExponent).
+BLAS.prepareWorkers()
+
 struct Row: Codable {
     var name: String
     var value: Double

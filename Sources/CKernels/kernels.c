@@ -211,6 +211,25 @@ ATTR static float exp_shifted_##SUFFIX(const float *z, float shift, float *out, 
 NB_DEFINE_SOFTMAX(generic, )
 NB_DEFINE_SOFTMAX(avx2, __attribute__((target("avx2,fma"))))
 
+// d[j] ← p[j]·(d[j] − Σ_i p[i]·d[i]): the softmax's backward on one row (eight partial sums).
+#define NB_DEFINE_SOFTMAX_BACKWARD(SUFFIX, ATTR)                                                          \
+ATTR static void softmax_backward_##SUFFIX(const float *p, float *d, size_t n) {                         \
+    float s[8] = {0};                                                                                     \
+    size_t i = 0;                                                                                         \
+    for (; i + 8 <= n; i += 8)                                                                            \
+        for (int l = 0; l < 8; l++) s[l] += p[i + l] * d[i + l];                                          \
+    for (; i < n; i++) s[0] += p[i] * d[i];                                                               \
+    float dot = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));                        \
+    for (i = 0; i < n; i++) d[i] = p[i] * (d[i] - dot);                                                   \
+}
+
+NB_DEFINE_SOFTMAX_BACKWARD(generic, )
+NB_DEFINE_SOFTMAX_BACKWARD(avx2, __attribute__((target("avx2,fma"))))
+
+void nb_softmax_backward(const float *p, float *d, size_t n) {
+    if (nb_fast_activations()) softmax_backward_avx2(p, d, n); else softmax_backward_generic(p, d, n);
+}
+
 float nb_max(const float *z, size_t n) { return nb_fast_activations() ? max_avx2(z, n) : max_generic(z, n); }
 float nb_exp_shifted(const float *z, float shift, float *out, size_t n) {
     return nb_fast_activations() ? exp_shifted_avx2(z, shift, out, n) : exp_shifted_generic(z, shift, out, n);

@@ -7,4 +7,8 @@
 /* Exported by OpenBLAS's pthread thread server (its fork handler calls it): ends the worker
    threads; the next call that uses threads starts them again. */
 int blas_thread_shutdown_(void);
+
+/* Exported by OpenBLAS: reads its OPENBLAS_* environment variables again (it reads them once
+   when it loads); a thread count or timeout takes effect when the workers start next. */
+void openblas_read_env(void);
 #endif

@@ -41,10 +41,35 @@ public enum BLAS {
     /// Runs `body`, which calls OpenBLAS, shared with other such callers but never beside
     /// ``parkWorkers()`` (which ends the threads a call may have handed work to). Reentrant.
     public static func calling<R>(_ body: () throws -> R) rethrows -> R {
+        _ = workersSleepWhenIdle
         pthread_rwlock_rdlock(workersLock)
         defer { pthread_rwlock_unlock(workersLock) }
         return try body()
     }
+
+    /// The idle spin of OpenBLAS's workers, as the exponent of its length in cycles: after a
+    /// call they poll for the next one (calling `sched_yield`) for 2^28 cycles, about a tenth
+    /// of a second, by default. Between products the training pass runs its element-wise work
+    /// and attention on both cores, and a polling worker takes time from those threads: with
+    /// 2^10 cycles (it sleeps at once, and the next call wakes it), the GPT-2-shape 4×128
+    /// training step took 1.53 s instead of 1.65 s (three alternating rounds; SmolLM2 1×128
+    /// and greedy decoding unchanged). A value the user set in `OPENBLAS_THREAD_TIMEOUT` stays.
+    public static let idleSpinExponent = 10
+
+    /// Set once, before the first call: OpenBLAS read its environment when it loaded, so the
+    /// value is set, read again, and the workers restarted (their loop reads it when it starts).
+    private static let workersSleepWhenIdle: Void = {
+        guard getenv("OPENBLAS_THREAD_TIMEOUT") == nil else { return }
+        setenv("OPENBLAS_THREAD_TIMEOUT", String(idleSpinExponent), 1)
+        openblas_read_env()
+        pthread_rwlock_wrlock(workersLock)
+        defer { pthread_rwlock_unlock(workersLock) }
+        _ = blas_thread_shutdown_()
+    }()
+
+    /// Applies ``idleSpinExponent`` now (it is also applied before the first product): call it
+    /// at start-up, before other threads run, since it sets an environment variable.
+    public static func prepareWorkers() { _ = workersSleepWhenIdle }
 
     /// Readers: calls into OpenBLAS; the writer: ``parkWorkers()``. glibc's default prefers
     /// readers, so a thread that holds it to read may take it to read again.

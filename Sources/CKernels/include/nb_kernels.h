@@ -52,6 +52,9 @@ float nb_sigmoid(float g);
 float nb_max(const float *z, size_t n);
 /// out[i] = exp(z[i] − shift) for z[i] ≤ shift (out may be NULL); returns Σ out[i].
 float nb_exp_shifted(const float *z, float shift, float *out, size_t n);
+/// d[i] = p[i]·(d[i] − Σ_j p[j]·d[j]) over n floats: the backward of a softmax row p
+/// with output gradient d (in place).
+void nb_softmax_backward(const float *p, float *d, size_t n);
 
 /// The smallest and largest value of each of `rows` rows of `cols` floats.
 void nb_row_min_max(const float *x, size_t rows, size_t cols, float *mins, float *maxs);

@@ -251,21 +251,47 @@ void nb_row_min_max(const float *x, size_t rows, size_t cols, float *mins, float
     }
 }
 
+// round(v) (half away from zero) as trunc plus a carry: v − trunc(v) is exact, so the result
+// is round's to the bit, and the loop vectorizes (x86 has no round-half-away instruction).
+// The row sums add integers below 2^53, exact in any order, so they use eight partial sums.
+#define NB_DEFINE_QUANTIZE(SUFFIX, ATTR)                                                                  \
+ATTR static void quantize_rows_##SUFFIX(const float *x, size_t rows, size_t cols, const double *scale,   \
+                                        const double *zero_point, double q_min, double q_max, int per_row, \
+                                        float *q, double *row_sums) {                                     \
+    for (size_t r = 0; r < rows; r++) {                                                                   \
+        double s = per_row ? scale[r] : scale[0], zp = per_row ? zero_point[r] : zero_point[0];           \
+        const float *row = x + r * cols;                                                                  \
+        float *out = q + r * cols;                                                                        \
+        double sums[8] = {0};                                                                             \
+        size_t c = 0;                                                                                     \
+        for (; c + 8 <= cols; c += 8)                                                                     \
+            for (int l = 0; l < 8; l++) {                                                                 \
+                double v = (double)row[c + l] / s, t = trunc(v);                                          \
+                t += fabs(v - t) >= 0.5 ? copysign(1.0, v) : 0.0;                                         \
+                t += zp;                                                                                  \
+                t = t < q_min ? q_min : (t > q_max ? q_max : t);                                          \
+                out[c + l] = (float)t;                                                                    \
+                sums[l] += t;                                                                             \
+            }                                                                                             \
+        for (; c < cols; c++) {                                                                           \
+            double v = (double)row[c] / s, t = trunc(v);                                                  \
+            t += fabs(v - t) >= 0.5 ? copysign(1.0, v) : 0.0;                                             \
+            t += zp;                                                                                      \
+            t = t < q_min ? q_min : (t > q_max ? q_max : t);                                              \
+            out[c] = (float)t;                                                                            \
+            sums[0] += t;                                                                                 \
+        }                                                                                                 \
+        row_sums[r] = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7])); \
+    }                                                                                                     \
+}
+
+NB_DEFINE_QUANTIZE(generic, )
+NB_DEFINE_QUANTIZE(avx2, __attribute__((target("avx2,fma"))))
+
 void nb_quantize_rows(const float *x, size_t rows, size_t cols, const double *scale, const double *zero_point,
                       double q_min, double q_max, int per_row, float *q, double *row_sums) {
-    for (size_t r = 0; r < rows; r++) {
-        double s = per_row ? scale[r] : scale[0], zp = per_row ? zero_point[r] : zero_point[0];
-        const float *row = x + r * cols;
-        float *out = q + r * cols;
-        double sum = 0;
-        for (size_t c = 0; c < cols; c++) {
-            double v = round((double)row[c] / s) + zp;
-            v = v < q_min ? q_min : (v > q_max ? q_max : v);
-            out[c] = (float)v;
-            sum += v;
-        }
-        row_sums[r] = sum;
-    }
+    if (nb_fast_activations()) quantize_rows_avx2(x, rows, cols, scale, zero_point, q_min, q_max, per_row, q, row_sums);
+    else quantize_rows_generic(x, rows, cols, scale, zero_point, q_min, q_max, per_row, q, row_sums);
 }
 
 int nb_release_free_memory(void) {

@@ -75,7 +75,8 @@ import Testing
 
     /// The C kernels that quantize activations per call give the general initializer's integers.
     @Test func activationKernelMatchesTheDefinition() {
-        for (rows, columns) in [(1, 1), (3, 17), (8, 576)] {
+        // (300, 200): the rows are split over the cores.
+        for (rows, columns) in [(1, 1), (3, 17), (8, 576), (300, 200)] {
             let x = Self.uniform(rows * columns, -3, 2, seed: UInt64(columns)).map(Float.init)
             for bits in [2, 8, 16] {
                 for symmetric in [false, true] {
@@ -88,6 +89,18 @@ import Testing
                 }
             }
         }
+    }
+
+    /// Ties round away from zero (C's `round`, not the even neighbour): with 8-bit symmetric
+    /// steps of exactly 1, x = k + ½ for k from −130 to 129 (clamped to ±127 beyond).
+    @Test func activationKernelRoundsTiesAwayFromZero() {
+        let x = (-130..<130).map { Float($0) + 0.5 }
+        let q = x.withUnsafeBufferPointer { QuantizedRows(activations: $0, rows: 2, columns: 130, bits: 8, symmetric: true, perRow: false, range: (-127, 127)) }
+        #expect(q.quantizer(0).scale == 1)
+        let expected = x.map { Float(min(max(Double($0).rounded(.toNearestOrAwayFromZero), -127), 127)) }
+        #expect(q.values == expected)
+        #expect(q.values[128] == -2 && q.values[130] == 1)  // −1.5 → −2, 0.5 → 1
+        #expect(q.rowSums == [expected[0..<130].reduce(0) { $0 + Double($1) }, expected[130...].reduce(0) { $0 + Double($1) }])
     }
 
     @Test func accumulatorBoundIsChecked() {

@@ -181,7 +181,16 @@ public struct QuantizedRows: Sendable {
             quantizers = [AffineQuantizer(lo: range.0, hi: range.1, bits: bits, symmetric: symmetric)]
         } else {
             var mins = [Float](repeating: 0, count: rows), maxs = mins
-            if rows > 0 && columns > 0 { nb_row_min_max(x.baseAddress!, rows, columns, &mins, &maxs) }
+            if rows > 0 && columns > 0 {
+                mins.withUnsafeMutableBufferPointer { lo in
+                    maxs.withUnsafeMutableBufferPointer { hi in
+                        let (x, lo, hi) = (x.baseAddress!, lo.baseAddress!, hi.baseAddress!)
+                        Parallel.forEach(rows: rows, minimumRowsPerTask: Self.rowsPerTask(columns)) { r in
+                            nb_row_min_max(x + r.lowerBound * columns, r.count, columns, lo + r.lowerBound, hi + r.lowerBound)
+                        }
+                    }
+                }
+            }
             if perRow || rows == 0 {
                 quantizers = (0..<rows).map { AffineQuantizer(lo: columns > 0 ? Double(mins[$0]) : 0, hi: columns > 0 ? Double(maxs[$0]) : 0, bits: bits, symmetric: symmetric) }
                 if rows == 0 { quantizers = [AffineQuantizer(lo: 0, hi: 0, bits: bits, symmetric: symmetric)] }
@@ -193,11 +202,28 @@ public struct QuantizedRows: Sendable {
         var values = [Float](repeating: 0, count: rows * columns), sums = [Double](repeating: 0, count: rows)
         let scales = quantizers.map(\.scale), zeroPoints = quantizers.map(\.zeroPoint)
         if rows > 0 && columns > 0 {
-            nb_quantize_rows(x.baseAddress!, rows, columns, scales, zeroPoints, quantizers[0].qMin, quantizers[0].qMax,
-                             quantizers.count == 1 ? 0 : 1, &values, &sums)
+            let perRow = quantizers.count > 1, (qMin, qMax) = (quantizers[0].qMin, quantizers[0].qMax)
+            scales.withUnsafeBufferPointer { sc in
+                zeroPoints.withUnsafeBufferPointer { zp in
+                    values.withUnsafeMutableBufferPointer { q in
+                        sums.withUnsafeMutableBufferPointer { sums in
+                            let (x, sc, zp, q, sums) = (x.baseAddress!, sc.baseAddress!, zp.baseAddress!, q.baseAddress!, sums.baseAddress!)
+                            // Rows on their own: the same integers and sums however they are split.
+                            Parallel.forEach(rows: rows, minimumRowsPerTask: Self.rowsPerTask(columns)) { r in
+                                let first = r.lowerBound
+                                nb_quantize_rows(x + first * columns, r.count, columns, perRow ? sc + first : sc, perRow ? zp + first : zp,
+                                                 qMin, qMax, perRow ? 1 : 0, q + first * columns, sums + first)
+                            }
+                        }
+                    }
+                }
+            }
         }
         (self.values, self.quantizers, self.rowSums) = (values, quantizers, sums)
     }
+
+    /// Rows per task when activation rows are split over the cores: about 32k values each.
+    static func rowsPerTask(_ columns: Int) -> Int { max(1, 32_768 / max(1, columns)) }
 
     /// The integers of a long-lived matrix (weights) in one or two bytes each instead of a
     /// Float's four, when ``compacted()`` could pack them; `values` is then empty.
@@ -337,14 +363,24 @@ public enum IntegerMatmul {
     public static func finish(raw acc: inout [Double], _ x: QuantizedRows, _ w: QuantizedRows) -> [Float] {
         let N = x.rows, O = w.rows, K = x.columns
         var y = [Float](repeating: 0, count: N * O)
+        guard N > 0 && O > 0 else { return y }
         let k = Double(K)
-        for n in 0..<N {
-            let qx = x.quantizer(n)
-            for o in 0..<O {
-                let qw = w.quantizer(o)
-                let corrected = acc[n * O + o] - qw.zeroPoint * x.rowSums[n] - qx.zeroPoint * w.rowSums[o] + k * qx.zeroPoint * qw.zeroPoint
-                acc[n * O + o] = corrected
-                y[n * O + o] = Float(corrected * qx.scale * qw.scale)
+        // Each output on its own (the same bits however the rows are split); the weights'
+        // quantizers gathered once.
+        let wZero = (0..<O).map { w.quantizer($0).zeroPoint }, wScale = (0..<O).map { w.quantizer($0).scale }
+        acc.withUnsafeMutableBufferPointer { acc in
+            y.withUnsafeMutableBufferPointer { y in
+                let (acc, y) = (acc.baseAddress!, y.baseAddress!)
+                Parallel.forEach(rows: N, minimumRowsPerTask: max(1, 16_384 / O)) { rows in
+                    for n in rows {
+                        let qx = x.quantizer(n), xSum = x.rowSums[n]
+                        for o in 0..<O {
+                            let corrected = acc[n * O + o] - wZero[o] * xSum - qx.zeroPoint * w.rowSums[o] + k * qx.zeroPoint * wZero[o]
+                            acc[n * O + o] = corrected
+                            y[n * O + o] = Float(corrected * qx.scale * wScale[o])
+                        }
+                    }
+                }
             }
         }
         return y

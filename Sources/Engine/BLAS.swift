@@ -62,9 +62,7 @@ public enum BLAS {
         guard getenv("OPENBLAS_THREAD_TIMEOUT") == nil else { return }
         setenv("OPENBLAS_THREAD_TIMEOUT", String(idleSpinExponent), 1)
         openblas_read_env()
-        pthread_rwlock_wrlock(workersLock)
-        defer { pthread_rwlock_unlock(workersLock) }
-        _ = blas_thread_shutdown_()
+        parkWorkers()
     }()
 
     /// Applies ``idleSpinExponent`` now (it is also applied before the first product): call it

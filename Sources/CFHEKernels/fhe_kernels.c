@@ -286,6 +286,189 @@ void nb_fhe_limb_gemv(const int16_t *w, size_t k_padded, const int16_t *digits, 
     (void)avx;
 }
 
+// MARK: - Byte digits and the VNNI GEMM
+
+int nb_fhe_has_avx512_vnni(void) {
+#if defined(__x86_64__)
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+size_t nb_fhe_packed_bytes_count(size_t rows, size_t columns, size_t limbs) {
+    return limbs * ((columns + 15) / 16) * ((rows + 3) / 4) * 64;
+}
+
+void nb_fhe_pack_bytes_range(const uint64_t *values, size_t rows, size_t columns, size_t limbs, uint8_t *packed,
+                             size_t quad_begin, size_t quad_end) {
+    const size_t quads = (rows + 3) / 4, tiles = (columns + 15) / 16;
+    const unsigned drop = (unsigned)(64 - 8 * limbs);
+    for (size_t q = quad_begin; q < quad_end && q < quads; q++) {
+        for (size_t e = 0; e < 4; e++) {
+            const size_t row = 4 * q + e;
+            for (size_t c = 0; c < columns; c++) {
+                uint64_t x = row < rows ? round_top(values[row * columns + c], drop) : 0;
+                uint8_t *at = packed + ((c / 16) * quads + q) * 64 + (c % 16) * 4 + e;
+                for (size_t t = 0; t < limbs; t++, x >>= 8) at[t * tiles * quads * 64] = (uint8_t)x;
+            }
+        }
+    }
+}
+
+enum { QUAD_CHUNK = 128 };
+
+static void micro_bytes_scalar(const int8_t *w, size_t kp, size_t rows, const uint8_t *l, size_t quads, size_t cols,
+                               uint64_t *out, size_t columns, unsigned shift) {
+    for (size_t r = 0; r < rows; r++) {
+        for (size_t j = 0; j < cols; j++) {
+            int64_t s = 0;
+            for (size_t q = 0; q < quads; q++) {
+                const uint8_t *d = l + q * 64 + j * 4;
+                for (size_t e = 0; e < 4; e++) s += (int64_t)w[r * kp + 4 * q + e] * d[e];
+            }
+            out[r * columns + j] += (uint64_t)s << shift;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+// A 6 x 16 tile: 12 accumulators of 8 int32 sums, one vpdpbusd per (row, 8 columns, 4 inner
+// values): u8 digits times s8 weights. Each lane adds at most 4 * 255 * 128 per quad, so
+// QUAD_CHUNK quads stay far below 2^31.
+__attribute__((target("avx2,avx512f,avx512vl,avx512vnni")))
+static void micro_bytes_vnni(const int8_t *w, size_t kp, const uint8_t *l, size_t quads, uint64_t *out, size_t columns,
+                             unsigned shift) {
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const int8_t *w0 = w, *w1 = w + kp, *w2 = w + 2 * kp, *w3 = w + 3 * kp, *w4 = w + 4 * kp, *w5 = w + 5 * kp;
+    for (size_t q = 0; q < quads; q++) {
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(l + q * 64));
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(l + q * 64 + 32));
+#define NB_ROW(r)                                                                  \
+        {                                                                          \
+            int32_t s;                                                             \
+            memcpy(&s, w##r + 4 * q, sizeof s);                                    \
+            const __m256i a = _mm256_set1_epi32(s);                                \
+            c##r##0 = _mm256_dpbusd_epi32(c##r##0, b0, a);                         \
+            c##r##1 = _mm256_dpbusd_epi32(c##r##1, b1, a);                         \
+        }
+        NB_ROW(0) NB_ROW(1) NB_ROW(2) NB_ROW(3) NB_ROW(4) NB_ROW(5)
+#undef NB_ROW
+    }
+    const __m128i count = _mm_cvtsi32_si128((int)shift);
+    flush_avx2(c00, out, count); flush_avx2(c01, out + 8, count);
+    flush_avx2(c10, out + columns, count); flush_avx2(c11, out + columns + 8, count);
+    flush_avx2(c20, out + 2 * columns, count); flush_avx2(c21, out + 2 * columns + 8, count);
+    flush_avx2(c30, out + 3 * columns, count); flush_avx2(c31, out + 3 * columns + 8, count);
+    flush_avx2(c40, out + 4 * columns, count); flush_avx2(c41, out + 4 * columns + 8, count);
+    flush_avx2(c50, out + 5 * columns, count); flush_avx2(c51, out + 5 * columns + 8, count);
+}
+#endif
+
+void nb_fhe_byte_gemm(const int8_t *w, size_t k_padded, const uint8_t *packed, size_t columns, size_t limbs,
+                      uint64_t *out, size_t o_begin, size_t o_end) {
+    const size_t quads = k_padded / 4, tiles = (columns + 15) / 16;
+    const int vnni = nb_fhe_has_avx512_vnni();
+    for (size_t t = 0; t < limbs; t++) {
+        const unsigned shift = (unsigned)(64 - 8 * limbs + 8 * t);
+        const uint8_t *limb = packed + t * tiles * quads * 64;
+        for (size_t q0 = 0; q0 < quads; q0 += QUAD_CHUNK) {
+            const size_t qc = quads - q0 < QUAD_CHUNK ? quads - q0 : QUAD_CHUNK;
+            for (size_t t0 = 0; t0 < tiles; t0 += COLUMN_BLOCK / 16) {
+                const size_t t1 = t0 + COLUMN_BLOCK / 16 < tiles ? t0 + COLUMN_BLOCK / 16 : tiles;
+                for (size_t o = o_begin; o < o_end; o += MR) {
+                    const size_t rows = o_end - o < MR ? o_end - o : MR;
+                    const int8_t *wt = w + o * k_padded + 4 * q0;
+                    for (size_t ct = t0; ct < t1; ct++) {
+                        const size_t c = ct * 16, cols = columns - c < NR ? columns - c : NR;
+                        const uint8_t *lt = limb + (ct * quads + q0) * 64;
+                        uint64_t *ot = out + o * columns + c;
+#if defined(__x86_64__)
+                        if (vnni && rows == MR && cols == NR) {
+                            micro_bytes_vnni(wt, k_padded, lt, qc, ot, columns, shift);
+                            continue;
+                        }
+#endif
+                        micro_bytes_scalar(wt, k_padded, rows, lt, qc, cols, ot, columns, shift);
+                    }
+                }
+            }
+        }
+    }
+    (void)vnni;
+}
+
+void nb_fhe_pack_bytes_columns(const uint64_t *values, size_t rows, size_t columns, size_t limbs, uint8_t *digits) {
+    const size_t kp = (rows + 3) & ~(size_t)3;
+    const unsigned drop = (unsigned)(64 - 8 * limbs);
+    for (size_t c = 0; c < columns; c++) {
+        for (size_t t = 0; t < limbs; t++) {
+            for (size_t r = rows; r < kp; r++) digits[(t * columns + c) * kp + r] = 0;
+        }
+        for (size_t r = 0; r < rows; r++) {
+            uint64_t x = round_top(values[r * columns + c], drop);
+            for (size_t t = 0; t < limbs; t++, x >>= 8) digits[(t * columns + c) * kp + r] = (uint8_t)x;
+        }
+    }
+}
+
+static int64_t dot_bytes_scalar(const int8_t *w, const uint8_t *d, size_t kp) {
+    int64_t s = 0;
+    for (size_t k = 0; k < kp; k++) s += (int64_t)w[k] * d[k];
+    return s;
+}
+
+#if defined(__x86_64__)
+// Exact: a lane gains at most 4 * 255 * 128 < 2^17 per step of 32, so 4096 steps stay below 2^31.
+__attribute__((target("avx2,avx512f,avx512vl,avx512vnni")))
+static int64_t dot_bytes_vnni(const int8_t *w, const uint8_t *d, size_t kp) {
+    int64_t total = 0;
+    size_t k = 0;
+    while (k + 32 <= kp) {
+        __m256i acc = _mm256_setzero_si256();
+        const size_t end = k + 4096 * 32 < kp ? k + 4096 * 32 : kp;
+        for (; k + 32 <= end; k += 32) {
+            acc = _mm256_dpbusd_epi32(acc, _mm256_loadu_si256((const __m256i *)(d + k)), _mm256_loadu_si256((const __m256i *)(w + k)));
+        }
+        const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc));
+        const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc, 1));
+        int64_t lanes[4];
+        _mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi64(lo, hi));
+        total += lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    }
+    for (; k < kp; k++) total += (int64_t)w[k] * d[k];
+    return total;
+}
+#endif
+
+void nb_fhe_byte_gemv(const int8_t *w, size_t k_padded, const uint8_t *digits, size_t columns, size_t limbs,
+                      uint64_t *out, size_t o_begin, size_t o_end) {
+    const int vnni = nb_fhe_has_avx512_vnni();
+    for (size_t o = o_begin; o < o_end; o++) {
+        const int8_t *row = w + o * k_padded;
+        for (size_t c = 0; c < columns; c++) {
+            uint64_t v = 0;
+            for (size_t t = 0; t < limbs; t++) {
+                const uint8_t *d = digits + (t * columns + c) * k_padded;
+#if defined(__x86_64__)
+                const int64_t s = vnni ? dot_bytes_vnni(row, d, k_padded) : dot_bytes_scalar(row, d, k_padded);
+#else
+                const int64_t s = dot_bytes_scalar(row, d, k_padded);
+#endif
+                v += (uint64_t)s << (64 - 8 * limbs + 8 * t);
+            }
+            out[o * columns + c] += v;
+        }
+    }
+    (void)vnni;
+}
+
 // MARK: - Bit packing
 
 void nb_fhe_pack_bits(const uint64_t *values, size_t n, unsigned bits, uint8_t *out) {

@@ -39,8 +39,8 @@ extension FHEServer {
         let p = shape.parameters, k = shape.features, rows = shape.rows, o = outputs
         let columns = ((rows + p.ringDegree - 1) / p.ringDegree) * p.ringDegree
         let request = 2 * shape.messageBytes
-        let body = k * rows * 8 + 2 * nb_fhe_packed_limbs_count(k, rows, shape.bodyLimbs)
-        let masks = 2 * nb_fhe_packed_limbs_count(k, columns, shape.maskLimbs) + 2 * columns * 8 * ProcessInfo.processInfo.activeProcessorCount
+        let body = k * rows * 8 + GEMMOperand.largestBytes(rows: k, columns: rows, bits: 16 * shape.bodyLimbs)
+        let masks = GEMMOperand.largestBytes(rows: k, columns: columns, bits: 16 * shape.maskLimbs) + 4 * columns * 8 * ProcessInfo.processInfo.activeProcessorCount
         let products = o * (columns + rows) * 8
         let answer = packedByteCount(o * columns, bits: shape.outputMaskBits) + packedByteCount(o * rows, bits: shape.outputBodyBits) + 64
         return request + body + masks + products + 3 * answer
@@ -48,9 +48,9 @@ extension FHEServer {
 
     /// The same bound for one online (masked) request.
     public static func peakBytes(_ shape: MaskedInput.Shape, outputs: Int) -> Int {
-        let k = shape.features, rows = shape.rows, limbs = MaskedProduct.limbs(bits: shape.bits)
+        let k = shape.features, rows = shape.rows
         let request = 2 * shape.messageBytes
-        let digits = 2 * max(nb_fhe_packed_limbs_count(k, rows, limbs), limbs * rows * (k + 1))
+        let digits = GEMMOperand.largestBytes(rows: k, columns: rows, bits: shape.bits)
         let values = k * rows * 8
         let products = outputs * rows * 8
         let answer = packedByteCount(outputs * rows, bits: shape.bits) + 64

@@ -23,9 +23,6 @@ public enum MaskedProduct {
     /// by tiles of 16 rows.
     public static let gemvColumns = 8
 
-    /// Limbs of 16 bits the server's kernel splits a k-bit value into.
-    public static func limbs(bits k: Int) -> Int { (k + 15) / 16 }
-
     /// u = x − r mod 2^k, feature-major (K × R) as the wire carries it, from x (R × K,
     /// row-major) and the pads r (R × K, row-major, values mod 2^k).
     public static func blind(_ x: UnsafeBufferPointer<Int64>, pads: UnsafeBufferPointer<UInt64>, rows: Int, features: Int, bits k: Int) -> MaskedInput {
@@ -81,37 +78,19 @@ public enum MaskedProduct {
 extension FHEServer {
     /// The online product: W·u mod 2^k for the one-time-padded u, with the limb GEMM of the
     /// encrypted product (u placed in the top k bits of a 64-bit word, so the kernel's result
-    /// mod 2^64 holds W·u mod 2^k in its top k bits). No mask, no noise: the cost follows the rows.
+    /// mod 2^64 holds W·u mod 2^k in its top k bits: ⌈k/16⌉ int16 digits, or ⌈k/8⌉ bytes). No mask, no noise: the cost follows the rows.
     public static func multiply(_ input: MaskedInput, by w: ServerWeights) throws(FHEServerError) -> MaskedOutput {
         _ = AllocatorTuning.applied
         guard input.features == w.inputs else {
             throw .shapeMismatch("the padded input has \(input.features) features; this matrix takes \(w.inputs)")
         }
         let (rows, k, o, bits) = (input.rows, input.features, w.outputs, input.bits)
-        let limbs = MaskedProduct.limbs(bits: bits)
         let values = Parallel.unpackBits(input.body, count: k * rows, bits: bits)
-        var out = [UInt64](repeating: 0, count: o * rows)
-        if rows < MaskedProduct.gemvColumns {
-            // Few tokens (generation): a matrix-vector product along the inner dimension.
-            var digits = [Int16](repeating: 0, count: limbs * rows * w.paddedInputs)
-            values.withUnsafeBufferPointer { v in digits.withUnsafeMutableBufferPointer { nb_fhe_pack_limbs_columns(v.baseAddress!, k, rows, limbs, $0.baseAddress!) } }
-            w.values.withUnsafeBufferPointer { wv in
-                out.withUnsafeMutableBufferPointer { ob in
-                    parallelChunks(o, align: 8) { range in
-                        nb_fhe_limb_gemv(wv.baseAddress!, w.paddedInputs, digits, rows, limbs, ob.baseAddress!, range.lowerBound, range.upperBound)
-                    }
-                }
-            }
-        } else {
-            let digits = values.withUnsafeBufferPointer { Parallel.packLimbs($0, rows: k, columns: rows, limbs: limbs) }
-            w.values.withUnsafeBufferPointer { wv in
-                out.withUnsafeMutableBufferPointer { ob in
-                    parallelChunks(o, align: 6) { range in
-                        nb_fhe_limb_gemm(wv.baseAddress!, w.paddedInputs, digits, rows, limbs, ob.baseAddress!, range.lowerBound, range.upperBound)
-                    }
-                }
-            }
+        // Few tokens (generation): a matrix-vector product along the inner dimension; else tiles.
+        let digits = values.withUnsafeBufferPointer {
+            GEMMOperand($0, rows: k, columns: rows, bits: bits, kernel: w.kernel, layout: rows < MaskedProduct.gemvColumns ? .columns : .tiles)
         }
+        let out = w.product(digits)
         let body = out.withUnsafeBufferPointer { Parallel.packBits($0, bits: bits) }
         return MaskedOutput(bits: bits, rows: rows, outputs: o, body: body)
     }

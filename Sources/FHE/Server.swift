@@ -3,6 +3,8 @@ import Foundation
 
 public enum FHEServerError: Error, CustomStringConvertible, Equatable {
     case weightOutOfRange(value: Int, row: Int, column: Int)
+    /// The `bytes` kernel was asked for, and a weight is 128.
+    case weightOutsideByte(row: Int, column: Int)
     case shapeMismatch(String)
     case wire(FHEWireError)
 
@@ -10,48 +12,94 @@ public enum FHEServerError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .weightOutOfRange(let v, let r, let c):
             return "weight \(v) at (\(r), \(c)) is outside ±128: the encrypted product takes weights of at most 8 bits (symmetric)"
+        case .weightOutsideByte(let r, let c):
+            return "weight 128 at (\(r), \(c)) does not fit the byte kernel's signed bytes (−128…127); use the int16 kernel"
         case .shapeMismatch(let s): return s
         case .wire(let e): return e.description
         }
     }
 }
 
-/// A clear integer matrix W (outputs × inputs) held by the server, laid out for the limb
-/// GEMM, with the public norms the client plans its noise with.
+/// How the server's integer GEMM splits its operands (every product is the same integer mod
+/// 2^64 either way; only the speed differs).
+public enum ServerKernel: String, Sendable, CaseIterable {
+    /// Balanced 16-bit digits times int16 weights: AVX2 `vpmaddwd`, or portable C.
+    case int16
+    /// Unsigned 8-bit digits times int8 weights: AVX-512 VNNI `vpdpbusd` (four products per
+    /// 32-bit lane, twice `vpmaddwd`'s), or portable C. Needs every weight in [−128, 127].
+    case bytes
+
+    /// `bytes` where the CPU has AVX-512 VNNI, `int16` elsewhere.
+    public static var automatic: ServerKernel { nb_fhe_has_avx512_vnni() != 0 ? .bytes : .int16 }
+
+    /// Digits per value for its top `bits` bits.
+    func limbs(bits: Int) -> Int { self == .bytes ? (bits + 7) / 8 : (bits + 15) / 16 }
+}
+
+/// A clear integer matrix W (outputs × inputs) held by the server, laid out for its GEMM
+/// kernel, with the public norms the client plans its noise with.
 public struct ServerWeights: Sendable {
     public let outputs: Int
     public let inputs: Int
+    /// The kernel its layout is for.
+    public let kernel: ServerKernel
+    /// Inputs padded with zeros to the kernel's step (2 for int16, 4 for bytes).
     let paddedInputs: Int
-    /// outputs × paddedInputs, row-major.
+    /// outputs × paddedInputs, row-major: int16 for `.int16` (`bytes` empty), int8 for `.bytes`
+    /// (`values` empty).
     let values: [Int16]
+    let bytes: [Int8]
     public let maxAbs: Int
     /// max over outputs of Σ|w| and of (Σ w²)^½.
     public let maxRowL1: Double
     public let maxRowL2: Double
 
-    public init(outputs: Int, inputs: Int, value: (Int, Int) -> Int) throws(FHEServerError) {
-        let padded = inputs + (inputs & 1)
-        var v = [Int16](repeating: 0, count: outputs * padded)
+    /// `kernel`: nil picks ``ServerKernel/automatic`` (int16 when a weight is 128, which no
+    /// signed byte holds).
+    public init(outputs: Int, inputs: Int, kernel: ServerKernel? = nil, value: (Int, Int) -> Int) throws(FHEServerError) {
+        var v = [Int16](repeating: 0, count: outputs * inputs)
         var maxAbs = 0, l1 = 0.0, l2 = 0.0
+        var at128: (Int, Int)?
         for o in 0..<outputs {
             var s1 = 0.0, s2 = 0.0
             for k in 0..<inputs {
                 let w = value(o, k)
                 guard w >= -128 && w <= 128 else { throw .weightOutOfRange(value: w, row: o, column: k) }
-                v[o * padded + k] = Int16(w)
+                v[o * inputs + k] = Int16(w)
                 maxAbs = max(maxAbs, abs(w))
+                if w == 128 && at128 == nil { at128 = (o, k) }
                 s1 += Double(abs(w)); s2 += Double(w * w)
             }
             l1 = max(l1, s1); l2 = max(l2, s2)
         }
-        (self.outputs, self.inputs, paddedInputs, values, self.maxAbs, maxRowL1, maxRowL2) = (outputs, inputs, padded, v, maxAbs, l1, l2.squareRoot())
+        var chosen = kernel ?? .automatic
+        if chosen == .bytes, let (r, c) = at128 {
+            guard kernel == nil else { throw .weightOutsideByte(row: r, column: c) }
+            chosen = .int16
+        }
+        let step = chosen == .bytes ? 4 : 2
+        let padded = (inputs + step - 1) / step * step
+        var wide: [Int16] = [], narrow: [Int8] = []
+        if chosen == .bytes {
+            narrow = [Int8](repeating: 0, count: outputs * padded)
+            for o in 0..<outputs { for k in 0..<inputs { narrow[o * padded + k] = Int8(v[o * inputs + k]) } }
+        } else if padded == inputs {
+            wide = v
+        } else {
+            wide = [Int16](repeating: 0, count: outputs * padded)
+            for o in 0..<outputs { for k in 0..<inputs { wide[o * padded + k] = v[o * inputs + k] } }
+        }
+        (self.outputs, self.inputs, self.kernel, paddedInputs, values, bytes) = (outputs, inputs, chosen, padded, wide, narrow)
+        (self.maxAbs, maxRowL1, maxRowL2) = (maxAbs, l1, l2.squareRoot())
     }
 
-    public func value(_ o: Int, _ k: Int) -> Int { Int(values[o * paddedInputs + k]) }
+    public func value(_ o: Int, _ k: Int) -> Int {
+        kernel == .bytes ? Int(bytes[o * paddedInputs + k]) : Int(values[o * paddedInputs + k])
+    }
 
     /// Wᵀ (inputs × outputs), for the backward product.
     public func transposed() -> ServerWeights {
-        try! ServerWeights(outputs: inputs, inputs: outputs) { self.value($1, $0) }
+        try! ServerWeights(outputs: inputs, inputs: outputs, kernel: kernel) { self.value($1, $0) }
     }
 
     /// What the client needs to plan a call with inputs of magnitude at most `maxAbsInput`.
@@ -64,8 +112,9 @@ public struct ServerWeights: Sendable {
 ///
 /// For each output j and each ciphertext part (the seed-expanded masks of every group, and
 /// the bodies of every token) it computes Σ_i w_ji·c_i mod 2^64: a wrapping GEMM of W by the
-/// ciphertext matrix, run as int16 × int16 → int32 products of 16-bit limbs (AVX2
-/// `vpmaddwd`), recombined mod 2^64. Then it rounds the results to the requested bits.
+/// ciphertext matrix, run as products of digits (16-bit limbs on AVX2 `vpmaddwd`, or bytes on
+/// AVX-512 VNNI `vpdpbusd`, see ``ServerKernel``), recombined mod 2^64. Then it rounds the
+/// results to the requested bits.
 public enum FHEServer {
     public static func multiply(_ input: EncryptedMatrix, by w: ServerWeights) throws(FHEServerError) -> EncryptedProduct {
         _ = AllocatorTuning.applied
@@ -74,40 +123,28 @@ public enum FHEServer {
         }
         let p = input.parameters, n = p.ringDegree, groups = input.groups
         let (rows, k, o) = (input.rows, input.features, w.outputs)
-        // Bodies: K × R values at 16·bodyLimbs bits, split into limb digits.
+        // Bodies: K × R values at 16·bodyLimbs bits, split into digits.
         let bodyDigits = Parallel.unpackBits(input.body, count: k * rows, bits: 16 * input.bodyLimbs).withUnsafeBufferPointer {
-            Parallel.packLimbs($0, rows: k, columns: rows, limbs: input.bodyLimbs)
+            GEMMOperand($0, rows: k, columns: rows, bits: 16 * input.bodyLimbs, kernel: w.kernel)
         }
-        // Masks: K × (groups·N), expanded from the seed two features at a time straight into
-        // their limb digits.
+        // Masks: K × (groups·N), expanded from the seed a few features at a time straight into
+        // their digits.
         let columns = groups * n
-        var maskDigits = [Int16](repeating: 0, count: nb_fhe_packed_limbs_count(k, columns, input.maskLimbs))
-        maskDigits.withUnsafeMutableBufferPointer { digits in
-            parallelChunks((k + 1) / 2) { pairs in
-                var expander = MaskExpander(seed: input.seed)
-                var two = [UInt64](repeating: 0, count: 2 * columns)
-                two.withUnsafeMutableBufferPointer { t in
-                    for pair in pairs {
-                        for e in 0..<2 where 2 * pair + e < k {
-                            for g in 0..<groups {
-                                let at = e * columns + g * n
-                                expander.expand(group: g, feature: 2 * pair + e, into: UnsafeMutableBufferPointer(rebasing: t[at..<(at + n)]))
-                            }
-                        }
-                        // Rows 2·pair and 2·pair + 1 of the K × columns matrix live in `two`.
-                        nb_fhe_pack_limbs_range(t.baseAddress! - 2 * pair * columns, k, columns, input.maskLimbs, digits.baseAddress!, pair, pair + 1)
-                    }
+        let maskDigits = GEMMOperand(rows: k, columns: columns, bits: 16 * input.maskLimbs, kernel: w.kernel) { first, count, into in
+            var expander = MaskExpander(seed: input.seed)
+            for f in 0..<count {
+                for g in 0..<groups {
+                    let at = f * columns + g * n
+                    expander.expand(group: g, feature: first + f, into: UnsafeMutableBufferPointer(rebasing: into[at..<(at + n)]))
                 }
             }
         }
         var outMask = [UInt64](repeating: 0, count: o * columns), outBody = [UInt64](repeating: 0, count: o * rows)
-        w.values.withUnsafeBufferPointer { wv in
-            outMask.withUnsafeMutableBufferPointer { om in
-                outBody.withUnsafeMutableBufferPointer { ob in
-                    parallelChunks(o, align: 6) { range in
-                        nb_fhe_limb_gemm(wv.baseAddress!, w.paddedInputs, maskDigits, columns, input.maskLimbs, om.baseAddress!, range.lowerBound, range.upperBound)
-                        nb_fhe_limb_gemm(wv.baseAddress!, w.paddedInputs, bodyDigits, rows, input.bodyLimbs, ob.baseAddress!, range.lowerBound, range.upperBound)
-                    }
+        outMask.withUnsafeMutableBufferPointer { om in
+            outBody.withUnsafeMutableBufferPointer { ob in
+                parallelChunks(o, align: 6) { range in
+                    w.accumulate(maskDigits, into: om.baseAddress!, outputs: range)
+                    w.accumulate(bodyDigits, into: ob.baseAddress!, outputs: range)
                 }
             }
         }

@@ -164,6 +164,56 @@ final class FHEPrimitivesTests: XCTestCase {
         }
     }
 
+    /// The byte-digit GEMM (VNNI where the CPU has it, else portable C) and its GEMV equal the
+    /// wrapping UInt64 product of W by the values rounded to their top 8·limbs bits, on shapes
+    /// with edge tiles, inner dimensions that are not multiples of 4, and the extreme weights
+    /// −128 and 127; at 8·limbs = 16·limbs16 they equal the int16 kernel's bit for bit.
+    func testByteGEMMIsExactModulo2To64() {
+        var rng = TestRNG(state: 4)
+        for (o, k, c) in [(6, 4, 16), (13, 7, 37), (12, 300, 48), (7, 257, 5), (6, 1030, 32), (3, 6, 3)] {
+            for limbs in 1...8 {
+                let drop = UInt64(64 - 8 * limbs)
+                let values = (0..<(k * c)).map { _ in rng.next() }
+                let kp = (k + 3) / 4 * 4
+                var w = [Int8](repeating: 0, count: o * kp)
+                for r in 0..<o { for j in 0..<k { w[r * kp + j] = Int8(Int(rng.next() % 256) - 128) } }
+                if o > 6 { for j in 0..<k { w[j] = 127; w[kp + j] = -128 } }
+                var packed = [UInt8](repeating: 0, count: nb_fhe_packed_bytes_count(k, c, limbs))
+                nb_fhe_pack_bytes_range(values, k, c, limbs, &packed, 0, (k + 3) / 4)
+                var out = [UInt64](repeating: 0, count: o * c)
+                nb_fhe_byte_gemm(w, kp, packed, c, limbs, &out, 0, o)
+                var digits = [UInt8](repeating: 0, count: limbs * c * kp)
+                nb_fhe_pack_bytes_columns(values, k, c, limbs, &digits)
+                var gemv = [UInt64](repeating: 0, count: o * c)
+                nb_fhe_byte_gemv(w, kp, digits, c, limbs, &gemv, 0, o)
+                var expected = [UInt64](repeating: 0, count: o * c)
+                for r in 0..<o {
+                    for col in 0..<c {
+                        var expect: UInt64 = 0
+                        for j in 0..<k {
+                            let v = values[j * c + col]
+                            let rounded = drop == 0 ? v : ((v &+ (1 << (drop - 1))) >> drop) << drop
+                            expect &+= UInt64(bitPattern: Int64(w[r * kp + j])) &* rounded
+                        }
+                        expected[r * c + col] = expect
+                    }
+                }
+                XCTAssertEqual(out, expected, "GEMM, limbs \(limbs), shape \(o)×\(k)×\(c)")
+                XCTAssertEqual(gemv, expected, "GEMV, limbs \(limbs), shape \(o)×\(k)×\(c)")
+                if limbs % 2 == 0 {
+                    let kp2 = k + (k & 1)
+                    var w16 = [Int16](repeating: 0, count: o * kp2)
+                    for r in 0..<o { for j in 0..<k { w16[r * kp2 + j] = Int16(w[r * kp + j]) } }
+                    var packed16 = [Int16](repeating: 0, count: nb_fhe_packed_limbs_count(k, c, limbs / 2))
+                    nb_fhe_pack_limbs(values, k, c, limbs / 2, &packed16)
+                    var out16 = [UInt64](repeating: 0, count: o * c)
+                    nb_fhe_limb_gemm(w16, kp2, packed16, c, limbs / 2, &out16, 0, o)
+                    XCTAssertEqual(out16, out, "int16 and byte kernels, \(limbs / 2) limbs, shape \(o)×\(k)×\(c)")
+                }
+            }
+        }
+    }
+
     /// Rounded Gaussian noise: mean 0 and the requested σ (within sampling error).
     func testGaussianNoiseStatistics() {
         let n = 200_000

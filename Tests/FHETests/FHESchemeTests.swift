@@ -66,6 +66,38 @@ final class FHESchemeTests: XCTestCase {
         }
     }
 
+    /// The two server kernels (int16 digits, and bytes on VNNI) answer the same bytes for the
+    /// same encrypted request, and the same online product; `automatic` keeps int16 for a
+    /// matrix with a weight of 128, and asking for bytes then names the weight.
+    func testServerKernelsAnswerTheSameBytes() throws {
+        var rng = TestRNG(state: 21)
+        let client = FHEClient()
+        for (rows, k, o, bits) in [(37, 64, 12, 8), (5, 771, 7, 8), (300, 130, 18, 7)] {
+            let wv = randomMatrix(o * k, -128, 127, &rng)
+            let wide = try ServerWeights(outputs: o, inputs: k, kernel: .int16) { Int(wv[$0 * k + $1]) }
+            let narrow = try ServerWeights(outputs: o, inputs: k, kernel: .bytes) { Int(wv[$0 * k + $1]) }
+            XCTAssertEqual([wide.kernel, narrow.kernel], [.int16, .bytes])
+            let x = randomMatrix(rows * k, 0, (1 << bits) - 1, &rng)
+            let plan = try CallPlan.choose(for: wide.shape(rows: rows, maxAbsInput: Double((1 << bits) - 1)))
+            let request = client.encrypt(x, rows: rows, features: k, plan: plan).serialized()
+            let a = try FHEServer.handle(request: request, weights: wide), b = try FHEServer.handle(request: request, weights: narrow)
+            XCTAssertEqual(a, b, "he route, \(rows)×\(k)×\(o): \(plan)")
+            XCTAssertEqual(client.decrypt(try EncryptedProduct(serialized: b), plan: plan), clearProduct(x, rows: rows, wide))
+            XCTAssertEqual(try FHEServer.handle(request: request, weights: narrow.transposed().transposed()), a, "transposed twice keeps the kernel")
+            for maskBits in [20, 24, 40] {
+                let u = MaskedInput(bits: maskBits, rows: rows, features: k,
+                                    body: (0..<packedByteCount(rows * k, bits: maskBits)).map { _ in UInt8(truncatingIfNeeded: rng.next()) })
+                XCTAssertEqual(try FHEServer.handleMasked(request: u.serialized(), weights: wide), try FHEServer.handleMasked(request: u.serialized(), weights: narrow),
+                               "online route, \(rows)×\(k)×\(o), k = \(maskBits)")
+            }
+        }
+        let with128 = try ServerWeights(outputs: 2, inputs: 3) { o, k in o == 1 && k == 2 ? 128 : -128 }
+        XCTAssertEqual(with128.kernel, .int16)
+        XCTAssertThrowsError(try ServerWeights(outputs: 2, inputs: 3, kernel: .bytes) { o, k in o == 1 && k == 2 ? 128 : -128 }) {
+            XCTAssertTrue("\($0)".contains("(1, 2)"), "\($0)")
+        }
+    }
+
     /// More than 10^7 output values of one GPT-2-sized product, (4096 × 768)·(768 × 2560) with
     /// random 8-bit inputs and weights, every one equal to the exact product (dgemm on
     /// integer-valued doubles, exact below 2^53).

@@ -6,8 +6,10 @@ import XCTest
 /// the offline product of uniform pads decrypts to W·r mod 2^k with the noise the formula
 /// predicts and P_fail ≤ 2^-64, and the wire messages refuse malformed bytes.
 final class MaskedProductTests: XCTestCase {
-    func randomWeights(_ o: Int, _ k: Int, _ rng: inout TestRNG, maxAbs: Int = 127) throws -> ServerWeights {
-        try ServerWeights(outputs: o, inputs: k) { _, _ in Int(rng.next() % UInt64(2 * maxAbs + 1)) - maxAbs }
+    func randomWeights(_ o: Int, _ k: Int, _ rng: inout TestRNG, maxAbs: Int = 127, kernel: ServerKernel? = nil) throws -> ServerWeights {
+        // The byte kernel's signed bytes hold −128 but not 128.
+        let top = kernel == .bytes ? min(maxAbs, 127) : maxAbs
+        return try ServerWeights(outputs: o, inputs: k, kernel: kernel) { _, _ in Int(rng.next() % UInt64(maxAbs + top + 1)) - maxAbs }
     }
 
     /// Σ_k w·v mod 2^bits for rows × K values v (row-major), in wrapping 64-bit arithmetic.
@@ -24,13 +26,19 @@ final class MaskedProductTests: XCTestCase {
         return y
     }
 
-    /// blind → server → unblind gives W·x exactly, for unsigned and signed inputs, k from 10 to
-    /// 56 bits (one to four limbs), odd shapes, extreme values, the tile edges of the kernel, and the
-    /// few-row (GEMV) path with its exact int32 flushes over a long inner dimension.
+    /// blind → server → unblind gives W·x exactly, with both server kernels, for unsigned and
+    /// signed inputs, k from 10 to 56 bits (one to four int16 limbs, two to seven bytes), odd
+    /// shapes, extreme values, the tile edges of the kernel, and the few-row (GEMV) path with its
+    /// exact int32 flushes over a long inner dimension.
     func testOnlineProductIsExact() throws {
+        for kernel in ServerKernel.allCases { try onlineProductIsExact(kernel) }
+    }
+
+    func onlineProductIsExact(_ kernel: ServerKernel) throws {
         var rng = TestRNG(state: 5)
         for (rows, k, o, lo, hi) in [(1, 7, 5, 0, 255), (17, 64, 6, -127, 127), (300, 257, 13, 0, 255), (33, 768, 12, 0, 65535), (5, 3, 1, -128, 128), (7, 3001, 9, -128, 128), (1, 576, 14, 0, 255)] as [(Int, Int, Int, Int64, Int64)] {
-            let w = try randomWeights(o, k, &rng, maxAbs: 128)
+            let w = try randomWeights(o, k, &rng, maxAbs: 128, kernel: kernel)
+            XCTAssertEqual(w.kernel, kernel)
             let x = (0..<(rows * k)).map { i -> Int64 in i % 97 == 0 ? hi : lo + Int64(rng.next() % UInt64(hi - lo + 1)) }
             let bound = Double(max(abs(lo), abs(hi))) * Double(128 * k)
             let minimal = Int(ceil(log2(bound + 1))) + 1
@@ -44,7 +52,7 @@ final class MaskedProductTests: XCTestCase {
                 let wr = clearProductMod(pads, rows: rows, w, bits: bits)
                 let y = wr.withUnsafeBufferPointer { MaskedProduct.unblind(output, padProducts: $0) }
                 let truth = clearProductMod(x.map { UInt64(bitPattern: $0) }, rows: rows, w, bits: 64).map { Int64(bitPattern: $0) }
-                XCTAssertEqual(y, truth, "rows \(rows), K \(k), O \(o), k = \(bits)")
+                XCTAssertEqual(y, truth, "\(kernel) kernel, rows \(rows), K \(k), O \(o), k = \(bits)")
             }
         }
     }

@@ -51,6 +51,30 @@ void nb_fhe_limb_gemv(const int16_t *w, size_t k_padded, const int16_t *digits, 
 /// k_padded = rows rounded up to even (the padding digit is zero).
 void nb_fhe_pack_limbs_columns(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *digits);
 
+/// The same products with byte digits: `limbs` unsigned 8-bit digits of the top 8*limbs bits
+/// of each value (rounded as above; the digits need no balancing, since the products only
+/// matter mod 2^64) times signed 8-bit weights (every weight in [-128, 127]), on AVX-512 VNNI
+/// (`vpdpbusd`, 4 products per 32-bit lane) where the CPU has it, in portable C elsewhere.
+/// The results equal nb_fhe_limb_gemm's bit for bit when 8*limbs = 16*limbs16.
+/// 1 when the CPU runs the VNNI kernels.
+int nb_fhe_has_avx512_vnni(void);
+/// Layout: [limb][16-column tile][row quad][16 columns][4] bytes (a missing row or column is 0).
+size_t nb_fhe_packed_bytes_count(size_t rows, size_t columns, size_t limbs);
+/// Row quads [quad_begin, quad_end) of that layout; the caller zeroes `packed` first when
+/// `rows` is not a multiple of 4 or columns of 16 (the gaps are never written).
+void nb_fhe_pack_bytes_range(const uint64_t *values, size_t rows, size_t columns, size_t limbs, uint8_t *packed,
+                             size_t quad_begin, size_t quad_end);
+/// out[o][c] += sum_t 2^(s + 8 t) * sum_k w[o][k] * d_t[k][c]  (mod 2^64), s = 64 - 8*limbs, for
+/// outputs [o_begin, o_end); w is outputs x k_padded int8 (k_padded a multiple of 4, zeros
+/// after the real inputs). Exact: int32 sums over 512 inner values, then widened.
+void nb_fhe_byte_gemm(const int8_t *w, size_t k_padded, const uint8_t *packed, size_t columns, size_t limbs,
+                      uint64_t *out, size_t o_begin, size_t o_end);
+/// Byte digits for nb_fhe_byte_gemv: [limb][column][k_padded], k_padded = rows rounded up to 4.
+void nb_fhe_pack_bytes_columns(const uint64_t *values, size_t rows, size_t columns, size_t limbs, uint8_t *digits);
+/// The GEMV for few columns, along the inner dimension.
+void nb_fhe_byte_gemv(const int8_t *w, size_t k_padded, const uint8_t *digits, size_t columns, size_t limbs,
+                      uint64_t *out, size_t o_begin, size_t o_end);
+
 /// Keeps the top `bits` bits of each value, rounded to nearest (mod 2^64), and packs them
 /// LSB-first into ceil(n*bits/8) bytes.
 void nb_fhe_pack_bits(const uint64_t *values, size_t n, unsigned bits, uint8_t *out);

@@ -214,7 +214,7 @@ extension RemoteModuleWeights {
         switch error {
         case .wire(let e): return .malformed(e.description)
         case .shapeMismatch(let s): return .wrongShape(s)
-        case .weightOutOfRange: return .wrongShape(error.description)
+        case .weightOutOfRange, .weightOutsideByte: return .wrongShape(error.description)
         }
     }
 }

@@ -321,6 +321,33 @@ void nb_fhe_pack_bytes_range(const uint64_t *values, size_t rows, size_t columns
     }
 }
 
+void nb_fhe_pack_bytes_from_bits(const uint8_t *in, size_t in_bytes, unsigned bits, size_t rows, size_t columns, size_t limbs,
+                                 uint8_t *packed, size_t quad_begin, size_t quad_end) {
+    const size_t quads = (rows + 3) / 4, tiles = (columns + 15) / 16;
+    const unsigned up = (unsigned)(8 * limbs - bits);
+    const uint64_t mask = (1ULL << bits) - 1;
+    for (size_t q = quad_begin; q < quad_end && q < quads; q++) {
+        for (size_t e = 0; e < 4; e++) {
+            const size_t row = 4 * q + e;
+            for (size_t c = 0; c < columns; c++) {
+                uint64_t x = 0;
+                if (row < rows) {
+                    const size_t bit = (row * columns + c) * (size_t)bits, at = bit / 8;
+                    uint64_t word = 0;
+                    if (at + 8 <= in_bytes) {
+                        memcpy(&word, in + at, 8);  // little-endian machines only (x86-64, arm64)
+                    } else {
+                        for (size_t b = 0; at + b < in_bytes; b++) word |= (uint64_t)in[at + b] << (8 * b);
+                    }
+                    x = ((word >> (bit % 8)) & mask) << up;
+                }
+                uint8_t *dst = packed + ((c / 16) * quads + q) * 64 + (c % 16) * 4 + e;
+                for (size_t t = 0; t < limbs; t++, x >>= 8) dst[t * tiles * quads * 64] = (uint8_t)x;
+            }
+        }
+    }
+}
+
 enum { QUAD_CHUNK = 128 };
 
 static void micro_bytes_scalar(const int8_t *w, size_t kp, size_t rows, const uint8_t *l, size_t quads, size_t cols,

@@ -85,11 +85,9 @@ extension FHEServer {
             throw .shapeMismatch("the padded input has \(input.features) features; this matrix takes \(w.inputs)")
         }
         let (rows, k, o, bits) = (input.rows, input.features, w.outputs, input.bits)
-        let values = Parallel.unpackBits(input.body, count: k * rows, bits: bits)
         // Few tokens (generation): a matrix-vector product along the inner dimension; else tiles.
-        let digits = values.withUnsafeBufferPointer {
-            GEMMOperand($0, rows: k, columns: rows, bits: bits, kernel: w.kernel, layout: rows < MaskedProduct.gemvColumns ? .columns : .tiles)
-        }
+        let digits = GEMMOperand(packed: input.body, rows: k, columns: rows, bits: bits, kernel: w.kernel,
+                                 layout: rows < MaskedProduct.gemvColumns ? .columns : .tiles)
         let out = w.product(digits)
         let body = out.withUnsafeBufferPointer { Parallel.packBits($0, bits: bits) }
         return MaskedOutput(bits: bits, rows: rows, outputs: o, body: body)

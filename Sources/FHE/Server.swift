@@ -124,9 +124,7 @@ public enum FHEServer {
         let p = input.parameters, n = p.ringDegree, groups = input.groups
         let (rows, k, o) = (input.rows, input.features, w.outputs)
         // Bodies: K × R values at 16·bodyLimbs bits, split into digits.
-        let bodyDigits = Parallel.unpackBits(input.body, count: k * rows, bits: 16 * input.bodyLimbs).withUnsafeBufferPointer {
-            GEMMOperand($0, rows: k, columns: rows, bits: 16 * input.bodyLimbs, kernel: w.kernel)
-        }
+        let bodyDigits = GEMMOperand(packed: input.body, rows: k, columns: rows, bits: 16 * input.bodyLimbs, kernel: w.kernel)
         // Masks: K × (groups·N), expanded from the seed a few features at a time straight into
         // their digits.
         let columns = groups * n

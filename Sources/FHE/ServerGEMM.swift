@@ -53,6 +53,28 @@ struct GEMMOperand {
         }
     }
 
+    /// From `bits`-bit values packed LSB-first (a wire body), rows × columns: byte tiles are
+    /// read straight from the packed bits; the other layouts unpack them first.
+    init(packed: [UInt8], rows: Int, columns: Int, bits: Int, kernel: ServerKernel, layout: Layout = .tiles) {
+        guard kernel == .bytes, layout == .tiles, bits <= 56 else {
+            let values = Parallel.unpackBits(packed, count: rows * columns, bits: bits)
+            self = values.withUnsafeBufferPointer { GEMMOperand($0, rows: rows, columns: columns, bits: bits, kernel: kernel, layout: layout) }
+            return
+        }
+        precondition(packed.count == packedByteCount(rows * columns, bits: bits))
+        (self.kernel, self.layout, self.columns) = (kernel, layout, columns)
+        limbs = kernel.limbs(bits: bits)
+        let limbs = limbs
+        narrow = [UInt8](repeating: 0, count: nb_fhe_packed_bytes_count(rows, columns, limbs))
+        packed.withUnsafeBufferPointer { input in
+            narrow.withUnsafeMutableBufferPointer { o in
+                parallelChunks((rows + 3) / 4) { r in
+                    nb_fhe_pack_bytes_from_bits(input.baseAddress!, input.count, UInt32(bits), rows, columns, limbs, o.baseAddress!, r.lowerBound, r.upperBound)
+                }
+            }
+        }
+    }
+
     /// Tiles from a generator: `fill(first, count, into)` writes rows [first, first + count) of
     /// the matrix (all columns, row-major) into `into`; groups of rows are packed in parallel,
     /// so the whole matrix never exists at 64 bits per value.

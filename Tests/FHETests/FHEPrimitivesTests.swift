@@ -214,6 +214,27 @@ final class FHEPrimitivesTests: XCTestCase {
         }
     }
 
+    /// Byte digits read straight from a packed wire body equal those of its unpacked values, for
+    /// widths that do and do not fill whole bytes, and shapes whose last value ends mid-byte.
+    func testByteDigitsFromPackedBitsEqualUnpackedOnes() {
+        var rng = TestRNG(state: 8)
+        for (k, c) in [(5, 3), (8, 16), (257, 33), (3, 1)] {
+            for bits in [2, 7, 8, 13, 20, 24, 33, 48, 56] {
+                let limbs = (bits + 7) / 8
+                let values = (0..<(k * c)).map { _ in rng.next() }
+                var wire = [UInt8](repeating: 0, count: (k * c * bits + 7) / 8)
+                nb_fhe_pack_bits(values, k * c, UInt32(bits), &wire)
+                var unpacked = [UInt64](repeating: 0, count: k * c)
+                nb_fhe_unpack_bits(wire, k * c, UInt32(bits), &unpacked)
+                var expected = [UInt8](repeating: 0, count: nb_fhe_packed_bytes_count(k, c, limbs))
+                nb_fhe_pack_bytes_range(unpacked, k, c, limbs, &expected, 0, (k + 3) / 4)
+                var fused = [UInt8](repeating: 0, count: expected.count)
+                nb_fhe_pack_bytes_from_bits(wire, wire.count, UInt32(bits), k, c, limbs, &fused, 0, (k + 3) / 4)
+                XCTAssertEqual(fused, expected, "\(k)×\(c) at \(bits) bits")
+            }
+        }
+    }
+
     /// Rounded Gaussian noise: mean 0 and the requested σ (within sampling error).
     func testGaussianNoiseStatistics() {
         let n = 200_000

@@ -64,6 +64,11 @@ size_t nb_fhe_packed_bytes_count(size_t rows, size_t columns, size_t limbs);
 /// `rows` is not a multiple of 4 or columns of 16 (the gaps are never written).
 void nb_fhe_pack_bytes_range(const uint64_t *values, size_t rows, size_t columns, size_t limbs, uint8_t *packed,
                              size_t quad_begin, size_t quad_end);
+/// The same layout straight from `bits`-bit values packed LSB-first (nb_fhe_pack_bits' output,
+/// `in_bytes` long; bits <= 56 and 8*limbs >= bits): value v becomes the digits of
+/// v << (8*limbs - bits), exactly what unpacking and nb_fhe_pack_bytes_range give.
+void nb_fhe_pack_bytes_from_bits(const uint8_t *in, size_t in_bytes, unsigned bits, size_t rows, size_t columns, size_t limbs,
+                                 uint8_t *packed, size_t quad_begin, size_t quad_end);
 /// out[o][c] += sum_t 2^(s + 8 t) * sum_k w[o][k] * d_t[k][c]  (mod 2^64), s = 64 - 8*limbs, for
 /// outputs [o_begin, o_end); w is outputs x k_padded int8 (k_padded a multiple of 4, zeros
 /// after the real inputs). Exact: int32 sums over 512 inner values, then widened.

@@ -496,6 +496,71 @@ void nb_fhe_byte_gemv(const int8_t *w, size_t k_padded, const uint8_t *digits, s
     (void)vnni;
 }
 
+// MARK: - The masked protocol's client passes
+
+// One value of a bits-wide LSB-first packed stream (bits <= 56), reading no byte past `n`.
+static inline uint64_t packed_value(const uint8_t *in, size_t n, size_t index, unsigned bits, uint64_t mask) {
+    const size_t bit = index * (size_t)bits, at = bit / 8;
+    uint64_t word = 0;
+    if (at + 8 <= n) {
+        memcpy(&word, in + at, 8);  // little-endian machines only (x86-64, arm64)
+    } else {
+        for (size_t b = 0; at + b < n; b++) word |= (uint64_t)in[at + b] << (8 * b);
+    }
+    return (word >> (bit % 8)) & mask;
+}
+
+#define NB_MASKED_BLIND(NAME, T)                                                                                     \
+void NAME(const T *x, const uint64_t *pads, size_t rows, size_t features, unsigned bits, uint8_t *out,             \
+          size_t f_begin, size_t f_end) {                                                                          \
+    const uint64_t mask = (1ULL << bits) - 1;                                                                      \
+    size_t bit = f_begin * rows * (size_t)bits;                                                                    \
+    uint8_t *o = out + bit / 8;                                                                                    \
+    unsigned __int128 acc = 0;                                                                                     \
+    unsigned held = (unsigned)(bit % 8);                                                                           \
+    if (held) acc = *o & ((1u << held) - 1);                                                                       \
+    for (size_t c = f_begin; c < f_end; c++) {                                                                     \
+        for (size_t r = 0; r < rows; r++) {                                                                        \
+            const size_t i = r * features + c;                                                                     \
+            acc |= (unsigned __int128)(((uint64_t)(int64_t)x[i] - pads[i]) & mask) << held;                        \
+            held += bits;                                                                                          \
+            if (held >= 64) {                                                                                      \
+                const uint64_t word = (uint64_t)acc;                                                               \
+                memcpy(o, &word, 8);                                                                               \
+                o += 8;                                                                                            \
+                acc >>= 64;                                                                                        \
+                held -= 64;                                                                                        \
+            }                                                                                                      \
+        }                                                                                                          \
+    }                                                                                                              \
+    while (held > 0) {                                                                                             \
+        *o++ = (uint8_t)acc;                                                                                       \
+        acc >>= 8;                                                                                                 \
+        held = held > 8 ? held - 8 : 0;                                                                            \
+    }                                                                                                              \
+}
+NB_MASKED_BLIND(nb_masked_blind_float, float)
+NB_MASKED_BLIND(nb_masked_blind_int64, int64_t)
+#undef NB_MASKED_BLIND
+
+void nb_masked_unblind(const uint8_t *packed, size_t packed_bytes, const uint64_t *wr, size_t rows, size_t outputs, unsigned bits,
+                       double *y, size_t r_begin, size_t r_end) {
+    const uint64_t mask = (1ULL << bits) - 1;
+    const unsigned shift = 64 - bits;
+    enum { RB = 16 };
+    for (size_t r0 = r_begin; r0 < r_end; r0 += RB) {
+        const size_t r1 = r0 + RB < r_end ? r0 + RB : r_end;
+        for (size_t o = 0; o < outputs; o++) {
+            for (size_t r = r0; r < r1; r++) {
+                const uint64_t v = packed_value(packed, packed_bytes, o * rows + r, bits, mask);
+                // In the top bits the sum wraps mod 2^bits; the arithmetic shift centres it.
+                const uint64_t sum = (v << shift) + (wr[r * outputs + o] << shift);
+                y[r * outputs + o] = (double)((int64_t)sum >> shift);
+            }
+        }
+    }
+}
+
 // MARK: - Bit packing
 
 void nb_fhe_pack_bits(const uint64_t *values, size_t n, unsigned bits, uint8_t *out) {

@@ -24,52 +24,50 @@ public enum MaskedProduct {
     public static let gemvColumns = 8
 
     /// u = x − r mod 2^k, feature-major (K × R) as the wire carries it, from x (R × K,
-    /// row-major) and the pads r (R × K, row-major, values mod 2^k).
+    /// row-major) and the pads r (R × K, row-major, values mod 2^k), packed in one pass.
     public static func blind(_ x: UnsafeBufferPointer<Int64>, pads: UnsafeBufferPointer<UInt64>, rows: Int, features: Int, bits k: Int) -> MaskedInput {
-        precondition(x.count == rows * features && pads.count == x.count && rows > 0 && features > 0, "x: \(x.count), pads: \(pads.count), \(rows) × \(features)")
-        precondition(bitRange.contains(k))
-        let mask: UInt64 = (1 << UInt64(k)) - 1, shift = UInt64(64 - k)
-        // u feature-major and in the top k bits of each word (the packer keeps a value's top bits).
-        var u: [UInt64] = Parallel.uninitialized(rows * features) { out in
-            parallelChunks(features) { columns in
-                for c in columns {
-                    for r in 0..<rows {
-                        let i = r * features + c
-                        out[c * rows + r] = ((UInt64(bitPattern: x[i]) &- pads[i]) & mask) << shift
-                    }
-                }
-            }
+        precondition(x.count == rows * features, "x: \(x.count), \(rows) × \(features)")
+        return blind(rows: rows, features: features, pads: pads, bits: k) { out, range in
+            nb_masked_blind_int64(x.baseAddress!, pads.baseAddress!, rows, features, UInt32(k), out, range.lowerBound, range.upperBound)
         }
-        let body = u.withUnsafeBufferPointer { Parallel.packBits($0, bits: k) }
-        u.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
+    }
+
+    /// The same for x held as integer-valued floats (quantized activations).
+    public static func blind(_ x: UnsafeBufferPointer<Float>, pads: UnsafeBufferPointer<UInt64>, rows: Int, features: Int, bits k: Int) -> MaskedInput {
+        precondition(x.count == rows * features, "x: \(x.count), \(rows) × \(features)")
+        return blind(rows: rows, features: features, pads: pads, bits: k) { out, range in
+            nb_masked_blind_float(x.baseAddress!, pads.baseAddress!, rows, features, UInt32(k), out, range.lowerBound, range.upperBound)
+        }
+    }
+
+    private static func blind(rows: Int, features: Int, pads: UnsafeBufferPointer<UInt64>, bits k: Int,
+                              _ kernel: (UnsafeMutablePointer<UInt8>, Range<Int>) -> Void) -> MaskedInput {
+        precondition(pads.count == rows * features && rows > 0 && features > 0, "pads: \(pads.count), \(rows) × \(features)")
+        precondition(bitRange.contains(k))
+        var body = [UInt8](repeating: 0, count: packedByteCount(rows * features, bits: k))
+        body.withUnsafeMutableBufferPointer { out in
+            // Ranges of a multiple of 8 features start and end on byte boundaries.
+            parallelChunks(features, align: 8) { kernel(out.baseAddress!, $0) }
+        }
         return MaskedInput(bits: k, rows: rows, features: features, body: body)
     }
 
     /// W·x (R × O, row-major, centred in [−2^(k−1), 2^(k−1))) from the server's W·u and the
     /// client's W·r (R × O, row-major, mod 2^k).
     public static func unblind(_ y: MaskedOutput, padProducts wr: UnsafeBufferPointer<UInt64>) -> [Int64] {
+        var out = [Double](repeating: 0, count: y.rows * y.outputs)
+        out.withUnsafeMutableBufferPointer { unblind(y, padProducts: wr, into: $0.baseAddress!) }
+        return out.map { Int64($0) }
+    }
+
+    /// The same, as doubles (exact: |W·x| < 2^(k−1) ≤ 2^55), written to `out` (R × O).
+    public static func unblind(_ y: MaskedOutput, padProducts wr: UnsafeBufferPointer<UInt64>, into out: UnsafeMutablePointer<Double>) {
         let (rows, outputs, k) = (y.rows, y.outputs, y.bits)
         precondition(wr.count == rows * outputs, "pad products: \(wr.count) values for \(rows) × \(outputs)")
-        let byOutput = Parallel.unpackBits(y.body, count: rows * outputs, bits: k)  // O × R, value << (64 − k)
-        let shift = UInt64(64 - k)
-        return Parallel.uninitialized(rows * outputs) { (out: UnsafeMutableBufferPointer<Int64>) in
-            byOutput.withUnsafeBufferPointer { y in
-                // Tiles of 32 outputs by 32 rows (the two layouts are transposes), tile rows on every core.
-                let block = 32
-                parallelChunks((rows + block - 1) / block) { tiles in
-                    for rt in tiles {
-                        let r1 = min(rows, (rt + 1) * block)
-                        for o0 in stride(from: 0, to: outputs, by: block) {
-                            for r in (rt * block)..<r1 {
-                                for o in o0..<min(outputs, o0 + block) {
-                                    // In the top bits, the sum wraps mod 2^64 = wraps mod 2^k; the arithmetic shift centres it.
-                                    let sum = y[o * rows + r] &+ (wr[r * outputs + o] << shift)
-                                    out[r * outputs + o] = Int64(bitPattern: sum) >> Int64(shift)
-                                }
-                            }
-                        }
-                    }
-                }
+        precondition(y.body.count == packedByteCount(rows * outputs, bits: k))
+        y.body.withUnsafeBufferPointer { body in
+            parallelChunks(rows, align: 16) { r in
+                nb_masked_unblind(body.baseAddress!, body.count, wr.baseAddress!, rows, outputs, UInt32(k), out, r.lowerBound, r.upperBound)
             }
         }
     }

@@ -80,6 +80,21 @@ void nb_fhe_pack_bytes_columns(const uint64_t *values, size_t rows, size_t colum
 void nb_fhe_byte_gemv(const int8_t *w, size_t k_padded, const uint8_t *digits, size_t columns, size_t limbs,
                       uint64_t *out, size_t o_begin, size_t o_end);
 
+/// The masked protocol's blinding: u = (x - pad) mod 2^bits for x and pads rows x features
+/// (row-major), written feature-major (value c*rows + r) and packed LSB-first at `bits` bits
+/// (bits <= 56), for features [f_begin, f_end). A range may start mid-byte: the bits before it in
+/// its first byte are kept, so ranges can be written one after another, or side by side
+/// when every range but the last starts and ends on a byte boundary.
+void nb_masked_blind_float(const float *x, const uint64_t *pads, size_t rows, size_t features, unsigned bits, uint8_t *out,
+                           size_t f_begin, size_t f_end);
+void nb_masked_blind_int64(const int64_t *x, const uint64_t *pads, size_t rows, size_t features, unsigned bits, uint8_t *out,
+                           size_t f_begin, size_t f_end);
+/// The unblinding: y[r][o] = the centred residue of (v[o][r] + wr[r][o]) mod 2^bits, for the
+/// server's packed answer v (outputs x rows, `bits` bits LSB-first, packed_bytes long) and the
+/// pad products wr (rows x outputs, mod 2^bits), for rows [r_begin, r_end).
+void nb_masked_unblind(const uint8_t *packed, size_t packed_bytes, const uint64_t *wr, size_t rows, size_t outputs, unsigned bits,
+                       double *y, size_t r_begin, size_t r_end);
+
 /// Keeps the top `bits` bits of each value, rounded to nearest (mod 2^64), and packs them
 /// LSB-first into ceil(n*bits/8) bytes.
 void nb_fhe_pack_bits(const uint64_t *values, size_t n, unsigned bits, uint8_t *out);

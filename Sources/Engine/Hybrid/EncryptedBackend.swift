@@ -332,7 +332,6 @@ public final class EncryptedLinearBackend: LinearBackend {
                 try store.take(stream.spec.name, rows: rows) { _, pads in try self.offlineProduct(stream, pads: pads) }
             }
             let taken = filled.result
-            let integers = x.values.map { Int64($0) }
             let (features, outputs) = (x.columns, w.rows)
             // Pieces of at least 32 rows: fewer would cost more in requests than they overlap.
             let parts = min(max(1, transport.maskedPipelineParts), max(1, rows / 32))
@@ -345,7 +344,7 @@ public final class EncryptedLinearBackend: LinearBackend {
             try transport.multiplyMaskedParts(module: name, direction: direction, parts: parts, request: { i in
                 let started = ProcessInfo.processInfo.systemUptime
                 let (lo, hi) = (bounds[i], bounds[i + 1])
-                let request = integers.withUnsafeBufferPointer { xs in
+                let request = x.values.withUnsafeBufferPointer { xs in
                     taken.pads.withUnsafeBufferPointer { pads in
                         MaskedProduct.blind(UnsafeBufferPointer(rebasing: xs[lo * features..<hi * features]),
                                             pads: UnsafeBufferPointer(rebasing: pads[lo * features..<hi * features]),
@@ -362,11 +361,10 @@ public final class EncryptedLinearBackend: LinearBackend {
                 do { product = try MaskedOutput(serialized: response, expecting: (hi - lo, outputs, k)) } catch {
                     throw EncryptedBackendError.failed(module: name, reason: "the server's online product: \(error)")
                 }
-                let y = taken.products.withUnsafeBufferPointer {
-                    MaskedProduct.unblind(product, padProducts: UnsafeBufferPointer(rebasing: $0[lo * outputs..<hi * outputs]))
-                }
-                result.withUnsafeMutableBufferPointer { r in
-                    for j in y.indices { r[lo * outputs + j] = Double(y[j]) }
+                taken.products.withUnsafeBufferPointer { wr in
+                    result.withUnsafeMutableBufferPointer { r in
+                        MaskedProduct.unblind(product, padProducts: UnsafeBufferPointer(rebasing: wr[lo * outputs..<hi * outputs]), into: r.baseAddress! + lo * outputs)
+                    }
                 }
                 received += response.count
                 clientSeconds += ProcessInfo.processInfo.systemUptime - started

@@ -90,6 +90,42 @@ import Testing
         #expect(calls.value <= 6)
     }
 
+    /// Pad products come back from the segment files as written, at each stored width (3, 4 and
+    /// 8 bytes per value: k ≤ 24, ≤ 32, above), across a reopen (read from disk, digest checked),
+    /// and the files have the size of that width.
+    @Test func padProductsRoundTripAtEveryStoredWidth() throws {
+        for (bits, width) in [(24, 3), (20, 3), (25, 4), (32, 4), (40, 8), (56, 8)] {
+            let dir = try Self.temporaryStore()
+            defer { try? FileManager.default.removeItem(at: dir) }
+            let spec = MaskStreamSpec(module: "w", direction: .forward, bits: bits, features: 7, outputs: 5, segmentRows: 16, identity: "b")
+            var taken: [(first: Int, pads: [UInt64], products: [UInt64])] = []
+            do {
+                let store = try MaskStore(directory: dir)
+                try store.prepare(spec)
+                taken.append(try store.take(spec.name, rows: 3, offline: Self.fakeOffline(spec, calls: Counter())))
+                try store.prefill(spec.name, rows: 20, offline: Self.fakeOffline(spec, calls: Counter()))
+                try store.release()
+            }
+            for name in try FileManager.default.contentsOfDirectory(atPath: dir.path) where name.hasSuffix(".wr") {
+                let size = try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent(name).path)[.size] as? Int
+                #expect(size == 16 * 5 * width, "k = \(bits): \(name) has \(size ?? -1) bytes")
+            }
+            do {
+                let store = try MaskStore(directory: dir)
+                try store.prepare(spec)
+                let calls = Counter()
+                taken.append(try store.take(spec.name, rows: 20, offline: Self.fakeOffline(spec, calls: calls)))
+                #expect(calls.value == 0, "k = \(bits): the filled segments were read, not computed again")
+                try store.release()
+            }
+            let pads = taken[0].pads + taken[1].pads
+            let truth = try Self.fakeOffline(spec, calls: Counter())(0, Array(pads.prefix(16 * 7)))
+                + Self.fakeOffline(spec, calls: Counter())(16, Array(pads.suffix(7 * 7)) + [UInt64](repeating: 0, count: 9 * 7))
+            #expect(taken[0].products + taken[1].products == Array(truth.prefix(23 * 5)), "k = \(bits)")
+            #expect((taken[0].products + taken[1].products).allSatisfy { $0 < (1 << UInt64(bits)) })
+        }
+    }
+
     /// A segment file damaged on disk is detected by its digest and computed again (it was
     /// never sent); a damaged state file starts the store afresh with new seeds; a changed key
     /// or weights (the spec's identity) starts that stream afresh.

@@ -45,7 +45,8 @@ public struct MaskStreamSpec: Codable, Equatable, Sendable {
             (module, direction, bits, features, outputs, segmentRows, identity)
     }
 
-    var bytesPerValue: Int { bits <= 32 ? 4 : 8 }
+    /// Bytes per stored W·r value: the fewest whole bytes of the common widths that hold k bits.
+    var bytesPerValue: Int { bits <= 24 ? 3 : bits <= 32 ? 4 : 8 }
     var segmentBytes: Int { segmentRows * outputs * bytesPerValue }
 }
 
@@ -64,7 +65,7 @@ public struct MaskStreamSpec: Codable, Equatable, Sendable {
 ///
 /// Files (mode 0600 in a 0700 directory): `state` (a header line with the SHA-256 and length of
 /// the JSON that follows: seeds, marks, segment digests) and `<stream>-<segment>.wr` (W·r,
-/// little-endian words, 4 bytes per value for k ≤ 32, else 8). A segment whose digest does not
+/// little-endian, 3 bytes per value for k ≤ 24, 4 for k ≤ 32, else 8). A segment whose digest does not
 /// match is computed again from its pads (nothing of it was sent); a damaged state file starts
 /// every stream afresh, with new seeds.
 public final class MaskStore: @unchecked Sendable {
@@ -90,7 +91,8 @@ public final class MaskStore: @unchecked Sendable {
     }
 
     struct StateFile: Codable {
-        var format = "nb-mask-store-1"
+        // 2: three bytes per W·r value for k ≤ 24 (a store of format 1 starts afresh).
+        var format = "nb-mask-store-2"
         var streams: [String: Stream] = [:]
     }
 
@@ -337,7 +339,14 @@ public final class MaskStore: @unchecked Sendable {
         precondition(products.count == spec.segmentRows * spec.outputs, "offline products: \(products.count) values")
         var bytes = Data(count: spec.segmentBytes)
         bytes.withUnsafeMutableBytes { raw in
-            if spec.bytesPerValue == 4 {
+            if spec.bytesPerValue == 3 {
+                for i in products.indices {
+                    let v = products[i]
+                    raw[3 * i] = UInt8(truncatingIfNeeded: v)
+                    raw[3 * i + 1] = UInt8(truncatingIfNeeded: v >> 8)
+                    raw[3 * i + 2] = UInt8(truncatingIfNeeded: v >> 16)
+                }
+            } else if spec.bytesPerValue == 4 {
                 let out = raw.bindMemory(to: UInt32.self)
                 for i in products.indices { out[i] = UInt32(truncatingIfNeeded: products[i]).littleEndian }
             } else {
@@ -390,7 +399,11 @@ public final class MaskStore: @unchecked Sendable {
             }
             bytes.withUnsafeBytes { raw in
                 let at = (row - first) * o
-                if width == 4 {
+                if width == 3 {
+                    for i in 0..<(n * o) {
+                        out[at + i] = (UInt64(raw[3 * i]) | UInt64(raw[3 * i + 1]) << 8 | UInt64(raw[3 * i + 2]) << 16) & mask
+                    }
+                } else if width == 4 {
                     for i in 0..<(n * o) { out[at + i] = UInt64(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) & mask }
                 } else {
                     for i in 0..<(n * o) { out[at + i] = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)) & mask }

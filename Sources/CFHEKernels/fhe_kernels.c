@@ -128,8 +128,9 @@ size_t nb_fhe_packed_limbs_count(size_t rows, size_t columns, size_t limbs) {
 enum { MR = 6, NR = 16, PAIR_CHUNK = 128, COLUMN_BLOCK = 256 };
 
 // One tile of `rows` x `cols`: l points at the tile's row pairs (32 int16 each).
-static void micro_scalar(const int16_t *w, size_t kp, size_t rows, const int16_t *l, size_t pairs, size_t cols,
+static void micro_scalar(const void *wv, size_t kp, size_t rows, const void *lv, size_t pairs, size_t cols,
                          uint64_t *out, size_t columns, unsigned shift) {
+    const int16_t *w = wv, *l = lv;
     for (size_t r = 0; r < rows; r++) {
         for (size_t j = 0; j < cols; j++) {
             int64_t s = 0;
@@ -151,11 +152,22 @@ static inline void flush_avx2(__m256i v, uint64_t *out, __m128i count) {
     _mm256_storeu_si256((__m256i *)(out + 4), _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(out + 4)), hi));
 }
 
+// Adds a 6 x 16 tile of int32 sums (two vectors per row), shifted, into its 64-bit outputs.
+__attribute__((target("avx2")))
+static inline __attribute__((always_inline)) void flush_tile_avx2(const __m256i tile[12], uint64_t *out, size_t columns, unsigned shift) {
+    const __m128i count = _mm_cvtsi32_si128((int)shift);
+    for (size_t r = 0; r < 6; r++) {
+        flush_avx2(tile[2 * r], out + r * columns, count);
+        flush_avx2(tile[2 * r + 1], out + r * columns + 8, count);
+    }
+}
+
 // A 6 x 16 tile: 12 accumulators of 8 int32 sums, one vpmaddwd per (row, 8 columns, row pair);
 // the tile's digits are contiguous (64 bytes per row pair).
 __attribute__((target("avx2")))
-static void micro_avx2(const int16_t *w, size_t kp, const int16_t *l, size_t pairs, uint64_t *out, size_t columns,
+static void micro_avx2(const void *wv, size_t kp, const void *lv, size_t pairs, uint64_t *out, size_t columns,
                        unsigned shift) {
+    const int16_t *w = wv, *l = lv;
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     const int16_t *w0 = w, *w1 = w + kp, *w2 = w + 2 * kp, *w3 = w + 3 * kp, *w4 = w + 4 * kp, *w5 = w + 5 * kp;
@@ -173,47 +185,56 @@ static void micro_avx2(const int16_t *w, size_t kp, const int16_t *l, size_t pai
         NB_ROW(0) NB_ROW(1) NB_ROW(2) NB_ROW(3) NB_ROW(4) NB_ROW(5)
 #undef NB_ROW
     }
-    const __m128i count = _mm_cvtsi32_si128((int)shift);
-    flush_avx2(c00, out, count); flush_avx2(c01, out + 8, count);
-    flush_avx2(c10, out + columns, count); flush_avx2(c11, out + columns + 8, count);
-    flush_avx2(c20, out + 2 * columns, count); flush_avx2(c21, out + 2 * columns + 8, count);
-    flush_avx2(c30, out + 3 * columns, count); flush_avx2(c31, out + 3 * columns + 8, count);
-    flush_avx2(c40, out + 4 * columns, count); flush_avx2(c41, out + 4 * columns + 8, count);
-    flush_avx2(c50, out + 5 * columns, count); flush_avx2(c51, out + 5 * columns + 8, count);
+    const __m256i tile[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+    flush_tile_avx2(tile, out, columns, shift);
 }
 #endif
 
-void nb_fhe_limb_gemm(const int16_t *w, size_t k_padded, const int16_t *packed, size_t columns, size_t limbs,
-                      uint64_t *out, size_t o_begin, size_t o_end) {
-    const size_t pairs = k_padded / 2, tiles = (columns + 15) / 16;
-    const int avx = nb_fhe_has_avx2();
+// The blocked GEMM both digit layouts share: a tile's digits are 64 bytes per group of `group`
+// inner values (a pair of int16 or a quad of bytes); `fast` takes full MR x NR tiles on the CPU
+// that has its instructions, `any` every tile.
+typedef void (*tile_kernel)(const void *w, size_t kp, const void *l, size_t groups, uint64_t *out, size_t columns, unsigned shift);
+typedef void (*edge_kernel)(const void *w, size_t kp, size_t rows, const void *l, size_t groups, size_t cols, uint64_t *out,
+                            size_t columns, unsigned shift);
+
+static void blocked_gemm(const char *w, size_t weight_bytes, size_t k_padded, const char *packed, size_t group, size_t chunk,
+                         unsigned digit_bits, size_t columns, size_t limbs, tile_kernel fast, edge_kernel any,
+                         uint64_t *out, size_t o_begin, size_t o_end) {
+    const size_t groups = k_padded / group, tiles = (columns + 15) / 16;
     for (size_t t = 0; t < limbs; t++) {
-        const unsigned shift = (unsigned)(64 - 16 * limbs + 16 * t);
-        const int16_t *limb = packed + t * tiles * pairs * 32;
-        for (size_t p0 = 0; p0 < pairs; p0 += PAIR_CHUNK) {
-            const size_t pc = pairs - p0 < PAIR_CHUNK ? pairs - p0 : PAIR_CHUNK;
+        const unsigned shift = (unsigned)(64 - digit_bits * limbs + digit_bits * t);
+        const char *limb = packed + t * tiles * groups * 64;
+        for (size_t g0 = 0; g0 < groups; g0 += chunk) {
+            const size_t gc = groups - g0 < chunk ? groups - g0 : chunk;
             for (size_t t0 = 0; t0 < tiles; t0 += COLUMN_BLOCK / 16) {
                 const size_t t1 = t0 + COLUMN_BLOCK / 16 < tiles ? t0 + COLUMN_BLOCK / 16 : tiles;
                 for (size_t o = o_begin; o < o_end; o += MR) {
                     const size_t rows = o_end - o < MR ? o_end - o : MR;
-                    const int16_t *wt = w + o * k_padded + 2 * p0;
+                    const char *wt = w + (o * k_padded + group * g0) * weight_bytes;
                     for (size_t ct = t0; ct < t1; ct++) {
                         const size_t c = ct * 16, cols = columns - c < NR ? columns - c : NR;
-                        const int16_t *lt = limb + (ct * pairs + p0) * 32;
+                        const char *lt = limb + (ct * groups + g0) * 64;
                         uint64_t *ot = out + o * columns + c;
-#if defined(__x86_64__)
-                        if (avx && rows == MR && cols == NR) {
-                            micro_avx2(wt, k_padded, lt, pc, ot, columns, shift);
-                            continue;
+                        if (fast && rows == MR && cols == NR) {
+                            fast(wt, k_padded, lt, gc, ot, columns, shift);
+                        } else {
+                            any(wt, k_padded, rows, lt, gc, cols, ot, columns, shift);
                         }
-#endif
-                        micro_scalar(wt, k_padded, rows, lt, pc, cols, ot, columns, shift);
                     }
                 }
             }
         }
     }
-    (void)avx;
+}
+
+void nb_fhe_limb_gemm(const int16_t *w, size_t k_padded, const int16_t *packed, size_t columns, size_t limbs,
+                      uint64_t *out, size_t o_begin, size_t o_end) {
+    tile_kernel fast = NULL;
+#if defined(__x86_64__)
+    if (nb_fhe_has_avx2()) fast = micro_avx2;
+#endif
+    blocked_gemm((const char *)w, 2, k_padded, (const char *)packed, 2, PAIR_CHUNK, 16, columns, limbs, fast, micro_scalar,
+                 out, o_begin, o_end);
 }
 
 void nb_fhe_pack_limbs_columns(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *digits) {
@@ -350,8 +371,10 @@ void nb_fhe_pack_bytes_from_bits(const uint8_t *in, size_t in_bytes, unsigned bi
 
 enum { QUAD_CHUNK = 128 };
 
-static void micro_bytes_scalar(const int8_t *w, size_t kp, size_t rows, const uint8_t *l, size_t quads, size_t cols,
+static void micro_bytes_scalar(const void *wv, size_t kp, size_t rows, const void *lv, size_t quads, size_t cols,
                                uint64_t *out, size_t columns, unsigned shift) {
+    const int8_t *w = wv;
+    const uint8_t *l = lv;
     for (size_t r = 0; r < rows; r++) {
         for (size_t j = 0; j < cols; j++) {
             int64_t s = 0;
@@ -369,8 +392,10 @@ static void micro_bytes_scalar(const int8_t *w, size_t kp, size_t rows, const ui
 // values): u8 digits times s8 weights. Each lane adds at most 4 * 255 * 128 per quad, so
 // QUAD_CHUNK quads stay far below 2^31.
 __attribute__((target("avx2,avx512f,avx512vl,avx512vnni")))
-static void micro_bytes_vnni(const int8_t *w, size_t kp, const uint8_t *l, size_t quads, uint64_t *out, size_t columns,
+static void micro_bytes_vnni(const void *wv, size_t kp, const void *lv, size_t quads, uint64_t *out, size_t columns,
                              unsigned shift) {
+    const int8_t *w = wv;
+    const uint8_t *l = lv;
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     const int8_t *w0 = w, *w1 = w + kp, *w2 = w + 2 * kp, *w3 = w + 3 * kp, *w4 = w + 4 * kp, *w5 = w + 5 * kp;
@@ -388,47 +413,19 @@ static void micro_bytes_vnni(const int8_t *w, size_t kp, const uint8_t *l, size_
         NB_ROW(0) NB_ROW(1) NB_ROW(2) NB_ROW(3) NB_ROW(4) NB_ROW(5)
 #undef NB_ROW
     }
-    const __m128i count = _mm_cvtsi32_si128((int)shift);
-    flush_avx2(c00, out, count); flush_avx2(c01, out + 8, count);
-    flush_avx2(c10, out + columns, count); flush_avx2(c11, out + columns + 8, count);
-    flush_avx2(c20, out + 2 * columns, count); flush_avx2(c21, out + 2 * columns + 8, count);
-    flush_avx2(c30, out + 3 * columns, count); flush_avx2(c31, out + 3 * columns + 8, count);
-    flush_avx2(c40, out + 4 * columns, count); flush_avx2(c41, out + 4 * columns + 8, count);
-    flush_avx2(c50, out + 5 * columns, count); flush_avx2(c51, out + 5 * columns + 8, count);
+    const __m256i tile[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+    flush_tile_avx2(tile, out, columns, shift);
 }
 #endif
 
 void nb_fhe_byte_gemm(const int8_t *w, size_t k_padded, const uint8_t *packed, size_t columns, size_t limbs,
                       uint64_t *out, size_t o_begin, size_t o_end) {
-    const size_t quads = k_padded / 4, tiles = (columns + 15) / 16;
-    const int vnni = nb_fhe_has_avx512_vnni();
-    for (size_t t = 0; t < limbs; t++) {
-        const unsigned shift = (unsigned)(64 - 8 * limbs + 8 * t);
-        const uint8_t *limb = packed + t * tiles * quads * 64;
-        for (size_t q0 = 0; q0 < quads; q0 += QUAD_CHUNK) {
-            const size_t qc = quads - q0 < QUAD_CHUNK ? quads - q0 : QUAD_CHUNK;
-            for (size_t t0 = 0; t0 < tiles; t0 += COLUMN_BLOCK / 16) {
-                const size_t t1 = t0 + COLUMN_BLOCK / 16 < tiles ? t0 + COLUMN_BLOCK / 16 : tiles;
-                for (size_t o = o_begin; o < o_end; o += MR) {
-                    const size_t rows = o_end - o < MR ? o_end - o : MR;
-                    const int8_t *wt = w + o * k_padded + 4 * q0;
-                    for (size_t ct = t0; ct < t1; ct++) {
-                        const size_t c = ct * 16, cols = columns - c < NR ? columns - c : NR;
-                        const uint8_t *lt = limb + (ct * quads + q0) * 64;
-                        uint64_t *ot = out + o * columns + c;
+    tile_kernel fast = NULL;
 #if defined(__x86_64__)
-                        if (vnni && rows == MR && cols == NR) {
-                            micro_bytes_vnni(wt, k_padded, lt, qc, ot, columns, shift);
-                            continue;
-                        }
+    if (nb_fhe_has_avx512_vnni()) fast = micro_bytes_vnni;
 #endif
-                        micro_bytes_scalar(wt, k_padded, rows, lt, qc, cols, ot, columns, shift);
-                    }
-                }
-            }
-        }
-    }
-    (void)vnni;
+    blocked_gemm((const char *)w, 1, k_padded, (const char *)packed, 4, QUAD_CHUNK, 8, columns, limbs, fast, micro_bytes_scalar,
+                 out, o_begin, o_end);
 }
 
 void nb_fhe_pack_bytes_columns(const uint64_t *values, size_t rows, size_t columns, size_t limbs, uint8_t *digits) {

@@ -133,6 +133,22 @@ final class FHEPrimitivesTests: XCTestCase {
         }
     }
 
+    /// Σ_j w(r, j)·round(v[j][col]) mod 2^64 (o × c, row-major), each value rounded to its top
+    /// 64 − drop bits.
+    static func wrappingProduct(_ o: Int, _ k: Int, _ c: Int, _ values: [UInt64], drop: UInt64, _ w: (Int, Int) -> Int64) -> [UInt64] {
+        var out = [UInt64](repeating: 0, count: o * c)
+        for r in 0..<o {
+            for col in 0..<c {
+                for j in 0..<k {
+                    let v = values[j * c + col]
+                    let rounded = drop == 0 ? v : ((v &+ (1 << (drop - 1))) >> drop) << drop
+                    out[r * c + col] &+= UInt64(bitPattern: w(r, j)) &* rounded
+                }
+            }
+        }
+        return out
+    }
+
     /// The limb GEMM equals the wrapping UInt64 product of W by the values rounded to their
     /// top 16·limbs bits, on shapes with edge tiles and extreme weights.
     func testLimbGEMMIsExactModulo2To64() {
@@ -149,17 +165,7 @@ final class FHEPrimitivesTests: XCTestCase {
                 nb_fhe_pack_limbs(values, k, c, limbs, &packed)
                 var out = [UInt64](repeating: 0, count: o * c)
                 nb_fhe_limb_gemm(w, kp, packed, c, limbs, &out, 0, o)
-                for r in 0..<o {
-                    for col in 0..<c {
-                        var expect: UInt64 = 0
-                        for j in 0..<k {
-                            let v = values[j * c + col]
-                            let rounded = drop == 0 ? v : ((v &+ (1 << (drop - 1))) >> drop) << drop
-                            expect &+= UInt64(bitPattern: Int64(w[r * kp + j])) &* rounded
-                        }
-                        XCTAssertEqual(out[r * c + col], expect, "o \(r) c \(col) limbs \(limbs) shape \(o)×\(k)×\(c)")
-                    }
-                }
+                XCTAssertEqual(out, Self.wrappingProduct(o, k, c, values, drop: drop) { Int64(w[$0 * kp + $1]) }, "limbs \(limbs) shape \(o)×\(k)×\(c)")
             }
         }
     }
@@ -186,18 +192,7 @@ final class FHEPrimitivesTests: XCTestCase {
                 nb_fhe_pack_bytes_columns(values, k, c, limbs, &digits)
                 var gemv = [UInt64](repeating: 0, count: o * c)
                 nb_fhe_byte_gemv(w, kp, digits, c, limbs, &gemv, 0, o)
-                var expected = [UInt64](repeating: 0, count: o * c)
-                for r in 0..<o {
-                    for col in 0..<c {
-                        var expect: UInt64 = 0
-                        for j in 0..<k {
-                            let v = values[j * c + col]
-                            let rounded = drop == 0 ? v : ((v &+ (1 << (drop - 1))) >> drop) << drop
-                            expect &+= UInt64(bitPattern: Int64(w[r * kp + j])) &* rounded
-                        }
-                        expected[r * c + col] = expect
-                    }
-                }
+                let expected = Self.wrappingProduct(o, k, c, values, drop: drop) { Int64(w[$0 * kp + $1]) }
                 XCTAssertEqual(out, expected, "GEMM, limbs \(limbs), shape \(o)×\(k)×\(c)")
                 XCTAssertEqual(gemv, expected, "GEMV, limbs \(limbs), shape \(o)×\(k)×\(c)")
                 if limbs % 2 == 0 {

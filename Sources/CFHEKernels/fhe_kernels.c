@@ -162,32 +162,34 @@ static inline __attribute__((always_inline)) void flush_tile_avx2(const __m256i 
     }
 }
 
-// A 6 x 16 tile: 12 accumulators of 8 int32 sums, one vpmaddwd per (row, 8 columns, row pair);
-// the tile's digits are contiguous (64 bytes per row pair).
-__attribute__((target("avx2")))
-static void micro_avx2(const void *wv, size_t kp, const void *lv, size_t pairs, uint64_t *out, size_t columns,
-                       unsigned shift) {
-    const int16_t *w = wv, *l = lv;
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const int16_t *w0 = w, *w1 = w + kp, *w2 = w + 2 * kp, *w3 = w + 3 * kp, *w4 = w + 4 * kp, *w5 = w + 5 * kp;
-    for (size_t p = 0; p < pairs; p++) {
-        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(l + p * 32));
-        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(l + p * 32 + 16));
-#define NB_ROW(r)                                                                  \
-        {                                                                          \
-            int32_t s;                                                             \
-            memcpy(&s, w##r + 2 * p, sizeof s);                                    \
-            const __m256i a = _mm256_set1_epi32(s);                                \
-            c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(a, b0));         \
-            c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(a, b1));         \
-        }
-        NB_ROW(0) NB_ROW(1) NB_ROW(2) NB_ROW(3) NB_ROW(4) NB_ROW(5)
-#undef NB_ROW
-    }
-    const __m256i tile[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
-    flush_tile_avx2(tile, out, columns, shift);
+// A 6 x 16 tile: 12 accumulators of 8 int32 sums, one multiply-accumulate `MAC(acc, weights,
+// digits)` per (row, 8 columns, group of GROUP inner values); the tile's digits are contiguous
+// (64 bytes per group), the weights are broadcast GROUP at a time (4 bytes).
+#define NB_MICRO_TILE(NAME, TARGET, WEIGHT, GROUP, MAC)                                                        \
+__attribute__((target(TARGET)))                                                                                 \
+static void NAME(const void *wv, size_t kp, const void *lv, size_t groups, uint64_t *out, size_t columns,       \
+                 unsigned shift) {                                                                              \
+    const WEIGHT *w = wv;                                                                                       \
+    const char *l = lv;                                                                                         \
+    __m256i c[12];                                                                                              \
+    for (int i = 0; i < 12; i++) c[i] = _mm256_setzero_si256();                                                \
+    for (size_t g = 0; g < groups; g++) {                                                                       \
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(l + g * 64));                                   \
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(l + g * 64 + 32));                              \
+        for (int r = 0; r < 6; r++) {                                                                           \
+            int32_t s;                                                                                          \
+            memcpy(&s, w + r * kp + GROUP * g, sizeof s);                                                       \
+            const __m256i a = _mm256_set1_epi32(s);                                                             \
+            c[2 * r] = MAC(c[2 * r], a, b0);                                                                    \
+            c[2 * r + 1] = MAC(c[2 * r + 1], a, b1);                                                            \
+        }                                                                                                       \
+    }                                                                                                           \
+    flush_tile_avx2(c, out, columns, shift);                                                                    \
 }
+
+// int16 pairs: vpmaddwd, then add.
+#define NB_MAC_INT16(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
+NB_MICRO_TILE(micro_avx2, "avx2", int16_t, 2, NB_MAC_INT16)
 #endif
 
 // The blocked GEMM both digit layouts share: a tile's digits are 64 bytes per group of `group`
@@ -255,15 +257,27 @@ void nb_fhe_pack_limbs_columns(const uint64_t *values, size_t rows, size_t colum
 
 // Σ_k w[k]·d[k] over kp (even) int16s, exactly: int32 lanes flushed into int64 every 64 steps of 16
 // (each lane's sum of 64 pair products stays below 2^29).
-static int64_t dot_scalar(const int16_t *w, const int16_t *d, size_t kp) {
+static int64_t dot_scalar(const void *wv, const void *dv, size_t kp) {
+    const int16_t *w = wv, *d = dv;
     int64_t s = 0;
     for (size_t k = 0; k < kp; k++) s += (int64_t)w[k] * d[k];
     return s;
 }
 
 #if defined(__x86_64__)
+// The sum of a vector's eight int32 lanes, in 64 bits.
 __attribute__((target("avx2")))
-static int64_t dot_avx2(const int16_t *w, const int16_t *d, size_t kp) {
+static inline __attribute__((always_inline)) int64_t sum_epi32_avx2(__m256i v) {
+    const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v));
+    const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1));
+    int64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi64(lo, hi));
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+
+__attribute__((target("avx2")))
+static int64_t dot_avx2(const void *wv, const void *dv, size_t kp) {
+    const int16_t *w = wv, *d = dv;
     int64_t total = 0;
     size_t k = 0;
     while (k + 16 <= kp) {
@@ -273,38 +287,39 @@ static int64_t dot_avx2(const int16_t *w, const int16_t *d, size_t kp) {
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(w + k)),
                                                           _mm256_loadu_si256((const __m256i *)(d + k))));
         }
-        const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc));
-        const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc, 1));
-        const __m256i sum = _mm256_add_epi64(lo, hi);
-        int64_t lanes[4];
-        _mm256_storeu_si256((__m256i *)lanes, sum);
-        total += lanes[0] + lanes[1] + lanes[2] + lanes[3];
+        total += sum_epi32_avx2(acc);
     }
     for (; k < kp; k++) total += (int64_t)w[k] * d[k];
     return total;
 }
 #endif
 
-void nb_fhe_limb_gemv(const int16_t *w, size_t k_padded, const int16_t *digits, size_t columns, size_t limbs,
-                      uint64_t *out, size_t o_begin, size_t o_end) {
-    const int avx = nb_fhe_has_avx2();
+// The GEMV both digit layouts share: `dot` is the exact inner product of a weight row and one
+// column's digits of one limb (`weight_bytes`, `digit_bytes`: their element sizes).
+typedef int64_t (*dot_kernel)(const void *w, const void *d, size_t kp);
+
+static void digit_gemv(const char *w, size_t weight_bytes, size_t k_padded, const char *digits, size_t digit_bytes, unsigned digit_bits,
+                       size_t columns, size_t limbs, dot_kernel dot, uint64_t *out, size_t o_begin, size_t o_end) {
     for (size_t o = o_begin; o < o_end; o++) {
-        const int16_t *row = w + o * k_padded;
+        const char *row = w + o * k_padded * weight_bytes;
         for (size_t c = 0; c < columns; c++) {
             uint64_t v = 0;
             for (size_t t = 0; t < limbs; t++) {
-                const int16_t *d = digits + (t * columns + c) * k_padded;
-#if defined(__x86_64__)
-                const int64_t s = avx ? dot_avx2(row, d, k_padded) : dot_scalar(row, d, k_padded);
-#else
-                const int64_t s = dot_scalar(row, d, k_padded);
-#endif
-                v += (uint64_t)s << (64 - 16 * limbs + 16 * t);
+                const int64_t s = dot(row, digits + (t * columns + c) * k_padded * digit_bytes, k_padded);
+                v += (uint64_t)s << (64 - digit_bits * limbs + digit_bits * t);
             }
             out[o * columns + c] += v;
         }
     }
-    (void)avx;
+}
+
+void nb_fhe_limb_gemv(const int16_t *w, size_t k_padded, const int16_t *digits, size_t columns, size_t limbs,
+                      uint64_t *out, size_t o_begin, size_t o_end) {
+    dot_kernel dot = dot_scalar;
+#if defined(__x86_64__)
+    if (nb_fhe_has_avx2()) dot = dot_avx2;
+#endif
+    digit_gemv((const char *)w, 2, k_padded, (const char *)digits, 2, 16, columns, limbs, dot, out, o_begin, o_end);
 }
 
 // MARK: - Byte digits and the VNNI GEMM
@@ -388,34 +403,10 @@ static void micro_bytes_scalar(const void *wv, size_t kp, size_t rows, const voi
 }
 
 #if defined(__x86_64__)
-// A 6 x 16 tile: 12 accumulators of 8 int32 sums, one vpdpbusd per (row, 8 columns, 4 inner
-// values): u8 digits times s8 weights. Each lane adds at most 4 * 255 * 128 per quad, so
-// QUAD_CHUNK quads stay far below 2^31.
-__attribute__((target("avx2,avx512f,avx512vl,avx512vnni")))
-static void micro_bytes_vnni(const void *wv, size_t kp, const void *lv, size_t quads, uint64_t *out, size_t columns,
-                             unsigned shift) {
-    const int8_t *w = wv;
-    const uint8_t *l = lv;
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const int8_t *w0 = w, *w1 = w + kp, *w2 = w + 2 * kp, *w3 = w + 3 * kp, *w4 = w + 4 * kp, *w5 = w + 5 * kp;
-    for (size_t q = 0; q < quads; q++) {
-        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(l + q * 64));
-        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(l + q * 64 + 32));
-#define NB_ROW(r)                                                                  \
-        {                                                                          \
-            int32_t s;                                                             \
-            memcpy(&s, w##r + 4 * q, sizeof s);                                    \
-            const __m256i a = _mm256_set1_epi32(s);                                \
-            c##r##0 = _mm256_dpbusd_epi32(c##r##0, b0, a);                         \
-            c##r##1 = _mm256_dpbusd_epi32(c##r##1, b1, a);                         \
-        }
-        NB_ROW(0) NB_ROW(1) NB_ROW(2) NB_ROW(3) NB_ROW(4) NB_ROW(5)
-#undef NB_ROW
-    }
-    const __m256i tile[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
-    flush_tile_avx2(tile, out, columns, shift);
-}
+// Byte quads: vpdpbusd (u8 digits times s8 weights, four products per lane). Each lane adds at
+// most 4 * 255 * 128 per quad, so QUAD_CHUNK quads stay far below 2^31.
+#define NB_MAC_BYTES(acc, a, b) _mm256_dpbusd_epi32((acc), (b), (a))
+NB_MICRO_TILE(micro_bytes_vnni, "avx2,avx512f,avx512vl,avx512vnni", int8_t, 4, NB_MAC_BYTES)
 #endif
 
 void nb_fhe_byte_gemm(const int8_t *w, size_t k_padded, const uint8_t *packed, size_t columns, size_t limbs,
@@ -442,7 +433,9 @@ void nb_fhe_pack_bytes_columns(const uint64_t *values, size_t rows, size_t colum
     }
 }
 
-static int64_t dot_bytes_scalar(const int8_t *w, const uint8_t *d, size_t kp) {
+static int64_t dot_bytes_scalar(const void *wv, const void *dv, size_t kp) {
+    const int8_t *w = wv;
+    const uint8_t *d = dv;
     int64_t s = 0;
     for (size_t k = 0; k < kp; k++) s += (int64_t)w[k] * d[k];
     return s;
@@ -451,7 +444,9 @@ static int64_t dot_bytes_scalar(const int8_t *w, const uint8_t *d, size_t kp) {
 #if defined(__x86_64__)
 // Exact: a lane gains at most 4 * 255 * 128 < 2^17 per step of 32, so 4096 steps stay below 2^31.
 __attribute__((target("avx2,avx512f,avx512vl,avx512vnni")))
-static int64_t dot_bytes_vnni(const int8_t *w, const uint8_t *d, size_t kp) {
+static int64_t dot_bytes_vnni(const void *wv, const void *dv, size_t kp) {
+    const int8_t *w = wv;
+    const uint8_t *d = dv;
     int64_t total = 0;
     size_t k = 0;
     while (k + 32 <= kp) {
@@ -460,11 +455,7 @@ static int64_t dot_bytes_vnni(const int8_t *w, const uint8_t *d, size_t kp) {
         for (; k + 32 <= end; k += 32) {
             acc = _mm256_dpbusd_epi32(acc, _mm256_loadu_si256((const __m256i *)(d + k)), _mm256_loadu_si256((const __m256i *)(w + k)));
         }
-        const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc));
-        const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc, 1));
-        int64_t lanes[4];
-        _mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi64(lo, hi));
-        total += lanes[0] + lanes[1] + lanes[2] + lanes[3];
+        total += sum_epi32_avx2(acc);
     }
     for (; k < kp; k++) total += (int64_t)w[k] * d[k];
     return total;
@@ -473,24 +464,11 @@ static int64_t dot_bytes_vnni(const int8_t *w, const uint8_t *d, size_t kp) {
 
 void nb_fhe_byte_gemv(const int8_t *w, size_t k_padded, const uint8_t *digits, size_t columns, size_t limbs,
                       uint64_t *out, size_t o_begin, size_t o_end) {
-    const int vnni = nb_fhe_has_avx512_vnni();
-    for (size_t o = o_begin; o < o_end; o++) {
-        const int8_t *row = w + o * k_padded;
-        for (size_t c = 0; c < columns; c++) {
-            uint64_t v = 0;
-            for (size_t t = 0; t < limbs; t++) {
-                const uint8_t *d = digits + (t * columns + c) * k_padded;
+    dot_kernel dot = dot_bytes_scalar;
 #if defined(__x86_64__)
-                const int64_t s = vnni ? dot_bytes_vnni(row, d, k_padded) : dot_bytes_scalar(row, d, k_padded);
-#else
-                const int64_t s = dot_bytes_scalar(row, d, k_padded);
+    if (nb_fhe_has_avx512_vnni()) dot = dot_bytes_vnni;
 #endif
-                v += (uint64_t)s << (64 - 8 * limbs + 8 * t);
-            }
-            out[o * columns + c] += v;
-        }
-    }
-    (void)vnni;
+    digit_gemv((const char *)w, 1, k_padded, (const char *)digits, 1, 8, columns, limbs, dot, out, o_begin, o_end);
 }
 
 // MARK: - The masked protocol's client passes

@@ -97,6 +97,18 @@ static inline uint64_t round_top(uint64_t v, unsigned drop) {
     return drop == 0 ? v : (v + (1ULL << (drop - 1))) >> drop;
 }
 
+// One value of a bits-wide LSB-first packed stream (bits <= 56), reading no byte past `n`.
+static inline uint64_t packed_value(const uint8_t *in, size_t n, size_t index, unsigned bits, uint64_t mask) {
+    const size_t bit = index * (size_t)bits, at = bit / 8;
+    uint64_t word = 0;
+    if (at + 8 <= n) {
+        memcpy(&word, in + at, 8);  // little-endian machines only (x86-64, arm64)
+    } else {
+        for (size_t b = 0; at + b < n; b++) word |= (uint64_t)in[at + b] << (8 * b);
+    }
+    return (word >> (bit % 8)) & mask;
+}
+
 void nb_fhe_pack_limbs_range(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *packed,
                              size_t pair_begin, size_t pair_end) {
     const size_t pairs = (rows + 1) / 2, tiles = (columns + 15) / 16;
@@ -366,17 +378,7 @@ void nb_fhe_pack_bytes_from_bits(const uint8_t *in, size_t in_bytes, unsigned bi
         for (size_t e = 0; e < 4; e++) {
             const size_t row = 4 * q + e;
             for (size_t c = 0; c < columns; c++) {
-                uint64_t x = 0;
-                if (row < rows) {
-                    const size_t bit = (row * columns + c) * (size_t)bits, at = bit / 8;
-                    uint64_t word = 0;
-                    if (at + 8 <= in_bytes) {
-                        memcpy(&word, in + at, 8);  // little-endian machines only (x86-64, arm64)
-                    } else {
-                        for (size_t b = 0; at + b < in_bytes; b++) word |= (uint64_t)in[at + b] << (8 * b);
-                    }
-                    x = ((word >> (bit % 8)) & mask) << up;
-                }
+                uint64_t x = row < rows ? packed_value(in, in_bytes, row * columns + c, bits, mask) << up : 0;
                 uint8_t *dst = packed + ((c / 16) * quads + q) * 64 + (c % 16) * 4 + e;
                 for (size_t t = 0; t < limbs; t++, x >>= 8) dst[t * tiles * quads * 64] = (uint8_t)x;
             }
@@ -472,18 +474,6 @@ void nb_fhe_byte_gemv(const int8_t *w, size_t k_padded, const uint8_t *digits, s
 }
 
 // MARK: - The masked protocol's client passes
-
-// One value of a bits-wide LSB-first packed stream (bits <= 56), reading no byte past `n`.
-static inline uint64_t packed_value(const uint8_t *in, size_t n, size_t index, unsigned bits, uint64_t mask) {
-    const size_t bit = index * (size_t)bits, at = bit / 8;
-    uint64_t word = 0;
-    if (at + 8 <= n) {
-        memcpy(&word, in + at, 8);  // little-endian machines only (x86-64, arm64)
-    } else {
-        for (size_t b = 0; at + b < n; b++) word |= (uint64_t)in[at + b] << (8 * b);
-    }
-    return (word >> (bit % 8)) & mask;
-}
 
 #define NB_MASKED_BLIND(NAME, T)                                                                                     \
 void NAME(const T *x, const uint64_t *pads, size_t rows, size_t features, unsigned bits, uint8_t *out,             \

@@ -32,17 +32,6 @@ enum Parallel {
         }
     }
 
-    /// Limb digits of a rows × columns matrix, for the GEMM.
-    static func packLimbs(_ values: UnsafeBufferPointer<UInt64>, rows: Int, columns: Int, limbs: Int) -> [Int16] {
-        var out = [Int16](repeating: 0, count: nb_fhe_packed_limbs_count(rows, columns, limbs))
-        out.withUnsafeMutableBufferPointer { o in
-            parallelChunks((rows + 1) / 2) { r in
-                nb_fhe_pack_limbs_range(values.baseAddress!, rows, columns, limbs, o.baseAddress!, r.lowerBound, r.upperBound)
-            }
-        }
-        return out
-    }
-
     /// out (columns × rows) = inᵀ for in (rows × columns), in cache blocks.
     static func transpose<T>(_ input: UnsafePointer<T>, rows: Int, columns: Int, into out: UnsafeMutablePointer<T>) {
         let block = 32

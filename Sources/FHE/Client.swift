@@ -64,12 +64,24 @@ public final class FHEClient: @unchecked Sendable {
         _ = AllocatorTuning.applied
     }
 
-    /// Encrypts x (rows × features, row-major, integers with |x| < 2^(b−1)) for `plan`.
+    /// Encrypts x (rows × features, row-major, integers with |x| < 2^(b−1)) for `plan`, under
+    /// the keyring's key with masks from a fresh seed.
     public func encrypt(_ x: UnsafeBufferPointer<Int64>, rows: Int, features: Int, plan: CallPlan) -> EncryptedMatrix {
+        precondition(!plan.hinted, "a hinted plan encrypts under a fresh key with its stream's seed")
+        return encrypt(x, rows: rows, features: features, plan: plan, seed: MaskSeed.fresh(), key: keyring.key(for: plan.parameters))
+    }
+
+    /// Encrypts under `key` with the masks of `seed`. For a ``CallPlan/hinted`` plan, `seed` is
+    /// the fixed public seed of the client's hint and `key` must be fresh for this call
+    /// (``SecretKey/generate(_:)``): calls that share masks are then samples of independent
+    /// secrets, which is as hard as one (the multi-secret form of ring LWE); the request
+    /// carries bodies only, one ring at most.
+    public func encrypt(_ x: UnsafeBufferPointer<Int64>, rows: Int, features: Int, plan: CallPlan, seed: MaskSeed, key: SecretKey) -> EncryptedMatrix {
         precondition(x.count == rows * features && rows > 0 && features > 0)
+        precondition(key.parameters == plan.parameters)
         let p = plan.parameters, n = p.ringDegree, groups = (rows + n - 1) / n
-        let key = keyring.key(for: p), ring = NegacyclicRing.shared(degree: n)
-        let seed = MaskSeed.fresh()
+        precondition(!plan.hinted || groups == 1, "a hint covers one ring of tokens")
+        let ring = NegacyclicRing.shared(degree: n)
         let count = rows * features
         // x feature-major (K × R), so each ciphertext's tokens are contiguous.
         var xt: [Int64] = Parallel.uninitialized(count) { Parallel.transpose(x.baseAddress!, rows: rows, columns: features, into: $0.baseAddress!) }
@@ -107,20 +119,49 @@ public final class FHEClient: @unchecked Sendable {
         }
         xt.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
         let packed = bodies.withUnsafeBufferPointer { Parallel.packBits($0, bits: 16 * plan.bodyLimbs) }
-        return EncryptedMatrix(parametersID: p.id, bodyLimbs: plan.bodyLimbs, maskLimbs: plan.maskLimbs, outputBodyBits: plan.outputBodyBits,
-                               outputMaskBits: plan.outputMaskBits, rows: rows, features: features, seed: seed, body: packed)
+        return EncryptedMatrix(parametersID: p.id, bodyLimbs: plan.bodyLimbs, maskLimbs: plan.requestMaskLimbs, outputBodyBits: plan.outputBodyBits,
+                               outputMaskBits: plan.requestOutputMaskBits, rows: rows, features: features, seed: seed, body: packed)
+    }
+
+    /// The request for the hint of a ``CallPlan/hinted`` plan: the server's product W·A of the
+    /// masks of `seed` (one ring, at full precision: 4 limbs), with no bodies. Public: the seed
+    /// is, and no key or data enters it. Its answer's masks are what ``decrypt(_:plan:hint:key:)`` takes.
+    public static func hintRequest(features: Int, plan: CallPlan, seed: MaskSeed) -> EncryptedMatrix {
+        precondition(plan.hinted)
+        return EncryptedMatrix(parametersID: plan.parameters.id, bodyLimbs: 0, maskLimbs: plan.maskLimbs, outputBodyBits: 0,
+                               outputMaskBits: plan.outputMaskBits, rows: plan.parameters.ringDegree, features: features, seed: seed, body: [])
     }
 
     public func encrypt(_ x: [Int64], rows: Int, features: Int, plan: CallPlan) -> EncryptedMatrix {
         x.withUnsafeBufferPointer { encrypt($0, rows: rows, features: features, plan: plan) }
     }
 
+    public func encrypt(_ x: [Int64], rows: Int, features: Int, plan: CallPlan, seed: MaskSeed, key: SecretKey) -> EncryptedMatrix {
+        x.withUnsafeBufferPointer { encrypt($0, rows: rows, features: features, plan: plan, seed: seed, key: key) }
+    }
+
     /// The product's integers (rows × outputs, row-major), decoded mod 2^b and centred.
     public func decrypt(_ y: EncryptedProduct, plan: CallPlan) -> [Int64] {
+        precondition(!plan.hinted)
+        return decrypt(y, plan: plan, masks: y.masks, maskBits: y.outputMaskBits, key: keyring.key(for: plan.parameters))
+    }
+
+    /// A hinted call's product: its bodies from `y`, its masks' product from `hint` (the masks of
+    /// the answer to ``hintRequest(features:plan:seed:)``), under the call's fresh `key`.
+    public func decrypt(_ y: EncryptedProduct, plan: CallPlan, hint: [UInt8], key: SecretKey) throws(FHEWireError) -> [Int64] {
+        precondition(plan.hinted)
+        let expected = packedByteCount(y.outputs * plan.parameters.ringDegree, bits: plan.outputMaskBits)
+        guard y.groups == 1, hint.count == expected, y.outputBodyBits == plan.outputBodyBits else {
+            throw .shapeMismatch("a hint of \(hint.count) bytes for \(y.outputs) outputs at \(plan.outputMaskBits) bits (expected \(expected)), \(y.rows) rows at \(y.outputBodyBits) bits")
+        }
+        return decrypt(y, plan: plan, masks: hint, maskBits: plan.outputMaskBits, key: key)
+    }
+
+    private func decrypt(_ y: EncryptedProduct, plan: CallPlan, masks: [UInt8], maskBits: Int, key: SecretKey) -> [Int64] {
         // Decoded output-major (O × R), then transposed to rows × outputs.
         // Every value is decoded (each output's groups cover all rows), then transposed.
         let byOutput: [Int64] = Parallel.uninitialized(y.rows * y.outputs) { o in
-            phases(y) { r, j, count, body, product in
+            phases(y, masks: masks, maskBits: maskBits, key: key) { r, j, count, body, product in
                 nb_fhe_decode(body, product, count, UInt32(plan.messageBits), o.baseAddress! + j * y.rows + r, 1)
             }
         }
@@ -131,11 +172,14 @@ public final class FHEClient: @unchecked Sendable {
 
     /// E = (b' − a'·s) − Δ·m for each value, given the true products m (rows × outputs): the
     /// noise before decoding, for measuring it against the formula.
-    public func decryptionErrors(_ y: EncryptedProduct, expected: [Int64], plan: CallPlan) -> [Double] {
+    /// For a hinted call, `hint` and the call's `key` as ``decrypt(_:plan:hint:key:)`` takes them.
+    public func decryptionErrors(_ y: EncryptedProduct, expected: [Int64], plan: CallPlan, hint: [UInt8]? = nil, key: SecretKey? = nil) -> [Double] {
+        let key = key ?? keyring.key(for: plan.parameters)
+        let (masks, maskBits) = hint.map { ($0, plan.outputMaskBits) } ?? (y.masks, y.outputMaskBits)
         var out = [Double](repeating: 0, count: y.rows * y.outputs)
         out.withUnsafeMutableBufferPointer { o in
             expected.withUnsafeBufferPointer { m in
-                phases(y) { r, j, count, body, product in
+                phases(y, masks: masks, maskBits: maskBits, key: key) { r, j, count, body, product in
                     nb_fhe_noise(body, product, count, UInt32(plan.messageBits), m.baseAddress! + r * y.outputs + j,
                                  o.baseAddress! + r * y.outputs + j, y.outputs)
                 }
@@ -146,16 +190,17 @@ public final class FHEClient: @unchecked Sendable {
 
     /// Calls `visit(first row, output, count, bodies, a'·s)` for each output and ciphertext
     /// group (in parallel over outputs; each call writes its own values).
-    private func phases(_ y: EncryptedProduct, _ visit: (Int, Int, Int, UnsafePointer<UInt64>, UnsafePointer<UInt64>) -> Void) {
+    private func phases(_ y: EncryptedProduct, masks: [UInt8], maskBits bits: Int, key: SecretKey,
+                        _ visit: (Int, Int, Int, UnsafePointer<UInt64>, UnsafePointer<UInt64>) -> Void) {
         let p = y.parameters, n = p.ringDegree, groups = y.groups
-        let key = keyring.key(for: p), ring = NegacyclicRing.shared(degree: n)
+        let ring = NegacyclicRing.shared(degree: n)
         // Masks are unpacked one output at a time (n·bits is a multiple of 8, so each output's
         // masks start on a byte): the client never holds the whole unpacked matrix.
         let bodies = Parallel.unpackBits(y.bodies, count: y.outputs * y.rows, bits: y.outputBodyBits)
-        let rows = y.rows, bits = y.outputMaskBits
+        let rows = y.rows
         precondition(n * bits % 8 == 0)
         withoutActuallyEscaping(visit) { visit in
-            y.masks.withUnsafeBufferPointer { m in
+            masks.withUnsafeBufferPointer { m in
                 bodies.withUnsafeBufferPointer { b in
                     key.spectrum.withUnsafeBufferPointer { spectrum in
                         parallelChunks(y.outputs) { range in

@@ -125,10 +125,15 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
     public var maskLimbs: Int
     public var outputBodyBits: Int
     public var outputMaskBits: Int
+    /// The client holds the server's product of the masks (a *hint* W·A for a fixed public mask
+    /// seed, computed once at full precision, ``maskLimbs`` = 4) and encrypts each call under a
+    /// fresh secret: the server multiplies the bodies only. See ``FHEClient/hintRequest(features:plan:seed:)``.
+    public var hinted: Bool
 
-    public init(parameters: FHEParameters, messageBits: Int, bodyLimbs: Int, maskLimbs: Int, outputBodyBits: Int, outputMaskBits: Int) {
-        (self.parameters, self.messageBits, self.bodyLimbs, self.maskLimbs, self.outputBodyBits, self.outputMaskBits) =
-            (parameters, messageBits, bodyLimbs, maskLimbs, outputBodyBits, outputMaskBits)
+    public init(parameters: FHEParameters, messageBits: Int, bodyLimbs: Int, maskLimbs: Int, outputBodyBits: Int, outputMaskBits: Int,
+                hinted: Bool = false) {
+        (self.parameters, self.messageBits, self.bodyLimbs, self.maskLimbs, self.outputBodyBits, self.outputMaskBits, self.hinted) =
+            (parameters, messageBits, bodyLimbs, maskLimbs, outputBodyBits, outputMaskBits, hinted)
     }
 
     public var delta: UInt64 { 1 << UInt64(64 - messageBits) }
@@ -171,19 +176,29 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
     public func inputBytesPerValue() -> Double { Double(2 * bodyLimbs) }
     public func outputBytesPerValue(rows: Int) -> Double {
         let groups = (rows + parameters.ringDegree - 1) / parameters.ringDegree
-        return (Double(outputBodyBits) * Double(rows) + Double(outputMaskBits) * Double(groups * parameters.ringDegree)) / 8 / Double(rows)
+        let maskBits = hinted ? 0 : outputMaskBits
+        return (Double(outputBodyBits) * Double(rows) + Double(maskBits) * Double(groups * parameters.ringDegree)) / 8 / Double(rows)
     }
 
-    /// Relative server work: limb-GEMM columns per weight.
+    /// Relative server work: limb-GEMM columns per weight (a hinted call's masks are the hint's,
+    /// multiplied once).
     public func serverColumns(rows: Int) -> Int {
         let groups = (rows + parameters.ringDegree - 1) / parameters.ringDegree
-        return bodyLimbs * rows + maskLimbs * groups * parameters.ringDegree
+        return bodyLimbs * rows + (hinted ? 0 : maskLimbs * groups * parameters.ringDegree)
     }
 
     public var description: String {
-        "\(parameters.name), b = \(messageBits) message bits, input body \(16 * bodyLimbs) bits, server mask \(16 * maskLimbs) bits, "
-            + "output body \(outputBodyBits) bits, output mask \(outputMaskBits) bits"
+        hinted
+            ? "\(parameters.name), b = \(messageBits) message bits, input body \(16 * bodyLimbs) bits, hint W·A of a fixed mask (exact), "
+                + "output body \(outputBodyBits) bits, hint \(outputMaskBits) bits, a fresh secret per call"
+            : "\(parameters.name), b = \(messageBits) message bits, input body \(16 * bodyLimbs) bits, server mask \(16 * maskLimbs) bits, "
+                + "output body \(outputBodyBits) bits, output mask \(outputMaskBits) bits"
     }
+
+    /// What a request of this plan carries on the wire: a hinted call sends bodies only (no
+    /// masks to multiply: 0 mask limbs, 0 output mask bits).
+    public var requestMaskLimbs: Int { hinted ? 0 : maskLimbs }
+    public var requestOutputMaskBits: Int { hinted ? 0 : outputMaskBits }
 
     /// The cheapest plan (server work first, then bytes) with P_fail ≤ 2^-64 per value for
     /// `shape`, over the given parameter sets.
@@ -251,6 +266,28 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
     /// The cheapest plan within one parameter set for products mod 2^`messageBits`.
     public static func plan(messageBits: Int, rows: Int, maxRowL2: Double, parameters p: FHEParameters,
                             maxLog2Failure: Double = -64) throws(FHEPlanError) -> CallPlan {
+        let groups = (rows + p.ringDegree - 1) / p.ringDegree
+        var candidates: [(Int, Int)] = []
+        for body in 1...4 { for mask in 1...4 { candidates.append((body, mask)) } }
+        candidates.sort { body0, body1 in
+            let c0 = body0.0 * rows + body0.1 * groups * p.ringDegree, c1 = body1.0 * rows + body1.1 * groups * p.ringDegree
+            return c0 != c1 ? c0 < c1 : body0.0 < body1.0
+        }
+        return try firstFitting(candidates, hinted: false, messageBits: messageBits, maxRowL2: maxRowL2, parameters: p, maxLog2Failure: maxLog2Failure)
+    }
+
+    /// The cheapest hinted plan (``hinted``) for one ring of `parameters`' ciphertexts: the
+    /// fewest body limbs whose noise, with the hint exact (masks at 64 bits), stays within the budget.
+    public static func hinted(messageBits: Int, maxRowL2: Double, parameters p: FHEParameters,
+                              maxLog2Failure: Double = -64) throws(FHEPlanError) -> CallPlan {
+        try firstFitting((1...4).map { ($0, 4) }, hinted: true, messageBits: messageBits, maxRowL2: maxRowL2, parameters: p,
+                         maxLog2Failure: maxLog2Failure)
+    }
+
+    /// The first of `candidates` (body limbs, mask limbs) whose input noise leaves room for the
+    /// output's rounding, with the output bits that rounding allows.
+    private static func firstFitting(_ candidates: [(Int, Int)], hinted: Bool, messageBits: Int, maxRowL2: Double, parameters p: FHEParameters,
+                                     maxLog2Failure: Double) throws(FHEPlanError) -> CallPlan {
         guard (1...56).contains(messageBits) else {
             throw .noParameters("\(p.name): \(messageBits) message bits; 1…56 fit a 64-bit modulus with its noise")
         }
@@ -259,15 +296,9 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
         let half = pow(2.0, Double(63 - messageBits))
         let maxVariance = (half / hi) * (half / hi)
         let n = Double(p.ringDegree), s2 = p.secret.variance
-        let groups = (rows + p.ringDegree - 1) / p.ringDegree
-        var candidates: [(Int, Int)] = []
-        for body in 1...4 { for mask in 1...4 { candidates.append((body, mask)) } }
-        candidates.sort { body0, body1 in
-            let c0 = body0.0 * rows + body0.1 * groups * p.ringDegree, c1 = body1.0 * rows + body1.1 * groups * p.ringDegree
-            return c0 != c1 ? c0 < c1 : body0.0 < body1.0
-        }
         for (body, mask) in candidates {
-            var plan = CallPlan(parameters: p, messageBits: messageBits, bodyLimbs: body, maskLimbs: mask, outputBodyBits: 64, outputMaskBits: 64)
+            var plan = CallPlan(parameters: p, messageBits: messageBits, bodyLimbs: body, maskLimbs: mask, outputBodyBits: 64, outputMaskBits: 64,
+                                hinted: hinted)
             let inputVariance = plan.noiseVariance(weightNorm: maxRowL2)
             // Leave at least a quarter of the budget to the output's rounding.
             guard inputVariance <= 0.75 * maxVariance else { continue }

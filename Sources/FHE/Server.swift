@@ -123,12 +123,15 @@ public enum FHEServer {
         }
         let p = input.parameters, n = p.ringDegree, groups = input.groups
         let (rows, k, o) = (input.rows, input.features, w.outputs)
+        // A part with 0 limbs is not asked for: a hinted call's masks (the client holds their
+        // product), a hint request's bodies.
+        let (withBodies, withMasks) = (input.bodyLimbs > 0, input.maskLimbs > 0)
         // Bodies: K × R values at 16·bodyLimbs bits, split into digits.
-        let bodyDigits = GEMMOperand(packed: input.body, rows: k, columns: rows, bits: 16 * input.bodyLimbs, kernel: w.kernel)
+        let bodyDigits = withBodies ? GEMMOperand(packed: input.body, rows: k, columns: rows, bits: 16 * input.bodyLimbs, kernel: w.kernel) : nil
         // Masks: K × (groups·N), expanded from the seed a few features at a time straight into
         // their digits.
-        let columns = groups * n
-        let maskDigits = GEMMOperand(rows: k, columns: columns, bits: 16 * input.maskLimbs, kernel: w.kernel) { first, count, into in
+        let columns = withMasks ? groups * n : 0
+        let maskDigits = !withMasks ? nil : GEMMOperand(rows: k, columns: columns, bits: 16 * input.maskLimbs, kernel: w.kernel) { first, count, into in
             var expander = MaskExpander(seed: input.seed)
             for f in 0..<count {
                 for g in 0..<groups {
@@ -137,17 +140,17 @@ public enum FHEServer {
                 }
             }
         }
-        var outMask = [UInt64](repeating: 0, count: o * columns), outBody = [UInt64](repeating: 0, count: o * rows)
+        var outMask = [UInt64](repeating: 0, count: o * columns), outBody = [UInt64](repeating: 0, count: withBodies ? o * rows : 0)
         outMask.withUnsafeMutableBufferPointer { om in
             outBody.withUnsafeMutableBufferPointer { ob in
                 parallelChunks(o, align: 6) { range in
-                    w.accumulate(maskDigits, into: om.baseAddress!, outputs: range)
-                    w.accumulate(bodyDigits, into: ob.baseAddress!, outputs: range)
+                    if let maskDigits { w.accumulate(maskDigits, into: om.baseAddress!, outputs: range) }
+                    if let bodyDigits { w.accumulate(bodyDigits, into: ob.baseAddress!, outputs: range) }
                 }
             }
         }
-        let packedMasks = outMask.withUnsafeBufferPointer { Parallel.packBits($0, bits: input.outputMaskBits) }
-        let packedBodies = outBody.withUnsafeBufferPointer { Parallel.packBits($0, bits: input.outputBodyBits) }
+        let packedMasks = withMasks ? outMask.withUnsafeBufferPointer { Parallel.packBits($0, bits: input.outputMaskBits) } : []
+        let packedBodies = withBodies ? outBody.withUnsafeBufferPointer { Parallel.packBits($0, bits: input.outputBodyBits) } : []
         return EncryptedProduct(parametersID: p.id, outputBodyBits: input.outputBodyBits, outputMaskBits: input.outputMaskBits, rows: rows,
                                 outputs: o, masks: packedMasks, bodies: packedBodies)
     }

@@ -205,10 +205,17 @@ public struct EncryptedMatrix: Sendable, Equatable {
             guard FHEParameters.withID(parametersID) != nil else { throw .unknownParameters(parametersID) }
             let bodyLimbs = Int(try r.u8()), maskLimbs = Int(try r.u8())
             let outputBodyBits = Int(try r.u8()), outputMaskBits = Int(try r.u8())
-            guard (1...4).contains(bodyLimbs) else { throw .invalidField(name: "body limbs", value: "\(bodyLimbs), expected 1…4") }
-            guard (1...4).contains(maskLimbs) else { throw .invalidField(name: "mask limbs", value: "\(maskLimbs), expected 1…4") }
-            guard (1...64).contains(outputBodyBits) else { throw .invalidField(name: "output body bits", value: "\(outputBodyBits), expected 1…64") }
-            guard (1...64).contains(outputMaskBits) else { throw .invalidField(name: "output mask bits", value: "\(outputMaskBits), expected 1…64") }
+            // 0 limbs: that part is not multiplied (a hinted call sends bodies only; a hint
+            // request asks for the masks' product only), and its output has 0 bits.
+            guard (0...4).contains(bodyLimbs) else { throw .invalidField(name: "body limbs", value: "\(bodyLimbs), expected 0…4") }
+            guard (0...4).contains(maskLimbs) else { throw .invalidField(name: "mask limbs", value: "\(maskLimbs), expected 0…4") }
+            guard bodyLimbs + maskLimbs > 0 else { throw .invalidField(name: "limbs", value: "0 body and 0 mask limbs: nothing to multiply") }
+            guard bodyLimbs == 0 ? outputBodyBits == 0 : (1...64).contains(outputBodyBits) else {
+                throw .invalidField(name: "output body bits", value: "\(outputBodyBits), expected \(bodyLimbs == 0 ? "0 with 0 body limbs" : "1…64")")
+            }
+            guard maskLimbs == 0 ? outputMaskBits == 0 : (1...64).contains(outputMaskBits) else {
+                throw .invalidField(name: "output mask bits", value: "\(outputMaskBits), expected \(maskLimbs == 0 ? "0 with 0 mask limbs" : "1…64")")
+            }
             let rows = Int(try r.u32()), features = Int(try r.u32())
             guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows), expected 1…\(FHEWire.maxRows)") }
             guard (1...FHEWire.maxFeatures).contains(features) else { throw .invalidField(name: "features", value: "\(features), expected 1…\(FHEWire.maxFeatures)") }
@@ -238,9 +245,17 @@ public struct EncryptedProduct: Sendable, Equatable {
     /// The serialized length of the answer to a request of `rows` tokens under `plan`, by a
     /// matrix of `outputs` rows: what a client expects, to refuse any other before reading it.
     public static func byteCount(plan: CallPlan, rows: Int, outputs: Int) -> Int {
-        let columns = ((rows + plan.parameters.ringDegree - 1) / plan.parameters.ringDegree) * plan.parameters.ringDegree
-        return 4 + 2 + 1 + 2 + 1 + 1 + 4 + 4 + 8 + packedByteCount(outputs * columns, bits: plan.outputMaskBits)
-            + 8 + packedByteCount(outputs * rows, bits: plan.outputBodyBits)
+        byteCount(parameters: plan.parameters, bodyBits: plan.outputBodyBits, maskBits: plan.requestOutputMaskBits, rows: rows, outputs: outputs)
+    }
+
+    /// The same for a hint request (``FHEClient/hintRequest(features:plan:seed:)``): masks only.
+    public static func hintByteCount(plan: CallPlan, outputs: Int) -> Int {
+        byteCount(parameters: plan.parameters, bodyBits: 0, maskBits: plan.outputMaskBits, rows: plan.parameters.ringDegree, outputs: outputs)
+    }
+
+    static func byteCount(parameters p: FHEParameters, bodyBits: Int, maskBits: Int, rows: Int, outputs: Int) -> Int {
+        let columns = ((rows + p.ringDegree - 1) / p.ringDegree) * p.ringDegree
+        return 4 + 2 + 1 + 2 + 1 + 1 + 4 + 4 + 8 + packedByteCount(outputs * columns, bits: maskBits) + 8 + packedByteCount(outputs * rows, bits: bodyBits)
     }
 
     public init(parametersID: UInt16, outputBodyBits: Int, outputMaskBits: Int, rows: Int, outputs: Int, masks: [UInt8], bodies: [UInt8]) {
@@ -265,8 +280,9 @@ public struct EncryptedProduct: Sendable, Equatable {
         parametersID = try r.u16()
         guard let p = FHEParameters.withID(parametersID) else { throw .unknownParameters(parametersID) }
         outputBodyBits = Int(try r.u8()); outputMaskBits = Int(try r.u8())
-        guard (1...64).contains(outputBodyBits), (1...64).contains(outputMaskBits) else {
-            throw .invalidField(name: "output bits", value: "\(outputBodyBits)/\(outputMaskBits), expected 1…64")
+        // 0 bits: that part was not asked for (a hinted call's masks, a hint's bodies).
+        guard (0...64).contains(outputBodyBits), (0...64).contains(outputMaskBits), outputBodyBits + outputMaskBits > 0 else {
+            throw .invalidField(name: "output bits", value: "\(outputBodyBits)/\(outputMaskBits), expected 0…64, not both 0")
         }
         rows = Int(try r.u32()); outputs = Int(try r.u32())
         guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows)") }

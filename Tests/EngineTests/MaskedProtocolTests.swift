@@ -297,10 +297,13 @@ import Testing
         #expect(remote.failure == nil)
         #expect(a == b && c == d)
         #expect(a.contains { $0 != 0 } && c.contains { $0 != 0 })
-        // Three online requests per call, of 33, 33 and 34 rows (the others are offline fills).
+        // Three online requests per call, of 33, 33 and 34 rows. The others are offline, per
+        // direction: the hint (the masks' product only) and one ring of bodies only.
         let pieces = transport.requests.compactMap { try? MaskedInput(serialized: $0) }
         #expect(pieces.map(\.rows) == [33, 33, 34, 33, 33, 34])
-        #expect(transport.requests.count == pieces.count + 2)
+        let offline = transport.requests.compactMap { try? EncryptedMatrix(serialized: $0) }
+        #expect(offline.map { [$0.bodyLimbs == 0 ? 0 : 1, $0.maskLimbs == 0 ? 0 : 1] } == [[0, 1], [1, 0], [0, 1], [1, 0]])
+        #expect(transport.requests.count == pieces.count + 4)
         #expect(remote.statistics.onlineCalls == 2)
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 
 @testable import FHE
@@ -88,39 +89,118 @@ final class MaskedProductTests: XCTestCase {
         XCTAssertTrue(whole.allSatisfy { $0 < 1 << 20 })
     }
 
-    /// Offline: uniform pads mod 2^k, encrypted in a full ring with k message bits, decrypt to
-    /// W·r mod 2^k exactly; the measured noise is the formula's (within 10 %) and the plan's
-    /// failure probability per value is ≤ 2^-64 for the k in use (8-bit inputs, the widest
-    /// weights and the GPT-2 and SmolLM2 inner dimensions).
-    func testOfflineProductOfUniformPadsIsExactWithTheFormulasNoise() throws {
+    /// Offline, hinted (the plan the mask store uses): uniform pads mod 2^k, encrypted in a full
+    /// ring with k message bits under a fresh secret per ring and the stream's fixed public masks,
+    /// whose product W·A the client got once (the hint). The server multiplies bodies only and
+    /// answers no masks; each ring decrypts to W·r mod 2^k exactly with the hint and its own
+    /// secret, and to something else under another; the measured noise is the formula's (within
+    /// 10 %); the plan's failure probability per value is ≤ 2^-64 for the k in use (8-bit inputs,
+    /// the widest weights, the GPT-2 and SmolLM2 inner dimensions).
+    func testHintedOfflineProductIsExactWithTheFormulasNoise() throws {
         var rng = TestRNG(state: 21)
         let client = FHEClient()
         let (k, o) = (256, 16)
         let w = try ServerWeights(outputs: o, inputs: k) { _, _ in rng.next() % 2 == 0 ? 127 : -127 }
-        let plan = try CallPlan.choose(for: w.shape(rows: 2048, maxAbsInput: 255))
+        let shape = w.shape(rows: 2048, maxAbsInput: 255)
+        let plan = try CallPlan.hinted(messageBits: try CallPlan.messageBits(for: shape), maxRowL2: shape.maxRowL2, parameters: .glwe2048)
+        XCTAssertTrue(plan.hinted)
+        XCTAssertEqual(plan.maskLimbs, 4, "the hint is computed from the masks at full precision")
+        XCTAssertEqual(plan.serverColumns(rows: 2048), plan.bodyLimbs * 2048)
         let rows = plan.parameters.ringDegree, bits = plan.messageBits
-        var pad = PadExpander(seed: .fresh(), bits: bits)
-        let pads = pad.pads(first: 0, count: rows, features: k)
-        let half = UInt64(1) << UInt64(bits - 1)
-        let centred = pads.map { $0 >= half ? Int64($0) - Int64(1) << Int64(bits) : Int64($0) }
-        let product = try FHEServer.multiply(client.encrypt(centred, rows: rows, features: k, plan: plan), by: w)
-        let mask = (UInt64(1) << UInt64(bits)) - 1
-        let decrypted = client.decrypt(product, plan: plan).map { UInt64(bitPattern: $0) & mask }
-        let truth = clearProductMod(pads, rows: rows, w, bits: bits)
-        XCTAssertEqual(decrypted, truth)
-        // Noise against the formula: E = v − Δ·m, where Δ·m wraps mod 2^64 as the products do.
-        let expected = truth.map { Int64(bitPattern: $0) }
-        let e = client.decryptionErrors(product, expected: expected, plan: plan)
-        let measured = (e.reduce(0) { $0 + $1 * $1 } / Double(e.count)).squareRoot()
-        let predicted = plan.noiseVariance(weightNorm: w.maxRowL2).squareRoot()
-        XCTAssertEqual(measured / predicted, 1, accuracy: 0.10, "measured \(measured), formula \(predicted)")
-        XCTAssertLessThanOrEqual(plan.log2FailureProbability(weightNorm: w.maxRowL2), -64)
-        XCTAssertLessThan(e.map(abs).max()!, Double(plan.delta) / 2)
+        let seed = MaskSeed.fresh()
+        let hintAnswer = try FHEServer.handle(request: FHEClient.hintRequest(features: k, plan: plan, seed: seed).serialized(), weights: w)
+        XCTAssertEqual(hintAnswer.count, EncryptedProduct.hintByteCount(plan: plan, outputs: o))
+        let hintProduct = try EncryptedProduct(serialized: hintAnswer)
+        XCTAssertTrue(hintProduct.bodies.isEmpty)
+        let hint = hintProduct.masks
+        let mask = (UInt64(1) << UInt64(bits)) - 1, half = UInt64(1) << UInt64(bits - 1)
+        var secrets: [[Int8]] = []
+        for ring in 0..<2 {
+            var pad = PadExpander(seed: .fresh(), bits: bits)
+            let pads = pad.pads(first: 0, count: rows, features: k)
+            let centred = pads.map { $0 >= half ? Int64($0) - Int64(1) << Int64(bits) : Int64($0) }
+            let key = SecretKey.generate(plan.parameters)
+            secrets.append(key.coefficients)
+            let request = client.encrypt(centred, rows: rows, features: k, plan: plan, seed: seed, key: key)
+            XCTAssertEqual([request.maskLimbs, request.outputMaskBits], [0, 0])
+            XCTAssertEqual(request.seed, seed)
+            // The fresh secret is nowhere in what is sent (no 32-coefficient window, as bytes).
+            let sent = Data(request.serialized()), secret = Data(key.coefficients.map { UInt8(bitPattern: $0) })
+            for start in stride(from: 0, to: secret.count - 32, by: 64) { XCTAssertNil(sent.range(of: secret[start..<start + 32])) }
+            let answer = try FHEServer.handle(request: request.serialized(), weights: w)
+            XCTAssertEqual(answer.count, EncryptedProduct.byteCount(plan: plan, rows: rows, outputs: o))
+            let product = try EncryptedProduct(serialized: answer)
+            XCTAssertTrue(product.masks.isEmpty)
+            let truth = clearProductMod(pads, rows: rows, w, bits: bits)
+            XCTAssertEqual(try client.decrypt(product, plan: plan, hint: hint, key: key).map { UInt64(bitPattern: $0) & mask }, truth)
+            let other = try client.decrypt(product, plan: plan, hint: hint, key: client.keyring.key(for: plan.parameters)).map { UInt64(bitPattern: $0) & mask }
+            XCTAssertNotEqual(other, truth)
+            XCTAssertThrowsError(try client.decrypt(product, plan: plan, hint: Array(hint.dropLast()), key: key)) { XCTAssertTrue("\($0)".contains("hint"), "\($0)") }
+            guard ring == 0 else { continue }
+            // Noise against the formula: E = v − Δ·m, where Δ·m wraps mod 2^64 as the products do.
+            let e = client.decryptionErrors(product, expected: truth.map { Int64(bitPattern: $0) }, plan: plan, hint: hint, key: key)
+            let measured = (e.reduce(0) { $0 + $1 * $1 } / Double(e.count)).squareRoot()
+            let predicted = plan.noiseVariance(weightNorm: w.maxRowL2).squareRoot()
+            XCTAssertEqual(measured / predicted, 1, accuracy: 0.10, "measured \(measured), formula \(predicted)")
+            XCTAssertLessThanOrEqual(plan.log2FailureProbability(weightNorm: w.maxRowL2), -64)
+            XCTAssertLessThan(e.map(abs).max()!, Double(plan.delta) / 2)
+        }
+        XCTAssertNotEqual(secrets[0], secrets[1], "a fresh secret per ring")
         for inner in [768, 3072, 576, 1536] {
             let shape = ProductShape.worstCase(rows: 2048, innerDimension: inner, inputBits: 8, weightBits: 8)
-            let p = try CallPlan.choose(for: shape)
+            let p = try CallPlan.hinted(messageBits: try CallPlan.messageBits(for: shape), maxRowL2: shape.maxRowL2, parameters: .glwe2048)
             XCTAssertLessThanOrEqual(p.log2FailureProbability(weightNorm: shape.maxRowL2), -64, "K = \(inner): \(p)")
         }
+    }
+
+    /// The two requests of the hinted protocol on the wire: a bodies-only call and a masks-only
+    /// hint request round-trip; inconsistent limbs and bits are refused with the field; the
+    /// admission takes exactly the hinted plans of one ring (no more rows, no other bits).
+    func testHintedRequestsOnTheWireAndTheirAdmission() throws {
+        let client = FHEClient()
+        let (k, o) = (40, 6)
+        let w = try ServerWeights(outputs: o, inputs: k) { r, c in (r * 7 + c * 3) % 255 - 127 }
+        let shape = w.shape(rows: 2048, maxAbsInput: 255)
+        let plan = try CallPlan.hinted(messageBits: try CallPlan.messageBits(for: shape), maxRowL2: shape.maxRowL2, parameters: .glwe2048)
+        let hintRequest = FHEClient.hintRequest(features: k, plan: plan, seed: .fresh())
+        let call = client.encrypt([Int64](repeating: 3, count: 100 * k), rows: 100, features: k, plan: plan, seed: hintRequest.seed,
+                                  key: SecretKey.generate(plan.parameters))
+        for message in [hintRequest, call] {
+            XCTAssertEqual(try EncryptedMatrix(serialized: message.serialized()), message)
+            XCTAssertNil(CallPlan.refusal(of: message.shape, maxRowL1: w.maxRowL1, maxRowL2: w.maxRowL2, maxInputBits: 8))
+        }
+        func rejects(_ bytes: [UInt8], _ fragment: String, line: UInt = #line) {
+            XCTAssertThrowsError(try FHEServer.handle(request: bytes, weights: w), line: line) {
+                XCTAssertTrue("\($0)".contains(fragment), "\"\($0)\" lacks \"\(fragment)\"", line: line)
+            }
+        }
+        // Header bytes: 9 body limbs, 10 mask limbs, 11 output body bits, 12 output mask bits.
+        var bad = hintRequest.serialized(); bad[11] = 5
+        rejects(bad, "output body bits")
+        bad = call.serialized(); bad[12] = 7
+        rejects(bad, "output mask bits")
+        bad = hintRequest.serialized(); bad[10] = 0; bad[12] = 0
+        rejects(bad, "nothing to multiply")
+        var product = try EncryptedProduct(serialized: try FHEServer.handle(request: call.serialized(), weights: w))
+        product.outputBodyBits = 0
+        XCTAssertThrowsError(try EncryptedProduct(serialized: product.serialized())) { XCTAssertTrue("\($0)".contains("not both 0"), "\($0)") }
+        // Admission: the hinted plans of one ring only.
+        func refusal(_ m: EncryptedMatrix) -> String? { CallPlan.refusal(of: m.shape, maxRowL1: w.maxRowL1, maxRowL2: w.maxRowL2, maxInputBits: 8) }
+        var wider = hintRequest
+        wider.outputMaskBits += 1
+        XCTAssertTrue(refusal(wider)?.contains("not a plan this server chooses") == true, refusal(wider) ?? "accepted")
+        var fewer = hintRequest
+        fewer.rows = 1000
+        XCTAssertTrue(refusal(fewer)?.contains("exactly the parameter set's ring degree") == true, refusal(fewer) ?? "accepted")
+        let twoRings = client.encrypt([Int64](repeating: 1, count: 2049 * k), rows: 2049, features: k,
+                                      plan: try CallPlan.plan(messageBits: plan.messageBits, rows: 2049, maxRowL2: w.maxRowL2, parameters: .glwe2048),
+                                      seed: .fresh(), key: SecretKey.generate(.glwe2048))
+        var hintedTwoRings = twoRings
+        (hintedTwoRings.maskLimbs, hintedTwoRings.outputMaskBits, hintedTwoRings.bodyLimbs, hintedTwoRings.outputBodyBits) = (0, 0, plan.bodyLimbs, plan.outputBodyBits)
+        XCTAssertTrue(refusal(hintedTwoRings)?.contains("at most the parameter set's ring degree") == true, refusal(hintedTwoRings) ?? "accepted")
+        var moreLimbs = call
+        moreLimbs.bodyLimbs = plan.bodyLimbs == 4 ? 3 : plan.bodyLimbs + 1
+        XCTAssertTrue(refusal(moreLimbs)?.contains("not a plan this server chooses") == true, refusal(moreLimbs) ?? "accepted")
     }
 
     /// Malformed online messages are refused with a reason, never a crash: wrong magic, kind,

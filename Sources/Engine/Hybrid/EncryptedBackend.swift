@@ -202,9 +202,15 @@ public final class EncryptedLinearBackend: LinearBackend {
                 }
                 guard let store = self.maskStore else { continue }
                 // Offline: full rings of pads; k = the message bits of the widest inputs' products.
+                // Hinted: the stream's masks are fixed and public, the client keeps the server's
+                // product of them (its hint), and each ring is encrypted under a fresh secret,
+                // so the server multiplies bodies only.
                 let ring = call.parameters.ringDegree
                 let offline: CallPlan
-                do { offline = try CallPlan.plan(for: info.shape(rows: ring, maxAbsInput: widest), parameters: call.parameters) } catch {
+                do {
+                    let shape = info.shape(rows: ring, maxAbsInput: widest)
+                    offline = try CallPlan.hinted(messageBits: try CallPlan.messageBits(for: shape), maxRowL2: shape.maxRowL2, parameters: call.parameters)
+                } catch {
                     throw EncryptedBackendError.noPlan(module: name, direction: d, reason: error.description)
                 }
                 var identity = SHA256()
@@ -398,7 +404,8 @@ public final class EncryptedLinearBackend: LinearBackend {
     }
 
     /// The offline product of one segment of pads: encrypted in full ciphertexts with message
-    /// modulus 2^k, multiplied by the server's `he` route, decrypted to W·r mod 2^k.
+    /// modulus 2^k under a fresh secret and the stream's fixed masks, their bodies multiplied by
+    /// the server's `he` route, decrypted with the stream's hint to W·r mod 2^k.
     func offlineProduct(_ stream: Stream, pads: [UInt64]) throws -> [UInt64] {
         try FHEMemory.largeBuffers { try fullRingProduct(stream, pads: pads) }
     }
@@ -409,18 +416,43 @@ public final class EncryptedLinearBackend: LinearBackend {
         // Centred representatives in [−2^(k−1), 2^(k−1)): the same residues mod 2^k.
         let centred = pads.map { $0 >= half ? Int64($0) - modulus : Int64($0) }
         let mask = (UInt64(1) << UInt64(k)) - 1
+        let plan = stream.plan
+        guard let store = maskStore else { throw EncryptedBackendError.unknownModule(spec.module) }
+        let hint = try store.hint(spec.name) { seed in try self.hintCall(spec, plan: plan, seed: seed) }
         let products = try encryptedCall(spec.module, spec.direction, centred, rows: spec.segmentRows, features: spec.features,
-                                         outputs: spec.outputs, plan: stream.plan)
+                                         outputs: spec.outputs, plan: plan, hint: hint)
         statistics.offlineRows += spec.segmentRows
         return products.map { UInt64(bitPattern: $0) & mask }
     }
 
+    /// The server's product W·A of a stream's fixed masks (the hint of its hinted plan): the
+    /// masks of the answer to a masks-only request, counted as offline work.
+    private func hintCall(_ spec: MaskStreamSpec, plan: CallPlan, seed: MaskSeed) throws -> [UInt8] {
+        let t = ProcessInfo.processInfo.systemUptime
+        let request = FHEClient.hintRequest(features: spec.features, plan: plan, seed: seed).serialized()
+        let response = try transport.multiply(module: spec.module, direction: spec.direction, request: request,
+                                              responseBytes: EncryptedProduct.hintByteCount(plan: plan, outputs: spec.outputs))
+        statistics.serverSeconds += ProcessInfo.processInfo.systemUptime - t
+        statistics.bytesSent += request.count
+        statistics.bytesReceived += response.count
+        let product = try EncryptedProduct(serialized: response)
+        let expected = EncryptedProduct.hintByteCount(plan: plan, outputs: spec.outputs)
+        guard product.rows == plan.parameters.ringDegree, product.outputs == spec.outputs, product.outputMaskBits == plan.outputMaskBits,
+              product.outputBodyBits == 0, response.count == expected else {
+            throw EncryptedBackendError.failed(module: spec.module, reason: "the server's hint has \(product.rows) × \(product.outputs) values at \(product.outputMaskBits) bits; expected \(plan.parameters.ringDegree) × \(spec.outputs) at \(plan.outputMaskBits)")
+        }
+        return product.masks
+    }
+
     /// One `he` call: encrypt `values` (rows × features) for `plan`, the server's product,
-    /// decrypt (rows × outputs, centred mod 2^b), with its counters.
+    /// decrypt (rows × outputs, centred mod 2^b), with its counters. With a `hint` (a hinted
+    /// plan), under a fresh secret and the hint's masks.
     private func encryptedCall(_ name: String, _ direction: ProductDirection, _ values: [Int64], rows: Int, features: Int, outputs: Int,
-                               plan: CallPlan) throws -> [Int64] {
+                               plan: CallPlan, hint: (seed: MaskSeed, bytes: [UInt8])? = nil) throws -> [Int64] {
         var t = ProcessInfo.processInfo.systemUptime
-        let request = client.encrypt(values, rows: rows, features: features, plan: plan).serialized()
+        let key = hint == nil ? nil : SecretKey.generate(plan.parameters)
+        let request = (hint.map { client.encrypt(values, rows: rows, features: features, plan: plan, seed: $0.seed, key: key!) }
+            ?? client.encrypt(values, rows: rows, features: features, plan: plan)).serialized()
         var now = ProcessInfo.processInfo.systemUptime
         statistics.encryptSeconds += now - t
         t = now
@@ -433,7 +465,14 @@ public final class EncryptedLinearBackend: LinearBackend {
         guard product.rows == rows, product.outputs == outputs else {
             throw EncryptedBackendError.failed(module: name, reason: "the server returned \(product.rows) × \(product.outputs) values for \(rows) × \(outputs)")
         }
-        let decrypted = client.decrypt(product, plan: plan)
+        let decrypted: [Int64]
+        if let hint, let key {
+            do { decrypted = try client.decrypt(product, plan: plan, hint: hint.bytes, key: key) } catch {
+                throw EncryptedBackendError.failed(module: name, reason: "the server's product does not match the hint: \(error)")
+            }
+        } else {
+            decrypted = client.decrypt(product, plan: plan)
+        }
         statistics.decryptSeconds += ProcessInfo.processInfo.systemUptime - t
         statistics.calls += 1
         statistics.bytesSent += request.count

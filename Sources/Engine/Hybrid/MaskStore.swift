@@ -64,10 +64,11 @@ public struct MaskStreamSpec: Codable, Equatable, Sendable {
 /// (`flock`).
 ///
 /// Files (mode 0600 in a 0700 directory): `state` (a header line with the SHA-256 and length of
-/// the JSON that follows: seeds, marks, segment digests) and `<stream>-<segment>.wr` (W·r,
-/// little-endian, 3 bytes per value for k ≤ 24, 4 for k ≤ 32, else 8). A segment whose digest does not
-/// match is computed again from its pads (nothing of it was sent); a damaged state file starts
-/// every stream afresh, with new seeds.
+/// the JSON that follows: seeds, marks, segment and hint digests), `<stream>-<segment>.wr` (W·r,
+/// little-endian, 3 bytes per value for k ≤ 24, 4 for k ≤ 32, else 8) and `<stream>.hint` (the
+/// server's product W·A of the stream's fixed public encryption masks, see ``hint(_:compute:)``).
+/// A segment whose digest does not match is computed again from its pads (nothing of it was
+/// sent); a damaged state file starts every stream afresh, with new seeds.
 public final class MaskStore: @unchecked Sendable {
     public let directory: URL
     /// Rows a reservation adds beyond the request (fewer fsyncs; at most this many rows per
@@ -83,6 +84,10 @@ public final class MaskStore: @unchecked Sendable {
     struct Stream: Codable {
         var spec: MaskStreamSpec
         var seed: String
+        /// The public seed of the stream's fixed encryption masks A, and the digest of its hint
+        /// file (the server's product W·A, once computed).
+        var hintSeed: String
+        var hintDigest: String?
         /// Rows below this mark may have been sent: never handed out again.
         var mark: Int
         var firstSegment: Int
@@ -91,8 +96,9 @@ public final class MaskStore: @unchecked Sendable {
     }
 
     struct StateFile: Codable {
-        // 2: three bytes per W·r value for k ≤ 24 (a store of format 1 starts afresh).
-        var format = "nb-mask-store-2"
+        // 2: three bytes per W·r value for k ≤ 24; 3: a hint per stream (a store of an earlier
+        // format starts afresh).
+        var format = "nb-mask-store-3"
         var streams: [String: Stream] = [:]
     }
 
@@ -103,7 +109,8 @@ public final class MaskStore: @unchecked Sendable {
     /// Segment files checked against their digests by this process (or written by it).
     private var verified = Set<String>()
     private var lockDescriptor: Int32 = -1
-    private let lock = NSLock()
+    /// Recursive: the offline work a segment runs may ask for its stream's hint.
+    private let lock = NSRecursiveLock()
 
     private static let registryLock = NSLock()
     nonisolated(unsafe) private static var registry: [String: MaskStore] = [:]
@@ -161,7 +168,8 @@ public final class MaskStore: @unchecked Sendable {
         }
         for (name, t) in decoded.streams {
             let spec = t.spec
-            guard name == spec.name, t.seed.count == 2 * MaskSeed.byteCount, t.seed.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }),
+            func isSeed(_ hex: String) -> Bool { hex.count == 2 * MaskSeed.byteCount && hex.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) }
+            guard name == spec.name, isSeed(t.seed), isSeed(t.hintSeed),
                   MaskedProduct.bitRange.contains(spec.bits), spec.features > 0, spec.outputs > 0, spec.segmentRows > 0,
                   t.mark >= 0, t.firstSegment >= 0, t.mark <= Int(UInt32.max) else {
                 return reset("its stream \(name) has invalid fields")
@@ -175,7 +183,7 @@ public final class MaskStore: @unchecked Sendable {
         notices.append("mask store \(directory.path): \(why); every stream starts afresh with new seeds")
         state = StateFile()
         if let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path) {
-            for n in names where n.hasSuffix(".wr") { unlink(directory.appendingPathComponent(n).path) }
+            for n in names where n.hasSuffix(".wr") || n.hasSuffix(".hint") { unlink(directory.appendingPathComponent(n).path) }
         }
     }
 
@@ -202,10 +210,13 @@ public final class MaskStore: @unchecked Sendable {
         if let s = state.streams[spec.name], s.spec == spec { return }
         if let old = state.streams[spec.name] {
             for i in old.digests.indices { unlink(segmentURL(old, old.firstSegment + i).path) }
+            unlink(hintURL(old).path)
+            verified.remove(hintURL(old).path)
             notices.append("\(spec.name): the key, the weights or the plan changed; its pads start afresh")
         }
         let seed = MaskSeed.fresh()
-        state.streams[spec.name] = Stream(spec: spec, seed: SHA256Digest.hex(digest: seed.bytes), mark: 0, firstSegment: 0, digests: [])
+        state.streams[spec.name] = Stream(spec: spec, seed: SHA256Digest.hex(digest: seed.bytes), hintSeed: SHA256Digest.hex(digest: MaskSeed.fresh().bytes),
+                                          hintDigest: nil, mark: 0, firstSegment: 0, digests: [])
         next[spec.name] = 0
         expanders[spec.name] = nil
         try writeState()
@@ -273,6 +284,44 @@ public final class MaskStore: @unchecked Sendable {
             if used < t.mark { state.streams[n]!.mark = used; changed = true }
         }
         if changed { collectSegments(); try writeState() }
+    }
+
+    // MARK: - Hints
+
+    /// The stream's hint: the public seed of its fixed encryption masks A and the server's
+    /// product W·A (packed, as the server answers it), computed by `compute(seed)` the first time
+    /// and kept in `<stream>.hint`, checked against its digest the first time this process reads
+    /// it (a missing or damaged one is asked for again: it is public, and depends on nothing secret).
+    public func hint(_ name: String, compute: (MaskSeed) throws -> [UInt8]) throws -> (seed: MaskSeed, bytes: [UInt8]) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard var s = state.streams[name] else { throw MaskStoreError.unknownStream(name) }
+        let seed = MaskSeed(bytes: hexBytes(s.hintSeed)), url = hintURL(s)
+        if let digest = s.hintDigest, let data = FileManager.default.contents(atPath: url.path) {
+            let bytes = [UInt8](data)
+            if verified.contains(url.path) || SHA256Digest.hex(data) == digest {
+                verified.insert(url.path)
+                return (seed, bytes)
+            }
+            notices.append("\(name): its hint \(url.lastPathComponent) does not match its digest; asked for again")
+        } else if s.hintDigest != nil {
+            notices.append("\(name): its hint \(url.lastPathComponent) is missing; asked for again")
+        }
+        let bytes: [UInt8]
+        do { bytes = try compute(seed) } catch { throw MaskStoreError.fillFailed(stream: name, reason: "its hint: \(error)") }
+        let data = Data(bytes)
+        do { try AtomicFile.write(data, to: url, permissions: 0o600, durable: false) } catch {
+            throw MaskStoreError.unwritable(path: url.path, reason: "\(error.localizedDescription)")
+        }
+        s.hintDigest = SHA256Digest.hex(data)
+        state.streams[name] = s
+        try writeState()
+        verified.insert(url.path)
+        return (seed, bytes)
+    }
+
+    private func hintURL(_ s: Stream) -> URL {
+        directory.appendingPathComponent("\(SHA256Digest.hex(s.spec.name).prefix(16)).hint")
     }
 
     // MARK: - Segments

@@ -60,7 +60,7 @@ func soakChildMode() throws -> Bool {
     }
     func bound(_ w: WeightMetadata, rows: Int) throws -> Int {
         let p = try plan(w, rows: rows)
-        let shape = EncryptedMatrix(parametersID: p.parameters.id, bodyLimbs: p.bodyLimbs, maskLimbs: p.maskLimbs, outputBodyBits: p.outputBodyBits,
+        let shape = EncryptedMatrix(parametersID: p.parameters.id, bodyBits: p.bodyBits, maskLimbs: p.maskLimbs, outputBodyBits: p.outputBodyBits,
                                     outputMaskBits: p.outputMaskBits, rows: rows, features: w.inputs, seed: .fresh(), body: []).shape
         return FHEServer.peakBytes(shape, outputs: w.outputs)
     }

@@ -317,8 +317,9 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
             // Seconds of offline work per token (a token takes one row of every stream).
             let s = b.statistics
             offlinePerRow = s.offlineSeconds / (Double(max(s.offlineRows, 1)) / Double(b.maskStreamCount))
-            FileHandle.standardError.write(Data(String(format: "offline: encrypt %.1f s, server %.1f s, decrypt %.1f s for %d rows per stream; %@\n",
-                                                       s.encryptSeconds, s.serverSeconds, s.decryptSeconds, s.offlineRows / b.maskStreamCount,
+            FileHandle.standardError.write(Data(String(format: "offline: encrypt %.1f s, server %.1f s, decrypt %.1f s, store %.1f s for %d rows per stream; one-time hints %.1f s, %.0f MB; %@\n",
+                                                       s.encryptSeconds, s.serverSeconds, s.decryptSeconds, s.offlineStoreSeconds, s.offlineRows / b.maskStreamCount,
+                                                       s.hintSeconds, Double(s.hintBytes) / 1e6,
                                                        b.offlinePlan(plan.remoteModules[0], .forward)?.description ?? "").utf8))
         }
     }

@@ -17,33 +17,33 @@ extension CallPlan {
         guard let most = try? messageBits(for: widest) else { return "no plan carries products of \(maxInputBits)-bit inputs by these weights" }
         var offered: [String] = []
         // A hinted call (bodies only, one ring) or its hint request (masks only, one ring).
-        if shape.maskLimbs == 0 || shape.bodyLimbs == 0 {
-            guard let p = FHEParameters.withID(shape.parametersID), shape.rows <= p.ringDegree, shape.bodyLimbs > 0 || shape.rows == p.ringDegree else {
-                return "a request with \(shape.bodyLimbs) body and \(shape.maskLimbs) mask limbs (a hinted call or its hint) covers one ring: "
-                    + "\(shape.bodyLimbs == 0 ? "exactly" : "at most") the parameter set's ring degree in rows, not \(shape.rows)"
+        if shape.maskLimbs == 0 || shape.bodyBits == 0 {
+            guard let p = FHEParameters.withID(shape.parametersID), shape.rows <= p.ringDegree, shape.bodyBits > 0 || shape.rows == p.ringDegree else {
+                return "a request with \(shape.bodyBits) body bits and \(shape.maskLimbs) mask limbs (a hinted call or its hint) covers one ring: "
+                    + "\(shape.bodyBits == 0 ? "exactly" : "at most") the parameter set's ring degree in rows, not \(shape.rows)"
             }
             for bits in 1...most {
                 guard let plan = try? hinted(messageBits: bits, maxRowL2: maxRowL2, parameters: p) else { continue }
-                let matches = shape.bodyLimbs == 0
+                let matches = shape.bodyBits == 0
                     ? shape.maskLimbs == plan.maskLimbs && shape.outputMaskBits == plan.outputMaskBits
-                    : shape.bodyLimbs == plan.bodyLimbs && shape.outputBodyBits == plan.outputBodyBits
+                    : shape.bodyBits == plan.bodyBits && shape.outputBodyBits == plan.outputBodyBits
                 if matches { return nil }
                 if offered.count < 3 {
-                    offered.append(shape.bodyLimbs == 0 ? "\(plan.maskLimbs) mask limbs, \(plan.outputMaskBits) output mask bits"
-                                                        : "\(plan.bodyLimbs) body limbs, \(plan.outputBodyBits) output body bits")
+                    offered.append(shape.bodyBits == 0 ? "\(plan.maskLimbs) mask limbs, \(plan.outputMaskBits) output mask bits"
+                                                        : "\(plan.bodyBits) body bits, \(plan.outputBodyBits) output body bits")
                 }
             }
         } else {
             for bits in 1...most {
                 guard let plan = try? choose(messageBits: bits, rows: shape.rows, maxRowL2: maxRowL2) else { continue }
-                if plan.parameters.id == shape.parametersID, plan.bodyLimbs == shape.bodyLimbs, plan.maskLimbs == shape.maskLimbs,
+                if plan.parameters.id == shape.parametersID, plan.bodyBits == shape.bodyBits, plan.maskLimbs == shape.maskLimbs,
                    plan.outputBodyBits == shape.outputBodyBits, plan.outputMaskBits == shape.outputMaskBits {
                     return nil
                 }
-                if offered.count < 3 { offered.append("\(plan.parameters.name) \(plan.bodyLimbs)/\(plan.maskLimbs) limbs, \(plan.outputBodyBits)/\(plan.outputMaskBits) output bits") }
+                if offered.count < 3 { offered.append("\(plan.parameters.name) \(plan.bodyBits) body bits/\(plan.maskLimbs) mask limbs, \(plan.outputBodyBits)/\(plan.outputMaskBits) output bits") }
             }
         }
-        return "the request asks for parameter set \(shape.parametersID), \(shape.bodyLimbs) body and \(shape.maskLimbs) mask limbs, "
+        return "the request asks for parameter set \(shape.parametersID), \(shape.bodyBits) body bits and \(shape.maskLimbs) mask limbs, "
             + "\(shape.outputBodyBits)/\(shape.outputMaskBits) output bits: not a plan this server chooses for \(shape.rows) rows of "
             + "inputs up to \(maxInputBits) bits (it would choose e.g. \(offered.joined(separator: "; ")))"
     }
@@ -59,8 +59,8 @@ extension FHEServer {
         let columns = ((rows + p.ringDegree - 1) / p.ringDegree) * p.ringDegree
         let request = 2 * shape.messageBytes
         // A part with 0 limbs is not multiplied (see ``FHEServer/multiply(_:by:)``).
-        let bodyRows = shape.bodyLimbs > 0 ? rows : 0, maskColumns = shape.maskLimbs > 0 ? columns : 0
-        let body = k * bodyRows * 8 + GEMMOperand.largestBytes(rows: k, columns: bodyRows, bits: 16 * shape.bodyLimbs)
+        let bodyRows = shape.bodyBits > 0 ? rows : 0, maskColumns = shape.maskLimbs > 0 ? columns : 0
+        let body = k * bodyRows * 8 + GEMMOperand.largestBytes(rows: k, columns: bodyRows, bits: shape.bodyBits)
         let masks = GEMMOperand.largestBytes(rows: k, columns: maskColumns, bits: 16 * shape.maskLimbs) + 4 * maskColumns * 8 * ProcessInfo.processInfo.activeProcessorCount
         let products = o * (maskColumns + bodyRows) * 8
         let answer = packedByteCount(o * columns, bits: shape.outputMaskBits) + packedByteCount(o * rows, bits: shape.outputBodyBits) + 64

@@ -118,8 +118,8 @@ public final class FHEClient: @unchecked Sendable {
             }
         }
         xt.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
-        let packed = bodies.withUnsafeBufferPointer { Parallel.packBits($0, bits: 16 * plan.bodyLimbs) }
-        return EncryptedMatrix(parametersID: p.id, bodyLimbs: plan.bodyLimbs, maskLimbs: plan.requestMaskLimbs, outputBodyBits: plan.outputBodyBits,
+        let packed = bodies.withUnsafeBufferPointer { Parallel.packBits($0, bits: plan.bodyBits) }
+        return EncryptedMatrix(parametersID: p.id, bodyBits: plan.bodyBits, maskLimbs: plan.requestMaskLimbs, outputBodyBits: plan.outputBodyBits,
                                outputMaskBits: plan.requestOutputMaskBits, rows: rows, features: features, seed: seed, body: packed)
     }
 
@@ -128,7 +128,7 @@ public final class FHEClient: @unchecked Sendable {
     /// is, and no key or data enters it. Its answer's masks are what ``decrypt(_:plan:hint:key:)`` takes.
     public static func hintRequest(features: Int, plan: CallPlan, seed: MaskSeed) -> EncryptedMatrix {
         precondition(plan.hinted)
-        return EncryptedMatrix(parametersID: plan.parameters.id, bodyLimbs: 0, maskLimbs: plan.maskLimbs, outputBodyBits: 0,
+        return EncryptedMatrix(parametersID: plan.parameters.id, bodyBits: 0, maskLimbs: plan.maskLimbs, outputBodyBits: 0,
                                outputMaskBits: plan.outputMaskBits, rows: plan.parameters.ringDegree, features: features, seed: seed, body: [])
     }
 

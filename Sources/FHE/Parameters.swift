@@ -119,8 +119,9 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
     public var parameters: FHEParameters
     /// b: the product is carried mod 2^b, Δ = 2^(64 − b).
     public var messageBits: Int
-    /// Input body kept to 16·bodyLimbs bits (≤ 6 bytes per 8-bit value with 3 limbs).
-    public var bodyLimbs: Int
+    /// Input body kept to its top `bodyBits` bits, a multiple of 8 (the byte kernel's digits;
+    /// the int16 kernel takes ⌈bodyBits/16⌉ limbs): bodyBits/8 bytes per value on the wire.
+    public var bodyBits: Int
     /// The server rounds the seed-expanded masks to 16·maskLimbs bits before its product.
     public var maskLimbs: Int
     public var outputBodyBits: Int
@@ -130,10 +131,10 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
     /// fresh secret: the server multiplies the bodies only. See ``FHEClient/hintRequest(features:plan:seed:)``.
     public var hinted: Bool
 
-    public init(parameters: FHEParameters, messageBits: Int, bodyLimbs: Int, maskLimbs: Int, outputBodyBits: Int, outputMaskBits: Int,
+    public init(parameters: FHEParameters, messageBits: Int, bodyBits: Int, maskLimbs: Int, outputBodyBits: Int, outputMaskBits: Int,
                 hinted: Bool = false) {
-        (self.parameters, self.messageBits, self.bodyLimbs, self.maskLimbs, self.outputBodyBits, self.outputMaskBits, self.hinted) =
-            (parameters, messageBits, bodyLimbs, maskLimbs, outputBodyBits, outputMaskBits, hinted)
+        (self.parameters, self.messageBits, self.bodyBits, self.maskLimbs, self.outputBodyBits, self.outputMaskBits, self.hinted) =
+            (parameters, messageBits, bodyBits, maskLimbs, outputBodyBits, outputMaskBits, hinted)
     }
 
     public var delta: UInt64 { 1 << UInt64(64 - messageBits) }
@@ -152,7 +153,7 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
         let sigma2 = p.noiseStandardDeviation * p.noiseStandardDeviation + 1.0 / 12
         func step2(_ keptBits: Int) -> Double { keptBits >= 64 ? 0 : pow(2.0, Double(2 * (64 - keptBits))) / 12 }
         let w2 = weightNorm * weightNorm
-        return w2 * (sigma2 + step2(16 * bodyLimbs)) + w2 * s2 * n * step2(16 * maskLimbs)
+        return w2 * (sigma2 + step2(bodyBits)) + w2 * s2 * n * step2(16 * maskLimbs)
             + step2(outputBodyBits) + s2 * n * step2(outputMaskBits)
     }
 
@@ -173,7 +174,7 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Bytes the client sends per input value and receives per output value, for `rows` tokens.
-    public func inputBytesPerValue() -> Double { Double(2 * bodyLimbs) }
+    public func inputBytesPerValue() -> Double { Double(bodyBits) / 8 }
     public func outputBytesPerValue(rows: Int) -> Double {
         let groups = (rows + parameters.ringDegree - 1) / parameters.ringDegree
         let maskBits = hinted ? 0 : outputMaskBits
@@ -184,14 +185,14 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
     /// multiplied once).
     public func serverColumns(rows: Int) -> Int {
         let groups = (rows + parameters.ringDegree - 1) / parameters.ringDegree
-        return bodyLimbs * rows + (hinted ? 0 : maskLimbs * groups * parameters.ringDegree)
+        return bodyBits / 8 * rows + (hinted ? 0 : 2 * maskLimbs * groups * parameters.ringDegree)
     }
 
     public var description: String {
         hinted
-            ? "\(parameters.name), b = \(messageBits) message bits, input body \(16 * bodyLimbs) bits, hint W·A of a fixed mask (exact), "
+            ? "\(parameters.name), b = \(messageBits) message bits, input body \(bodyBits) bits, hint W·A of a fixed mask (exact), "
                 + "output body \(outputBodyBits) bits, hint \(outputMaskBits) bits, a fresh secret per call"
-            : "\(parameters.name), b = \(messageBits) message bits, input body \(16 * bodyLimbs) bits, server mask \(16 * maskLimbs) bits, "
+            : "\(parameters.name), b = \(messageBits) message bits, input body \(bodyBits) bits, server mask \(16 * maskLimbs) bits, "
                 + "output body \(outputBodyBits) bits, output mask \(outputMaskBits) bits"
     }
 
@@ -268,9 +269,9 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
                             maxLog2Failure: Double = -64) throws(FHEPlanError) -> CallPlan {
         let groups = (rows + p.ringDegree - 1) / p.ringDegree
         var candidates: [(Int, Int)] = []
-        for body in 1...4 { for mask in 1...4 { candidates.append((body, mask)) } }
+        for body in stride(from: 8, through: 64, by: 8) { for mask in 1...4 { candidates.append((body, mask)) } }
         candidates.sort { body0, body1 in
-            let c0 = body0.0 * rows + body0.1 * groups * p.ringDegree, c1 = body1.0 * rows + body1.1 * groups * p.ringDegree
+            let c0 = body0.0 / 8 * rows + 2 * body0.1 * groups * p.ringDegree, c1 = body1.0 / 8 * rows + 2 * body1.1 * groups * p.ringDegree
             return c0 != c1 ? c0 < c1 : body0.0 < body1.0
         }
         return try firstFitting(candidates, hinted: false, messageBits: messageBits, maxRowL2: maxRowL2, parameters: p, maxLog2Failure: maxLog2Failure)
@@ -280,7 +281,7 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
     /// fewest body limbs whose noise, with the hint exact (masks at 64 bits), stays within the budget.
     public static func hinted(messageBits: Int, maxRowL2: Double, parameters p: FHEParameters,
                               maxLog2Failure: Double = -64) throws(FHEPlanError) -> CallPlan {
-        try firstFitting((1...4).map { ($0, 4) }, hinted: true, messageBits: messageBits, maxRowL2: maxRowL2, parameters: p,
+        try firstFitting(stride(from: 8, through: 64, by: 8).map { ($0, 4) }, hinted: true, messageBits: messageBits, maxRowL2: maxRowL2, parameters: p,
                          maxLog2Failure: maxLog2Failure)
     }
 
@@ -297,7 +298,7 @@ public struct CallPlan: Hashable, Sendable, CustomStringConvertible {
         let maxVariance = (half / hi) * (half / hi)
         let n = Double(p.ringDegree), s2 = p.secret.variance
         for (body, mask) in candidates {
-            var plan = CallPlan(parameters: p, messageBits: messageBits, bodyLimbs: body, maskLimbs: mask, outputBodyBits: 64, outputMaskBits: 64,
+            var plan = CallPlan(parameters: p, messageBits: messageBits, bodyBits: body, maskLimbs: mask, outputBodyBits: 64, outputMaskBits: 64,
                                 hinted: hinted)
             let inputVariance = plan.noiseVariance(weightNorm: maxRowL2)
             // Leave at least a quarter of the budget to the output's rounding.

@@ -125,9 +125,9 @@ public enum FHEServer {
         let (rows, k, o) = (input.rows, input.features, w.outputs)
         // A part with 0 limbs is not asked for: a hinted call's masks (the client holds their
         // product), a hint request's bodies.
-        let (withBodies, withMasks) = (input.bodyLimbs > 0, input.maskLimbs > 0)
-        // Bodies: K × R values at 16·bodyLimbs bits, split into digits.
-        let bodyDigits = withBodies ? GEMMOperand(packed: input.body, rows: k, columns: rows, bits: 16 * input.bodyLimbs, kernel: w.kernel) : nil
+        let (withBodies, withMasks) = (input.bodyBits > 0, input.maskLimbs > 0)
+        // Bodies: K × R values at bodyBits bits, split into digits.
+        let bodyDigits = withBodies ? GEMMOperand(packed: input.body, rows: k, columns: rows, bits: input.bodyBits, kernel: w.kernel) : nil
         // Masks: K × (groups·N), expanded from the seed a few features at a time straight into
         // their digits.
         let columns = withMasks ? groups * n : 0

@@ -24,7 +24,7 @@ public enum FHEWireError: Error, CustomStringConvertible, Equatable {
 }
 
 public enum FHEWire {
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
     static let magic: [UInt8] = Array("NBCT".utf8)
     static let kindParameters: UInt8 = 1, kindInput: UInt8 = 2, kindOutput: UInt8 = 3
     static let kindMaskedInput: UInt8 = 4, kindMaskedOutput: UInt8 = 5
@@ -110,11 +110,11 @@ extension FHEParameters {
 }
 
 /// What the client sends: the seed of the masks and the bodies of K ciphertext rows
-/// (one per input feature), each holding the feature's value for R tokens at 16·bodyLimbs bits.
+/// (one per input feature), each holding the feature's value for R tokens at bodyBits bits.
 /// Token r lives in coefficient r mod N of ciphertext group r / N.
 public struct EncryptedMatrix: Sendable, Equatable {
     public var parametersID: UInt16
-    public var bodyLimbs: Int
+    public var bodyBits: Int
     public var maskLimbs: Int
     public var outputBodyBits: Int
     public var outputMaskBits: Int
@@ -122,7 +122,7 @@ public struct EncryptedMatrix: Sendable, Equatable {
     public var rows: Int
     public var features: Int
     public var seed: MaskSeed
-    /// K × R values, feature-major, packed LSB-first at 16·bodyLimbs bits.
+    /// K × R values, feature-major, packed LSB-first at bodyBits bits.
     public var body: [UInt8]
 
     public var parameters: FHEParameters { FHEParameters.withID(parametersID)! }
@@ -132,36 +132,36 @@ public struct EncryptedMatrix: Sendable, Equatable {
         var w = ByteWriter()
         w.data.reserveCapacity(Shape.byteCount + body.count)
         w.bytes(FHEWire.magic); w.u16(FHEWire.version); w.u8(FHEWire.kindInput)
-        w.u16(parametersID); w.u8(UInt8(bodyLimbs)); w.u8(UInt8(maskLimbs)); w.u8(UInt8(outputBodyBits)); w.u8(UInt8(outputMaskBits))
+        w.u16(parametersID); w.u8(UInt8(bodyBits)); w.u8(UInt8(maskLimbs)); w.u8(UInt8(outputBodyBits)); w.u8(UInt8(outputMaskBits))
         w.u32(UInt32(rows)); w.u32(UInt32(features)); w.bytes(seed.bytes)
         w.u64(UInt64(body.count)); w.bytes(body)
         return w.data
     }
 
-    public init(parametersID: UInt16, bodyLimbs: Int, maskLimbs: Int, outputBodyBits: Int, outputMaskBits: Int, rows: Int, features: Int,
+    public init(parametersID: UInt16, bodyBits: Int, maskLimbs: Int, outputBodyBits: Int, outputMaskBits: Int, rows: Int, features: Int,
                 seed: MaskSeed, body: [UInt8]) {
-        (self.parametersID, self.bodyLimbs, self.maskLimbs, self.outputBodyBits, self.outputMaskBits) =
-            (parametersID, bodyLimbs, maskLimbs, outputBodyBits, outputMaskBits)
+        (self.parametersID, self.bodyBits, self.maskLimbs, self.outputBodyBits, self.outputMaskBits) =
+            (parametersID, bodyBits, maskLimbs, outputBodyBits, outputMaskBits)
         (self.rows, self.features, self.seed, self.body) = (rows, features, seed, body)
     }
 
     public init(serialized bytes: [UInt8]) throws(FHEWireError) {
         var r = ByteReader(bytes)
         let shape = try Shape.read(&r)
-        (parametersID, bodyLimbs, maskLimbs, outputBodyBits, outputMaskBits, rows, features) =
-            (shape.parametersID, shape.bodyLimbs, shape.maskLimbs, shape.outputBodyBits, shape.outputMaskBits, shape.rows, shape.features)
+        (parametersID, bodyBits, maskLimbs, outputBodyBits, outputMaskBits, rows, features) =
+            (shape.parametersID, shape.bodyBits, shape.maskLimbs, shape.outputBodyBits, shape.outputMaskBits, shape.rows, shape.features)
         seed = MaskSeed(bytes: try r.bytes(MaskSeed.byteCount, "mask seed"))
         // Compared as read (a length past Int.max must be an error, not a trap).
         let count = try r.u64()
         guard count == UInt64(shape.bodyBytes) else {
-            throw .shapeMismatch("body of \(count) bytes, \(rows) × \(features) values at \(16 * bodyLimbs) bits need \(shape.bodyBytes)")
+            throw .shapeMismatch("body of \(count) bytes, \(rows) × \(features) values at \(bodyBits) bits need \(shape.bodyBytes)")
         }
         body = try r.bytes(shape.bodyBytes, "ciphertext body")
         guard r.remaining == 0 else { throw .invalidField(name: "length", value: "\(r.remaining) trailing bytes") }
     }
 
     public var shape: Shape {
-        Shape(parametersID: parametersID, bodyLimbs: bodyLimbs, maskLimbs: maskLimbs, outputBodyBits: outputBodyBits,
+        Shape(parametersID: parametersID, bodyBits: bodyBits, maskLimbs: maskLimbs, outputBodyBits: outputBodyBits,
               outputMaskBits: outputMaskBits, rows: rows, features: features)
     }
 
@@ -169,7 +169,7 @@ public struct EncryptedMatrix: Sendable, Equatable {
     /// bytes say, enough to check its plan and bound the work it asks for before reading on.
     public struct Shape: Sendable, Equatable {
         public var parametersID: UInt16
-        public var bodyLimbs: Int, maskLimbs: Int
+        public var bodyBits: Int, maskLimbs: Int
         public var outputBodyBits: Int, outputMaskBits: Int
         public var rows: Int, features: Int
 
@@ -177,7 +177,7 @@ public struct EncryptedMatrix: Sendable, Equatable {
         public static let byteCount = 4 + 2 + 1 + 2 + 4 + 4 + 4 + MaskSeed.byteCount + 8
 
         public var parameters: FHEParameters { FHEParameters.withID(parametersID)! }
-        public var bodyBytes: Int { packedByteCount(rows * features, bits: 16 * bodyLimbs) }
+        public var bodyBytes: Int { packedByteCount(rows * features, bits: bodyBits) }
         /// The whole message's length.
         public var messageBytes: Int { Self.byteCount + bodyBytes }
 
@@ -189,13 +189,13 @@ public struct EncryptedMatrix: Sendable, Equatable {
             r.offset += MaskSeed.byteCount
             let count = try r.u64()
             guard count == UInt64(bodyBytes) else {
-                throw .shapeMismatch("body of \(count) bytes, \(rows) × \(features) values at \(16 * bodyLimbs) bits need \(bodyBytes)")
+                throw .shapeMismatch("body of \(count) bytes, \(rows) × \(features) values at \(bodyBits) bits need \(bodyBytes)")
             }
         }
 
-        init(parametersID: UInt16, bodyLimbs: Int, maskLimbs: Int, outputBodyBits: Int, outputMaskBits: Int, rows: Int, features: Int) {
-            (self.parametersID, self.bodyLimbs, self.maskLimbs, self.outputBodyBits, self.outputMaskBits, self.rows, self.features) =
-                (parametersID, bodyLimbs, maskLimbs, outputBodyBits, outputMaskBits, rows, features)
+        init(parametersID: UInt16, bodyBits: Int, maskLimbs: Int, outputBodyBits: Int, outputMaskBits: Int, rows: Int, features: Int) {
+            (self.parametersID, self.bodyBits, self.maskLimbs, self.outputBodyBits, self.outputMaskBits, self.rows, self.features) =
+                (parametersID, bodyBits, maskLimbs, outputBodyBits, outputMaskBits, rows, features)
         }
 
         /// The header up to the seed (the reader is left at the seed).
@@ -203,15 +203,17 @@ public struct EncryptedMatrix: Sendable, Equatable {
             try r.header(kind: FHEWire.kindInput, name: "encrypted input")
             let parametersID = try r.u16()
             guard FHEParameters.withID(parametersID) != nil else { throw .unknownParameters(parametersID) }
-            let bodyLimbs = Int(try r.u8()), maskLimbs = Int(try r.u8())
+            let bodyBits = Int(try r.u8()), maskLimbs = Int(try r.u8())
             let outputBodyBits = Int(try r.u8()), outputMaskBits = Int(try r.u8())
-            // 0 limbs: that part is not multiplied (a hinted call sends bodies only; a hint
+            // 0 body bits or mask limbs: that part is not multiplied (a hinted call sends bodies only; a hint
             // request asks for the masks' product only), and its output has 0 bits.
-            guard (0...4).contains(bodyLimbs) else { throw .invalidField(name: "body limbs", value: "\(bodyLimbs), expected 0…4") }
+            guard bodyBits == 0 || (bodyBits % 8 == 0 && (8...64).contains(bodyBits)) else {
+                throw .invalidField(name: "body bits", value: "\(bodyBits), expected 0 or a multiple of 8 in 8…64")
+            }
             guard (0...4).contains(maskLimbs) else { throw .invalidField(name: "mask limbs", value: "\(maskLimbs), expected 0…4") }
-            guard bodyLimbs + maskLimbs > 0 else { throw .invalidField(name: "limbs", value: "0 body and 0 mask limbs: nothing to multiply") }
-            guard bodyLimbs == 0 ? outputBodyBits == 0 : (1...64).contains(outputBodyBits) else {
-                throw .invalidField(name: "output body bits", value: "\(outputBodyBits), expected \(bodyLimbs == 0 ? "0 with 0 body limbs" : "1…64")")
+            guard bodyBits + maskLimbs > 0 else { throw .invalidField(name: "body bits and mask limbs", value: "both 0: nothing to multiply") }
+            guard bodyBits == 0 ? outputBodyBits == 0 : (1...64).contains(outputBodyBits) else {
+                throw .invalidField(name: "output body bits", value: "\(outputBodyBits), expected \(bodyBits == 0 ? "0 with 0 body bits" : "1…64")")
             }
             guard maskLimbs == 0 ? outputMaskBits == 0 : (1...64).contains(outputMaskBits) else {
                 throw .invalidField(name: "output mask bits", value: "\(outputMaskBits), expected \(maskLimbs == 0 ? "0 with 0 mask limbs" : "1…64")")
@@ -220,7 +222,7 @@ public struct EncryptedMatrix: Sendable, Equatable {
             guard (1...FHEWire.maxRows).contains(rows) else { throw .invalidField(name: "rows", value: "\(rows), expected 1…\(FHEWire.maxRows)") }
             guard (1...FHEWire.maxFeatures).contains(features) else { throw .invalidField(name: "features", value: "\(features), expected 1…\(FHEWire.maxFeatures)") }
             guard r.remaining >= MaskSeed.byteCount + 8 else { throw .truncated(what: "header", needed: MaskSeed.byteCount + 8, available: r.remaining) }
-            return Shape(parametersID: parametersID, bodyLimbs: bodyLimbs, maskLimbs: maskLimbs, outputBodyBits: outputBodyBits,
+            return Shape(parametersID: parametersID, bodyBits: bodyBits, maskLimbs: maskLimbs, outputBodyBits: outputBodyBits,
                          outputMaskBits: outputMaskBits, rows: rows, features: features)
         }
     }
@@ -245,17 +247,17 @@ public struct EncryptedProduct: Sendable, Equatable {
     /// The serialized length of the answer to a request of `rows` tokens under `plan`, by a
     /// matrix of `outputs` rows: what a client expects, to refuse any other before reading it.
     public static func byteCount(plan: CallPlan, rows: Int, outputs: Int) -> Int {
-        byteCount(parameters: plan.parameters, bodyBits: plan.outputBodyBits, maskBits: plan.requestOutputMaskBits, rows: rows, outputs: outputs)
+        byteCount(parameters: plan.parameters, outputBodyBits: plan.outputBodyBits, outputMaskBits: plan.requestOutputMaskBits, rows: rows, outputs: outputs)
     }
 
     /// The same for a hint request (``FHEClient/hintRequest(features:plan:seed:)``): masks only.
     public static func hintByteCount(plan: CallPlan, outputs: Int) -> Int {
-        byteCount(parameters: plan.parameters, bodyBits: 0, maskBits: plan.outputMaskBits, rows: plan.parameters.ringDegree, outputs: outputs)
+        byteCount(parameters: plan.parameters, outputBodyBits: 0, outputMaskBits: plan.outputMaskBits, rows: plan.parameters.ringDegree, outputs: outputs)
     }
 
-    static func byteCount(parameters p: FHEParameters, bodyBits: Int, maskBits: Int, rows: Int, outputs: Int) -> Int {
+    static func byteCount(parameters p: FHEParameters, outputBodyBits: Int, outputMaskBits: Int, rows: Int, outputs: Int) -> Int {
         let columns = ((rows + p.ringDegree - 1) / p.ringDegree) * p.ringDegree
-        return 4 + 2 + 1 + 2 + 1 + 1 + 4 + 4 + 8 + packedByteCount(outputs * columns, bits: maskBits) + 8 + packedByteCount(outputs * rows, bits: bodyBits)
+        return 4 + 2 + 1 + 2 + 1 + 1 + 4 + 4 + 8 + packedByteCount(outputs * columns, bits: outputMaskBits) + 8 + packedByteCount(outputs * rows, bits: outputBodyBits)
     }
 
     public init(parametersID: UInt16, outputBodyBits: Int, outputMaskBits: Int, rows: Int, outputs: Int, masks: [UInt8], bodies: [UInt8]) {

@@ -302,7 +302,7 @@ import Testing
         let pieces = transport.requests.compactMap { try? MaskedInput(serialized: $0) }
         #expect(pieces.map(\.rows) == [33, 33, 34, 33, 33, 34])
         let offline = transport.requests.compactMap { try? EncryptedMatrix(serialized: $0) }
-        #expect(offline.map { [$0.bodyLimbs == 0 ? 0 : 1, $0.maskLimbs == 0 ? 0 : 1] } == [[0, 1], [1, 0], [0, 1], [1, 0]])
+        #expect(offline.map { [$0.bodyBits == 0 ? 0 : 1, $0.maskLimbs == 0 ? 0 : 1] } == [[0, 1], [1, 0], [0, 1], [1, 0]])
         #expect(transport.requests.count == pieces.count + 4)
         #expect(remote.statistics.onlineCalls == 2)
     }

@@ -131,10 +131,10 @@ final class FHESchemeTests: XCTestCase {
         var plans = [base]
         for p in FHEParameters.all {
             // Input-rounding dominated, mask-rounding dominated, output dominated, encryption noise.
-            plans.append(CallPlan(parameters: p, messageBits: base.messageBits, bodyLimbs: 2, maskLimbs: 4, outputBodyBits: 64, outputMaskBits: 64))
-            plans.append(CallPlan(parameters: p, messageBits: base.messageBits, bodyLimbs: 4, maskLimbs: 2, outputBodyBits: 64, outputMaskBits: 64))
-            plans.append(CallPlan(parameters: p, messageBits: base.messageBits, bodyLimbs: 4, maskLimbs: 4, outputBodyBits: 30, outputMaskBits: 34))
-            plans.append(CallPlan(parameters: p, messageBits: base.messageBits, bodyLimbs: 4, maskLimbs: 4, outputBodyBits: 64, outputMaskBits: 64))
+            plans.append(CallPlan(parameters: p, messageBits: base.messageBits, bodyBits: 32, maskLimbs: 4, outputBodyBits: 64, outputMaskBits: 64))
+            plans.append(CallPlan(parameters: p, messageBits: base.messageBits, bodyBits: 64, maskLimbs: 2, outputBodyBits: 64, outputMaskBits: 64))
+            plans.append(CallPlan(parameters: p, messageBits: base.messageBits, bodyBits: 64, maskLimbs: 4, outputBodyBits: 30, outputMaskBits: 34))
+            plans.append(CallPlan(parameters: p, messageBits: base.messageBits, bodyBits: 64, maskLimbs: 4, outputBodyBits: 64, outputMaskBits: 64))
         }
         for plan in plans {
             let input = client.encrypt(x, rows: rows, features: k, plan: plan)
@@ -210,7 +210,7 @@ final class FHESchemeTests: XCTestCase {
         XCTAssertFalse(contains(response, leak))
         // Nothing key-like is a field of the request type: it has a seed (public), shapes and bodies.
         let fields = Mirror(reflecting: client.encrypt(x, rows: rows, features: k, plan: plan)).children.compactMap(\.label)
-        XCTAssertEqual(Set(fields), ["parametersID", "bodyLimbs", "maskLimbs", "outputBodyBits", "outputMaskBits", "rows", "features", "seed", "body"])
+        XCTAssertEqual(Set(fields), ["parametersID", "bodyBits", "maskLimbs", "outputBodyBits", "outputMaskBits", "rows", "features", "seed", "body"])
         // Every request's seed is fresh.
         XCTAssertNotEqual(client.encrypt(x, rows: rows, features: k, plan: plan).seed, client.encrypt(x, rows: rows, features: k, plan: plan).seed)
     }
@@ -240,7 +240,7 @@ final class FHESchemeTests: XCTestCase {
         bad = good; bad[7] = 99
         rejects(bad, "unknown FHE parameter set id 99")
         bad = good; bad[9] = 7
-        rejects(bad, "body limbs")
+        rejects(bad, "body bits")
         bad = good; bad[11] = 65
         rejects(bad, "output body bits")
         bad = good; bad[13] = 4  // rows 3 → 4: the body no longer fits the shape

@@ -105,7 +105,7 @@ final class MaskedProductTests: XCTestCase {
         let plan = try CallPlan.hinted(messageBits: try CallPlan.messageBits(for: shape), maxRowL2: shape.maxRowL2, parameters: .glwe2048)
         XCTAssertTrue(plan.hinted)
         XCTAssertEqual(plan.maskLimbs, 4, "the hint is computed from the masks at full precision")
-        XCTAssertEqual(plan.serverColumns(rows: 2048), plan.bodyLimbs * 2048)
+        XCTAssertEqual(plan.serverColumns(rows: 2048), plan.bodyBits / 8 * 2048)
         let rows = plan.parameters.ringDegree, bits = plan.messageBits
         let seed = MaskSeed.fresh()
         let hintAnswer = try FHEServer.handle(request: FHEClient.hintRequest(features: k, plan: plan, seed: seed).serialized(), weights: w)
@@ -196,10 +196,10 @@ final class MaskedProductTests: XCTestCase {
                                       plan: try CallPlan.plan(messageBits: plan.messageBits, rows: 2049, maxRowL2: w.maxRowL2, parameters: .glwe2048),
                                       seed: .fresh(), key: SecretKey.generate(.glwe2048))
         var hintedTwoRings = twoRings
-        (hintedTwoRings.maskLimbs, hintedTwoRings.outputMaskBits, hintedTwoRings.bodyLimbs, hintedTwoRings.outputBodyBits) = (0, 0, plan.bodyLimbs, plan.outputBodyBits)
+        (hintedTwoRings.maskLimbs, hintedTwoRings.outputMaskBits, hintedTwoRings.bodyBits, hintedTwoRings.outputBodyBits) = (0, 0, plan.bodyBits, plan.outputBodyBits)
         XCTAssertTrue(refusal(hintedTwoRings)?.contains("at most the parameter set's ring degree") == true, refusal(hintedTwoRings) ?? "accepted")
         var moreLimbs = call
-        moreLimbs.bodyLimbs = plan.bodyLimbs == 4 ? 3 : plan.bodyLimbs + 1
+        moreLimbs.bodyBits = plan.bodyBits == 64 ? 56 : plan.bodyBits + 8
         XCTAssertTrue(refusal(moreLimbs)?.contains("not a plan this server chooses") == true, refusal(moreLimbs) ?? "accepted")
     }
 

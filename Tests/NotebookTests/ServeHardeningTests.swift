@@ -18,8 +18,8 @@ extension ServeTests {
         let metadata = try #require(deployment.manifest.modules.first { $0.name == module }).weights(.forward)
         let plan = try CallPlan.choose(for: ProductShape(rows: rows, innerDimension: metadata.inputs, maxAbsInput: 127,
                                                          maxRowL1: metadata.maxRowL1, maxRowL2: metadata.maxRowL2))
-        let body = [UInt8](repeating: 0, count: (rows * metadata.inputs * 16 * plan.bodyLimbs + 7) / 8)
-        return EncryptedMatrix(parametersID: plan.parameters.id, bodyLimbs: plan.bodyLimbs, maskLimbs: plan.maskLimbs,
+        let body = [UInt8](repeating: 0, count: (rows * metadata.inputs * plan.bodyBits + 7) / 8)
+        return EncryptedMatrix(parametersID: plan.parameters.id, bodyBits: plan.bodyBits, maskLimbs: plan.maskLimbs,
                                outputBodyBits: plan.outputBodyBits, outputMaskBits: plan.outputMaskBits, rows: rows,
                                features: metadata.inputs, seed: .fresh(), body: body).serialized()
     }

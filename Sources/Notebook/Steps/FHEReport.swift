@@ -12,6 +12,12 @@ enum FHEReport {
         return String(format: "%.0f B", n)
     }
 
+    /// The masked protocol's one-time hints of a run, for its metrics.
+    static func hintMetric(_ stats: FHEStatistics) -> Metric {
+        Metric("one-time hints", "\(Format.integer(stats.hints)) stream\(stats.hints == 1 ? "" : "s") (the server's product of each stream's fixed masks, "
+            + "kept in the mask store): \(bytes(Double(stats.hintBytes))), \(Format.duration(stats.hintSeconds))")
+    }
+
     /// Stops the step when an encrypted call failed (nothing falls back to clear computation).
     static func check(_ backend: LinearBackend?) throws {
         if let b = backend as? EncryptedLinearBackend, let failure = b.failure { throw StepFailure(key: "mode", failure.description) }
@@ -23,7 +29,7 @@ enum FHEReport {
         guard let b = backend as? EncryptedLinearBackend, stats.calls > 0 || stats.onlineCalls > 0 else { return }
         let perStep = 1 / Double(max(steps, 1))
         let masked = b.productProtocol == .masked
-        let fhe = stats.offlineSeconds + stats.onlineSeconds
+        let fhe = stats.offlineSeconds + stats.hintSeconds + stats.onlineSeconds
         let clear = max(0, seconds - fhe)
         func share(_ x: Double) -> String { seconds > 0 ? String(format: "%@ (%.0f %%)", Format.duration(x * perStep), 100 * x / seconds) : "–" }
         let http = b.transport as? HTTPTransport
@@ -42,12 +48,12 @@ enum FHEReport {
                 Metric("offline products (HE)", "\(Format.integer(stats.calls)) (\(Format.integer(stats.offlineRows)) pad rows)"),
                 Metric("offline bytes", "\(bytes(Double(stats.bytesSent))) sent, \(bytes(Double(stats.bytesReceived))) received"
                     + (online > 0 ? String(format: " (%.1f× the online bytes)", Double(stats.bytesSent + stats.bytesReceived) / online) : "")),
-            ]))
+            ] + (stats.hints > 0 ? [FHEReport.hintMetric(stats)] : [])))
             context.emit(.table(OutputTable(
                 title: "Time per \(stepName), encrypted mode (masked protocol)",
-                columns: ["offline (HE: encrypt, server, decrypt; store)", "online client (pad, unpad)", http == nil ? "online server product" : "online server + network",
-                          "clear work (client)", "total"],
-                rows: [[share(stats.offlineSeconds), share(stats.onlineClientSeconds), share(stats.onlineServerSeconds), share(clear),
+                columns: ["offline (HE: encrypt, server, decrypt; store)", "one-time hints", "online client (pad, unpad)",
+                          http == nil ? "online server product" : "online server + network", "clear work (client)", "total"],
+                rows: [[share(stats.offlineSeconds), share(stats.hintSeconds), share(stats.onlineClientSeconds), share(stats.onlineServerSeconds), share(clear),
                         Format.duration(seconds * perStep)]])))
         } else {
             context.emit(.metrics(where_ + [
@@ -74,7 +80,8 @@ enum FHEReport {
         }
         if masked {
             lines.append("Online, the server saw only x − r mod 2^k for one-time pads r (uniform, each used once: the mask store records its use on disk before a row is sent); "
-                + "offline, only ciphertexts of the pads. The pads' seeds and the secret key never left the client.")
+                + "offline, only the bodies of the pads' ciphertexts, each ring under a fresh secret with its stream's fixed public masks, and once per stream "
+                + "a request for the product of those masks (the hint; a public seed, no data). The pads' seeds and the secrets never left the client.")
             if let store = b.maskStore, !store.notices.isEmpty { lines.append("Mask store: " + store.notices.joined(separator: "; ")) }
         } else {
             lines.append("The server saw only ciphertexts: seeds, rounded bodies and the products' masks and bodies; "

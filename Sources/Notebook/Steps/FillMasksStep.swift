@@ -66,8 +66,9 @@ public enum FillMasksStep: Step {
             Metric("tokens ready", Format.integer(p.tokens) + " per module and direction (\(streams) stream\(streams == 1 ? "" : "s"))"),
             Metric("offline products (HE, full rings)", "\(Format.integer(stats.calls)) (\(Format.integer(stats.offlineRows)) pad rows)"),
             Metric("offline time", Format.duration(seconds) + (stats.offlineRows > 0
-                ? String(format: " (%.2f ms per token)", 1000 * stats.offlineSeconds / (Double(stats.offlineRows) / Double(max(streams, 1)))) : "")),
+                ? String(format: " (%.2f ms per token, the one-time hints apart)", 1000 * stats.offlineSeconds / (Double(stats.offlineRows) / Double(max(streams, 1)))) : "")),
             Metric("offline bytes", "\(FHEReport.bytes(Double(stats.bytesSent))) sent, \(FHEReport.bytes(Double(stats.bytesReceived))) received"),
+        ] + (stats.hints > 0 ? [FHEReport.hintMetric(stats)] : []) + [
             Metric("store", context.display(store.directory)),
         ]))
         var lines = ["The pads are one-time: each row of the store is recorded as used on disk before it is sent, and never handed out again."]

@@ -5,6 +5,7 @@ import CKernels
 /// SHA-256 digests as lowercase hex, for cell keys, data files and downloaded models.
 public enum SHA256Digest {
     public static func hex(_ data: Data) -> String { hex(digest: SHA256.hash(data: data)) }
+    public static func hex(_ bytes: [UInt8]) -> String { hex(digest: SHA256.hash(data: bytes)) }
 
     static func hex<D: Sequence>(digest: D) -> String where D.Element == UInt8 {
         let digits = Array("0123456789abcdef".utf8)

@@ -149,7 +149,13 @@ public final class FHEClient: @unchecked Sendable {
     /// A hinted call's product: its bodies from `y`, its masks' product from `hint` (the masks of
     /// the answer to ``hintRequest(features:plan:seed:)``), under the call's fresh `key`.
     public func decrypt(_ y: EncryptedProduct, plan: CallPlan, hint: [UInt8], key: SecretKey) throws(FHEWireError) -> [Int64] {
-        precondition(plan.hinted)
+        try decrypt(y, plan: plan, hint: hint, key: key, as: Int64.self)
+    }
+
+    /// The same values as `T` (Int64, or UInt64: their two's complement, the residues mod 2^64,
+    /// for a caller that keeps them mod 2^b), with no conversion pass.
+    public func decrypt<T: FixedWidthInteger & BitwiseCopyable>(_ y: EncryptedProduct, plan: CallPlan, hint: [UInt8], key: SecretKey, as: T.Type) throws(FHEWireError) -> [T] {
+        precondition(plan.hinted && MemoryLayout<T>.stride == 8)
         let expected = packedByteCount(y.outputs * plan.parameters.ringDegree, bits: plan.outputMaskBits)
         guard y.groups == 1, hint.count == expected, y.outputBodyBits == plan.outputBodyBits else {
             throw .shapeMismatch("a hint of \(hint.count) bytes for \(y.outputs) outputs at \(plan.outputMaskBits) bits (expected \(expected)), \(y.rows) rows at \(y.outputBodyBits) bits")
@@ -157,7 +163,7 @@ public final class FHEClient: @unchecked Sendable {
         return decrypt(y, plan: plan, masks: hint, maskBits: plan.outputMaskBits, key: key)
     }
 
-    private func decrypt(_ y: EncryptedProduct, plan: CallPlan, masks: [UInt8], maskBits: Int, key: SecretKey) -> [Int64] {
+    private func decrypt<T: BitwiseCopyable>(_ y: EncryptedProduct, plan: CallPlan, masks: [UInt8], maskBits: Int, key: SecretKey) -> [T] {
         // Decoded output-major (O × R), then transposed to rows × outputs.
         // Every value is decoded (each output's groups cover all rows), then transposed.
         let byOutput: [Int64] = Parallel.uninitialized(y.rows * y.outputs) { o in
@@ -166,7 +172,9 @@ public final class FHEClient: @unchecked Sendable {
             }
         }
         return byOutput.withUnsafeBufferPointer { b in
-            Parallel.uninitialized(y.rows * y.outputs) { Parallel.transpose(b.baseAddress!, rows: y.outputs, columns: y.rows, into: $0.baseAddress!) }
+            b.withMemoryRebound(to: T.self) { b in
+                Parallel.uninitialized(y.rows * y.outputs) { Parallel.transpose(b.baseAddress!, rows: y.outputs, columns: y.rows, into: $0.baseAddress!) }
+            }
         }
     }
 

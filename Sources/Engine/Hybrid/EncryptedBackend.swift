@@ -418,21 +418,26 @@ public final class EncryptedLinearBackend: LinearBackend {
     }
 
     private func fullRingProduct(_ stream: Stream, pads: [UInt64]) throws -> [UInt64] {
-        let spec = stream.spec, k = spec.bits
-        let half = UInt64(1) << UInt64(k - 1), modulus = Int64(1) << Int64(k)
-        // Centred representatives in [−2^(k−1), 2^(k−1)): the same residues mod 2^k.
-        let centred = pads.map { $0 >= half ? Int64($0) - modulus : Int64($0) }
-        let mask = (UInt64(1) << UInt64(k)) - 1
-        let plan = stream.plan
+        let (spec, plan) = (stream.spec, stream.plan)
         guard let store = maskStore else { throw EncryptedBackendError.unknownModule(spec.module) }
         // A hint fetched now (with its file written) counts whole as the one-time hint work.
         let (hintsBefore, hintSecondsBefore, started) = (statistics.hints, statistics.hintSeconds, ProcessInfo.processInfo.systemUptime)
         let hint = try store.hint(spec.name) { seed in try self.hintCall(spec, plan: plan, seed: seed) }
         if statistics.hints > hintsBefore { statistics.hintSeconds = hintSecondsBefore + ProcessInfo.processInfo.systemUptime - started }
-        let products = try encryptedCall(spec.module, spec.direction, centred, rows: spec.segmentRows, features: spec.features,
-                                         outputs: spec.outputs, plan: plan, hint: hint)
+        let key = SecretKey.generate(plan.parameters)
+        // The pads as they are (in [0, 2^k)): Δ·r mod 2^64 is the same for any representative of
+        // r mod 2^k, and the store keeps the products' low k bits, so neither needs a pass.
+        let products = try encryptedCall(spec.module, spec.direction, rows: spec.segmentRows, outputs: spec.outputs, plan: plan, encrypt: {
+            pads.withUnsafeBufferPointer { p in
+                p.withMemoryRebound(to: Int64.self) { client.encrypt($0, rows: spec.segmentRows, features: spec.features, plan: plan, seed: hint.seed, key: key) }
+            }
+        }, decrypt: { product in
+            do { return try client.decrypt(product, plan: plan, hint: hint.bytes, key: key, as: UInt64.self) } catch {
+                throw EncryptedBackendError.failed(module: spec.module, reason: "the server's product does not match the hint: \(error)")
+            }
+        })
         statistics.offlineRows += spec.segmentRows
-        return products.map { UInt64(bitPattern: $0) & mask }
+        return products
     }
 
     /// The server's product W·A of a stream's fixed masks (the hint of its hinted plan): the
@@ -454,15 +459,12 @@ public final class EncryptedLinearBackend: LinearBackend {
         return product.masks
     }
 
-    /// One `he` call: encrypt `values` (rows × features) for `plan`, the server's product,
-    /// decrypt (rows × outputs, centred mod 2^b), with its counters. With a `hint` (a hinted
-    /// plan), under a fresh secret and the hint's masks.
-    private func encryptedCall(_ name: String, _ direction: ProductDirection, _ values: [Int64], rows: Int, features: Int, outputs: Int,
-                               plan: CallPlan, hint: (seed: MaskSeed, bytes: [UInt8])? = nil) throws -> [Int64] {
+    /// One `he` call: `encrypt` the inputs (rows × features) for `plan`, the server's product,
+    /// `decrypt` (rows × outputs), with its counters.
+    private func encryptedCall<T>(_ name: String, _ direction: ProductDirection, rows: Int, outputs: Int, plan: CallPlan,
+                                  encrypt: () -> EncryptedMatrix, decrypt: (EncryptedProduct) throws -> [T]) throws -> [T] {
         var t = ProcessInfo.processInfo.systemUptime
-        let key = hint == nil ? nil : SecretKey.generate(plan.parameters)
-        let request = (hint.map { client.encrypt(values, rows: rows, features: features, plan: plan, seed: $0.seed, key: key!) }
-            ?? client.encrypt(values, rows: rows, features: features, plan: plan)).serialized()
+        let request = encrypt().serialized()
         var now = ProcessInfo.processInfo.systemUptime
         statistics.encryptSeconds += now - t
         t = now
@@ -475,14 +477,7 @@ public final class EncryptedLinearBackend: LinearBackend {
         guard product.rows == rows, product.outputs == outputs else {
             throw EncryptedBackendError.failed(module: name, reason: "the server returned \(product.rows) × \(product.outputs) values for \(rows) × \(outputs)")
         }
-        let decrypted: [Int64]
-        if let hint, let key {
-            do { decrypted = try client.decrypt(product, plan: plan, hint: hint.bytes, key: key) } catch {
-                throw EncryptedBackendError.failed(module: name, reason: "the server's product does not match the hint: \(error)")
-            }
-        } else {
-            decrypted = client.decrypt(product, plan: plan)
-        }
+        let decrypted = try decrypt(product)
         statistics.decryptSeconds += ProcessInfo.processInfo.systemUptime - t
         statistics.calls += 1
         statistics.bytesSent += request.count
@@ -503,8 +498,10 @@ public final class EncryptedLinearBackend: LinearBackend {
         do {
             let maxAbs = x.quantizers.map { max(abs($0.qMin), abs($0.qMax)) }.max() ?? 0
             let plan = try CallPlan.choose(for: info.shape(rows: rows, maxAbsInput: maxAbs))
-            acc = try encryptedCall(name, direction, x.values.map { Int64($0) }, rows: rows, features: x.columns, outputs: w.rows, plan: plan)
-                .map { Double($0) }
+            let values = x.values.map { Int64($0) }
+            acc = try encryptedCall(name, direction, rows: rows, outputs: w.rows, plan: plan, encrypt: {
+                client.encrypt(values, rows: rows, features: x.columns, plan: plan)
+            }, decrypt: { client.decrypt($0, plan: plan) }).map { Double($0) }
             statistics.inputValues += rows * x.columns
             statistics.outputValues += rows * w.rows
         } catch {

@@ -297,9 +297,8 @@ public final class MaskStore: @unchecked Sendable {
         defer { lock.unlock() }
         guard var s = state.streams[name] else { throw MaskStoreError.unknownStream(name) }
         let seed = MaskSeed(bytes: hexBytes(s.hintSeed)), url = hintURL(s)
-        if let digest = s.hintDigest, let data = FileManager.default.contents(atPath: url.path) {
-            let bytes = [UInt8](data)
-            if verified.contains(url.path) || SHA256Digest.hex(data) == digest {
+        if let digest = s.hintDigest, let bytes = Self.readWhole(url) {
+            if verified.contains(url.path) || SHA256Digest.hex(bytes) == digest {
                 verified.insert(url.path)
                 return (seed, bytes)
             }
@@ -318,6 +317,27 @@ public final class MaskStore: @unchecked Sendable {
         try writeState()
         verified.insert(url.path)
         return (seed, bytes)
+    }
+
+    /// A file's bytes read straight into an array (nil when it cannot be read whole).
+    private static func readWhole(_ url: URL) -> [UInt8]? {
+        let fd = open(url.path, O_RDONLY)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size >= 0 else { return nil }
+        let size = Int(st.st_size)
+        var failed = false
+        let bytes = [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+            var done = 0
+            while done < size {
+                let got = pread(fd, buffer.baseAddress! + done, size - done, off_t(done))
+                if got <= 0 { failed = true; break }
+                done += got
+            }
+            count = failed ? 0 : size
+        }
+        return failed ? nil : bytes
     }
 
     private func hintURL(_ s: Stream) -> URL {

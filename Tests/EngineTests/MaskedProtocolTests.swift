@@ -181,6 +181,70 @@ import Testing
         }
     }
 
+    /// A stream's hint is asked for once and kept: the same seed and bytes after a reopen; a
+    /// damaged or missing hint file is asked for again (with a notice), never used; a stream
+    /// started afresh (another identity) gets a new public seed and drops its old hint.
+    @Test func hintsAreKeptCheckedAndRenewedWithTheirStream() throws {
+        let dir = try Self.temporaryStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let asked = Counter()
+        func compute(_ seed: MaskSeed) -> [UInt8] {
+            asked.value += 1
+            return (0..<300).map { UInt8(truncatingIfNeeded: Int(seed.bytes[$0 % seed.bytes.count]) &+ $0) }
+        }
+        var first: (seed: MaskSeed, bytes: [UInt8])
+        do {
+            let store = try MaskStore(directory: dir)
+            try store.prepare(Self.spec)
+            try store.prepare(Self.other)
+            first = try store.hint(Self.spec.name, compute: compute)
+            #expect(try store.hint(Self.spec.name, compute: compute) == first)
+            let second = try store.hint(Self.other.name, compute: compute)
+            #expect(second.seed != first.seed, "each stream has its own masks")
+            #expect(asked.value == 2)
+            #expect(throws: MaskStoreError.unknownStream("x.forward")) { try store.hint("x.forward", compute: compute) }
+            try store.release()
+        }
+        let hintFiles = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".hint") }
+        #expect(hintFiles.count == 2)
+        do {
+            let store = try MaskStore(directory: dir)
+            try store.prepare(Self.spec)
+            #expect(try store.hint(Self.spec.name, compute: compute) == first)
+            #expect(asked.value == 2, "kept across a reopen")
+        }
+        // Damage every hint file: each is asked for again, from the same public seed.
+        for name in hintFiles {
+            let url = dir.appendingPathComponent(name)
+            var bytes = try [UInt8](Data(contentsOf: url))
+            bytes[7] ^= 0x10
+            try Data(bytes).write(to: url)
+        }
+        do {
+            let store = try MaskStore(directory: dir)
+            try store.prepare(Self.spec)
+            #expect(try store.hint(Self.spec.name, compute: compute) == first)
+            #expect(asked.value == 3)
+            #expect(store.notices.contains { $0.contains("does not match its digest") })
+            // Missing: asked for again too.
+            for name in try FileManager.default.contentsOfDirectory(atPath: dir.path) where name.hasSuffix(".hint") {
+                try FileManager.default.removeItem(at: dir.appendingPathComponent(name))
+            }
+        }
+        do {
+            let store = try MaskStore(directory: dir)
+            try store.prepare(Self.spec)
+            #expect(try store.hint(Self.spec.name, compute: compute) == first)
+            #expect(asked.value == 4 && store.notices.contains { $0.contains("missing") })
+            // Another identity: new masks, new hint.
+            var changed = Self.spec
+            changed.identity = "b"
+            try store.prepare(changed)
+            let renewed = try store.hint(changed.name, compute: compute)
+            #expect(renewed.seed != first.seed && asked.value == 5)
+        }
+    }
+
     static func run(_ name: String, targets: LoRATargets, backend: (TrainableModel) throws -> LinearBackend?) throws
         -> (losses: [Float], adapter: [[Float]], backend: LinearBackend?) {
         try EncryptedBackendTests.run(name, targets: targets, backend: backend)

@@ -385,6 +385,8 @@ public final class MaskStore: @unchecked Sendable {
         while s.firstSegment + s.digests.count < needed {
             let index = s.firstSegment + s.digests.count
             let digest = try computeSegment(s, index, offline: offline)
+            // The offline work may have recorded the stream's hint meanwhile.
+            s = state.streams[name]!
             s.digests.append(digest)
             state.streams[name] = s
             try writeState()
@@ -508,7 +510,10 @@ public final class MaskStore: @unchecked Sendable {
             why = "is missing"
         }
         notices.append("\(name): segment \(url.lastPathComponent) \(why); computed again from its pads (none of them was sent)")
-        s.digests[slot] = try computeSegment(s, index, offline: offline)
+        let digest = try computeSegment(s, index, offline: offline)
+        // The offline work may have recorded the stream's hint meanwhile.
+        s = state.streams[name]!
+        s.digests[slot] = digest
         state.streams[name] = s
         try writeState()
         return url

@@ -204,7 +204,7 @@ final class ServeTests {
             BadRequest(name: "empty body", path: forward, status: 400, says: "not an nb message"),
             BadRequest(name: "random bytes", path: forward, body: garbage, status: 400, says: "not an nb message"),
             BadRequest(name: "wrong magic", path: forward, body: patched(0, Array("XBCT".utf8)), status: 400, says: "not an nb message"),
-            BadRequest(name: "wrong version", path: forward, body: patched(4, [2, 0]), status: 400, says: "version 2 is not supported"),
+            BadRequest(name: "wrong version", path: forward, body: patched(4, [9, 0]), status: 400, says: "version 9 is not supported"),
             BadRequest(name: "wrong kind", path: forward, body: patched(6, [3]), status: 400, says: "got kind 3"),
             BadRequest(name: "unknown parameter set", path: forward, body: patched(7, [0xE7, 0x03]), status: 400, says: "unknown FHE parameter set id 999"),
             // A Content-Length other than the header's length: refused before the body is read.

@@ -190,7 +190,7 @@ import Testing
         let asked = Counter()
         func compute(_ seed: MaskSeed) -> [UInt8] {
             asked.value += 1
-            return (0..<300).map { UInt8(truncatingIfNeeded: Int(seed.bytes[$0 % seed.bytes.count]) &+ $0) }
+            return (0..<240).map { UInt8(truncatingIfNeeded: Int(seed.bytes[$0 % seed.bytes.count]) &+ $0) }
         }
         var first: (seed: MaskSeed, bytes: [UInt8])
         do {
@@ -254,6 +254,12 @@ import Testing
             try store.prepare(changed)
             let renewed = try store.hint(changed.name, compute: compute)
             #expect(renewed.seed != first.seed && asked.value == 6)
+            // A file larger than a hint can be (N × O values of 8 bytes) is not read at all (no
+            // allocation of the size the file chose): asked for again.
+            let url = dir.appendingPathComponent("\(SHA256Digest.hex(changed.name).prefix(16)).hint")
+            try Data(count: changed.segmentRows * changed.outputs * 8 + 1).write(to: url)
+            #expect(try store.hint(changed.name, compute: compute) == renewed)
+            #expect(asked.value == 7 && store.notices.contains { $0.contains("over \(changed.segmentRows * changed.outputs * 8) bytes") })
         }
     }
 

@@ -297,14 +297,16 @@ public final class MaskStore: @unchecked Sendable {
         defer { lock.unlock() }
         guard var s = state.streams[name] else { throw MaskStoreError.unknownStream(name) }
         let seed = MaskSeed(bytes: hexBytes(s.hintSeed)), url = hintURL(s)
-        if let digest = s.hintDigest, let bytes = Self.readWhole(url) {
+        // A hint holds N × O values of at most 8 bytes: a larger file is damaged, and is not read.
+        let limit = s.spec.segmentRows * s.spec.outputs * 8
+        if let digest = s.hintDigest, let bytes = Self.readWhole(url, limit: limit) {
             if verified.contains(url.path) || SHA256Digest.hex(bytes) == digest {
                 verified.insert(url.path)
                 return (seed, bytes)
             }
             notices.append("\(name): its hint \(url.lastPathComponent) does not match its digest; asked for again")
         } else if s.hintDigest != nil {
-            notices.append("\(name): its hint \(url.lastPathComponent) is missing; asked for again")
+            notices.append("\(name): its hint \(url.lastPathComponent) is missing, unreadable or over \(limit) bytes; asked for again")
         }
         let bytes: [UInt8]
         do { bytes = try compute(seed) } catch { throw MaskStoreError.fillFailed(stream: name, reason: "its hint: \(error)") }
@@ -319,13 +321,14 @@ public final class MaskStore: @unchecked Sendable {
         return (seed, bytes)
     }
 
-    /// A file's bytes read straight into an array (nil when it cannot be read whole).
-    private static func readWhole(_ url: URL) -> [UInt8]? {
+    /// A file's bytes read straight into an array (nil when it cannot be read whole or holds
+    /// more than `limit` bytes).
+    private static func readWhole(_ url: URL, limit: Int) -> [UInt8]? {
         let fd = open(url.path, O_RDONLY)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0, st.st_size >= 0 else { return nil }
+        guard fstat(fd, &st) == 0, st.st_size >= 0, st.st_size <= limit else { return nil }
         let size = Int(st.st_size)
         var failed = false
         let bytes = [UInt8](unsafeUninitializedCapacity: size) { buffer, count in

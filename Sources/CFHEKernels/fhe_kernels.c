@@ -374,13 +374,19 @@ void nb_fhe_pack_bytes_from_bits(const uint8_t *in, size_t in_bytes, unsigned bi
     const size_t quads = (rows + 3) / 4, tiles = (columns + 15) / 16;
     const unsigned up = (unsigned)(8 * limbs - bits);
     const uint64_t mask = (1ULL << bits) - 1;
+    const size_t plane = tiles * quads * 64;
     for (size_t q = quad_begin; q < quad_end && q < quads; q++) {
-        for (size_t e = 0; e < 4; e++) {
-            const size_t row = 4 * q + e;
-            for (size_t c = 0; c < columns; c++) {
-                uint64_t x = row < rows ? packed_value(in, in_bytes, row * columns + c, bits, mask) << up : 0;
-                uint8_t *dst = packed + ((c / 16) * quads + q) * 64 + (c % 16) * 4 + e;
-                for (size_t t = 0; t < limbs; t++, x >>= 8) dst[t * tiles * quads * 64] = (uint8_t)x;
+        // The quad's 4 rows side by side: each column's 4 digits of a limb are one 32-bit word.
+        const size_t r0 = 4 * q, present = rows - r0 < 4 ? rows - r0 : 4;
+        for (size_t c = 0; c < columns; c++) {
+            uint64_t x[4] = {0, 0, 0, 0};
+            for (size_t e = 0; e < present; e++) x[e] = packed_value(in, in_bytes, (r0 + e) * columns + c, bits, mask) << up;
+            uint8_t *dst = packed + ((c / 16) * quads + q) * 64 + (c % 16) * 4;
+            for (size_t t = 0; t < limbs; t++) {
+                const unsigned s = (unsigned)(8 * t);
+                const uint32_t word = (uint32_t)((x[0] >> s) & 0xff) | (uint32_t)((x[1] >> s) & 0xff) << 8
+                                    | (uint32_t)((x[2] >> s) & 0xff) << 16 | (uint32_t)((x[3] >> s) & 0xff) << 24;
+                memcpy(dst + t * plane, &word, 4);  // little-endian machines only (x86-64, arm64)
             }
         }
     }
@@ -479,6 +485,31 @@ void nb_fhe_byte_gemv(const int8_t *w, size_t k_padded, const uint8_t *digits, s
 void NAME(const T *x, const uint64_t *pads, size_t rows, size_t features, unsigned bits, uint8_t *out,             \
           size_t f_begin, size_t f_end) {                                                                          \
     const uint64_t mask = (1ULL << bits) - 1;                                                                      \
+    if (rows % 8 == 0) {                                                                                           \
+        /* Runs of 8 rows of one feature are k whole bytes: tiles of 8 rows walk x and the pads */                 \
+        /* along their rows (8 streams in order) instead of down their columns. */                                 \
+        for (size_t r0 = 0; r0 < rows; r0 += 8) {                                                                  \
+            for (size_t c = f_begin; c < f_end; c++) {                                                             \
+                uint8_t *o = out + (c * rows + r0) * (size_t)bits / 8;                                             \
+                unsigned __int128 acc = 0;                                                                         \
+                unsigned held = 0;                                                                                 \
+                for (size_t r = r0; r < r0 + 8; r++) {                                                             \
+                    const size_t i = r * features + c;                                                             \
+                    acc |= (unsigned __int128)(((uint64_t)(int64_t)x[i] - pads[i]) & mask) << held;                \
+                    held += bits;                                                                                  \
+                    if (held >= 64) {                                                                              \
+                        const uint64_t word = (uint64_t)acc;                                                       \
+                        memcpy(o, &word, 8);                                                                       \
+                        o += 8;                                                                                    \
+                        acc >>= 64;                                                                                \
+                        held -= 64;                                                                                \
+                    }                                                                                              \
+                }                                                                                                  \
+                for (; held > 0; held -= 8) { *o++ = (uint8_t)acc; acc >>= 8; }                                    \
+            }                                                                                                      \
+        }                                                                                                          \
+        return;                                                                                                    \
+    }                                                                                                              \
     size_t bit = f_begin * rows * (size_t)bits;                                                                    \
     uint8_t *o = out + bit / 8;                                                                                    \
     unsigned __int128 acc = 0;                                                                                     \
@@ -508,23 +539,43 @@ NB_MASKED_BLIND(nb_masked_blind_float, float)
 NB_MASKED_BLIND(nb_masked_blind_int64, int64_t)
 #undef NB_MASKED_BLIND
 
-void nb_masked_unblind(const uint8_t *packed, size_t packed_bytes, const uint64_t *wr, size_t rows, size_t outputs, unsigned bits,
-                       double *y, size_t r_begin, size_t r_end) {
+// One width per loop (the compiler keeps each inner loop free of the switch). Tiles of RB rows
+// by OB outputs: the tile's rows of wr and y, and its outputs' runs of the packed answer, stay in
+// L1 while it is done; wr and y are walked in order along each row.
+#define NB_UNBLIND_TILE(LOAD)                                                                                      \
+    for (size_t r0 = r_begin; r0 < r_end; r0 += RB) {                                                              \
+        const size_t r1 = r0 + RB < r_end ? r0 + RB : r_end;                                                       \
+        for (size_t o0 = 0; o0 < outputs; o0 += OB) {                                                              \
+            const size_t o1 = o0 + OB < outputs ? o0 + OB : outputs;                                               \
+            for (size_t r = r0; r < r1; r++) {                                                                     \
+                const uint8_t *w = wr + (r * outputs + o0) * width;                                                \
+                double *out = y + r * outputs;                                                                     \
+                for (size_t o = o0; o < o1; o++, w += width) {                                                     \
+                    const uint64_t v = packed_value(packed, packed_bytes, o * rows + r, bits, mask);               \
+                    /* In the top bits the sum wraps mod 2^bits; the arithmetic shift centres it. */               \
+                    const uint64_t sum = (v << shift) + ((LOAD) << shift);                                         \
+                    out[o] = (double)((int64_t)sum >> shift);                                                      \
+                }                                                                                                  \
+            }                                                                                                      \
+        }                                                                                                          \
+    }
+
+static inline uint64_t load_u24(const uint8_t *p) { return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16; }
+static inline uint64_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t load_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+void nb_masked_unblind(const uint8_t *packed, size_t packed_bytes, const uint8_t *wr, unsigned width, size_t rows, size_t outputs,
+                       unsigned bits, double *y, size_t r_begin, size_t r_end) {
     const uint64_t mask = (1ULL << bits) - 1;
     const unsigned shift = 64 - bits;
-    enum { RB = 16 };
-    for (size_t r0 = r_begin; r0 < r_end; r0 += RB) {
-        const size_t r1 = r0 + RB < r_end ? r0 + RB : r_end;
-        for (size_t o = 0; o < outputs; o++) {
-            for (size_t r = r0; r < r1; r++) {
-                const uint64_t v = packed_value(packed, packed_bytes, o * rows + r, bits, mask);
-                // In the top bits the sum wraps mod 2^bits; the arithmetic shift centres it.
-                const uint64_t sum = (v << shift) + (wr[r * outputs + o] << shift);
-                y[r * outputs + o] = (double)((int64_t)sum >> shift);
-            }
-        }
+    enum { RB = 16, OB = 64 };
+    switch (width) {
+    case 3: NB_UNBLIND_TILE(load_u24(w)) break;
+    case 4: NB_UNBLIND_TILE(load_u32(w)) break;
+    default: NB_UNBLIND_TILE(load_u64(w)) break;
     }
 }
+#undef NB_UNBLIND_TILE
 
 // MARK: - Bit packing
 

@@ -62,14 +62,55 @@ public enum MaskedProduct {
 
     /// The same, as doubles (exact: |W·x| < 2^(k−1) ≤ 2^55), written to `out` (R × O).
     public static func unblind(_ y: MaskedOutput, padProducts wr: UnsafeBufferPointer<UInt64>, into out: UnsafeMutablePointer<Double>) {
+        unblind(y, padProducts: UnsafeRawBufferPointer(wr), width: 8, into: out)
+    }
+
+    /// The same with W·r as the mask store keeps it (``PadProducts``): R × O little-endian values
+    /// of `width` bytes, read where they lie (no widening pass).
+    public static func unblind(_ y: MaskedOutput, padProducts wr: UnsafeRawBufferPointer, width: Int, into out: UnsafeMutablePointer<Double>) {
         let (rows, outputs, k) = (y.rows, y.outputs, y.bits)
-        precondition(wr.count == rows * outputs, "pad products: \(wr.count) values for \(rows) × \(outputs)")
+        precondition([3, 4, 8].contains(width) && (width == 8 || k <= 8 * width), "pad products of \(width) bytes at k = \(k)")
+        precondition(wr.count == rows * outputs * width, "pad products: \(wr.count) bytes for \(rows) × \(outputs) of \(width)")
         precondition(y.body.count == packedByteCount(rows * outputs, bits: k))
         y.body.withUnsafeBufferPointer { body in
             parallelChunks(rows, align: 16) { r in
-                nb_masked_unblind(body.baseAddress!, body.count, wr.baseAddress!, rows, outputs, UInt32(k), out, r.lowerBound, r.upperBound)
+                nb_masked_unblind(body.baseAddress!, body.count, wr.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt32(width),
+                                  rows, outputs, UInt32(k), out, r.lowerBound, r.upperBound)
             }
         }
+    }
+}
+
+/// W·r mod 2^k as the mask store keeps it: little-endian values of `width` bytes (3 for k ≤ 24,
+/// 4 for k ≤ 32, else 8), row-major; bits at and above k are not part of the value.
+public struct PadProducts: Sendable, Equatable {
+    public var bytes: [UInt8]
+    public var width: Int
+    public var bits: Int
+
+    public init(bytes: [UInt8], width: Int, bits: Int) {
+        precondition([3, 4, 8].contains(width) && bytes.count % width == 0 && MaskedProduct.bitRange.contains(bits) && bits <= 8 * width)
+        (self.bytes, self.width, self.bits) = (bytes, width, bits)
+    }
+
+    public var count: Int { bytes.count / width }
+
+    /// The values, widened (for tests and small callers).
+    public var values: [UInt64] {
+        let mask: UInt64 = (1 << UInt64(bits)) - 1
+        return bytes.withUnsafeBytes { raw in
+            (0..<count).map { i in
+                var v: UInt64 = 0
+                for b in 0..<width { v |= UInt64(raw[i * width + b]) << UInt64(8 * b) }
+                return v & mask
+            }
+        }
+    }
+
+    /// Values [lo, hi) where they lie, for ``MaskedProduct/unblind(_:padProducts:width:into:)``.
+    public func withValues<R>(_ lo: Int, _ hi: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        precondition(0 <= lo && lo <= hi && hi <= count)
+        return try bytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[lo * width..<hi * width])) }
     }
 }
 

@@ -54,7 +54,7 @@ import Testing
             }
             // The products are those of the pads handed out (W·r of the same rows).
             let again = try Self.fakeOffline(Self.spec, calls: Counter())(0, t.pads + [UInt64](repeating: 0, count: (16 - n) * 5))
-            #expect(Array(again.prefix(n * 3)) == t.products)
+            #expect(Array(again.prefix(n * 3)) == t.products.values)
         }
         do {
             let store = try MaskStore(directory: dir)
@@ -98,7 +98,7 @@ import Testing
             let dir = try Self.temporaryStore()
             defer { try? FileManager.default.removeItem(at: dir) }
             let spec = MaskStreamSpec(module: "w", direction: .forward, bits: bits, features: 7, outputs: 5, segmentRows: 16, identity: "b")
-            var taken: [(first: Int, pads: [UInt64], products: [UInt64])] = []
+            var taken: [(first: Int, pads: [UInt64], products: PadProducts)] = []
             do {
                 let store = try MaskStore(directory: dir)
                 try store.prepare(spec)
@@ -121,8 +121,8 @@ import Testing
             let pads = taken[0].pads + taken[1].pads
             let truth = try Self.fakeOffline(spec, calls: Counter())(0, Array(pads.prefix(16 * 7)))
                 + Self.fakeOffline(spec, calls: Counter())(16, Array(pads.suffix(7 * 7)) + [UInt64](repeating: 0, count: 9 * 7))
-            #expect(taken[0].products + taken[1].products == Array(truth.prefix(23 * 5)), "k = \(bits)")
-            #expect((taken[0].products + taken[1].products).allSatisfy { $0 < (1 << UInt64(bits)) })
+            #expect(taken[0].products.values + taken[1].products.values == Array(truth.prefix(23 * 5)), "k = \(bits)")
+            #expect((taken[0].products.values + taken[1].products.values).allSatisfy { $0 < (1 << UInt64(bits)) })
         }
     }
 
@@ -157,7 +157,7 @@ import Testing
             #expect(calls.value == before + 1)  // the damaged segment was computed again
             #expect(store.notices.contains { $0.contains("does not match its digest") })
             let truth = try Self.fakeOffline(Self.spec, calls: Counter())(0, t.pads + [UInt64](repeating: 0, count: 12 * 5))
-            #expect(Array(truth.prefix(12)) == t.products)
+            #expect(Array(truth.prefix(12)) == t.products.values)
             try store.release()
         }
         // A damaged state file: new seeds, so none of the earlier pads can come back.

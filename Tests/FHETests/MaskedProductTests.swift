@@ -35,9 +35,32 @@ final class MaskedProductTests: XCTestCase {
         for kernel in ServerKernel.allCases { try onlineProductIsExact(kernel) }
     }
 
+    /// The answer for rows `range` alone (output-major, repacked), as a server answers a piece.
+    func packedSlice(_ y: MaskedOutput, rows range: Range<Int>) -> [UInt8] {
+        let mask: UInt64 = (1 << UInt64(y.bits)) - 1
+        func value(_ i: Int) -> UInt64 {
+            var v: UInt64 = 0
+            for b in 0..<y.bits {
+                let bit = i * y.bits + b
+                v |= UInt64(y.body[bit / 8] >> UInt8(bit % 8) & 1) << UInt64(b)
+            }
+            return v & mask
+        }
+        var out = [UInt8](repeating: 0, count: (range.count * y.outputs * y.bits + 7) / 8)
+        var at = 0
+        for o in 0..<y.outputs {
+            for r in range {
+                let v = value(o * y.rows + r)
+                for b in 0..<y.bits where v >> UInt64(b) & 1 == 1 { out[(at + b) / 8] |= 1 << UInt8((at + b) % 8) }
+                at += y.bits
+            }
+        }
+        return out
+    }
+
     func onlineProductIsExact(_ kernel: ServerKernel) throws {
         var rng = TestRNG(state: 5)
-        for (rows, k, o, lo, hi) in [(1, 7, 5, 0, 255), (17, 64, 6, -127, 127), (300, 257, 13, 0, 255), (33, 768, 12, 0, 65535), (5, 3, 1, -128, 128), (7, 3001, 9, -128, 128), (1, 576, 14, 0, 255)] as [(Int, Int, Int, Int64, Int64)] {
+        for (rows, k, o, lo, hi) in [(1, 7, 5, 0, 255), (17, 64, 6, -127, 127), (300, 257, 13, 0, 255), (33, 768, 12, 0, 65535), (5, 3, 1, -128, 128), (7, 3001, 9, -128, 128), (1, 576, 14, 0, 255), (37, 40, 133, -128, 128), (64, 19, 70, 0, 255), (8, 1000, 3, -128, 128)] as [(Int, Int, Int, Int64, Int64)] {
             let w = try randomWeights(o, k, &rng, maxAbs: 128, kernel: kernel)
             XCTAssertEqual(w.kernel, kernel)
             let x = (0..<(rows * k)).map { i -> Int64 in i % 97 == 0 ? hi : lo + Int64(rng.next() % UInt64(hi - lo + 1)) }
@@ -54,6 +77,27 @@ final class MaskedProductTests: XCTestCase {
                 let y = wr.withUnsafeBufferPointer { MaskedProduct.unblind(output, padProducts: $0) }
                 let truth = clearProductMod(x.map { UInt64(bitPattern: $0) }, rows: rows, w, bits: 64).map { Int64(bitPattern: $0) }
                 XCTAssertEqual(y, truth, "\(kernel) kernel, rows \(rows), K \(k), O \(o), k = \(bits)")
+                // W·r as the mask store keeps it (3, 4 or 8 bytes a value), with bits above k set
+                // at random: read where it lies, the unblinding ignores them.
+                for width in [3, 4, 8] where bits <= 8 * width {
+                    var bytes: [UInt8] = []
+                    for v in wr {
+                        let noisy = 8 * width > bits ? v | rng.next() << UInt64(bits) : v
+                        for b in 0..<width { bytes.append(UInt8(truncatingIfNeeded: noisy >> UInt64(8 * b))) }
+                    }
+                    let products = PadProducts(bytes: bytes, width: width, bits: bits)
+                    XCTAssertEqual(products.values, wr)
+                    var out = [Double](repeating: .nan, count: rows * o)
+                    // In two pieces of rows, as the backend unblinds pieces of a call.
+                    let half = rows / 2
+                    for (lo, hi) in [(0, half), (half, rows)] where hi > lo {
+                        let piece = MaskedOutput(bits: bits, rows: hi - lo, outputs: o, body: packedSlice(output, rows: lo..<hi))
+                        products.withValues(lo * o, hi * o) { raw in
+                            out.withUnsafeMutableBufferPointer { MaskedProduct.unblind(piece, padProducts: raw, width: width, into: $0.baseAddress! + lo * o) }
+                        }
+                    }
+                    XCTAssertEqual(out.map { Int64($0) }, truth, "stored at \(width) bytes, rows \(rows), O \(o), k = \(bits)")
+                }
             }
         }
     }

@@ -91,9 +91,10 @@ void nb_masked_blind_int64(const int64_t *x, const uint64_t *pads, size_t rows, 
                            size_t f_begin, size_t f_end);
 /// The unblinding: y[r][o] = the centred residue of (v[o][r] + wr[r][o]) mod 2^bits, for the
 /// server's packed answer v (outputs x rows, `bits` bits LSB-first, packed_bytes long) and the
-/// pad products wr (rows x outputs, mod 2^bits), for rows [r_begin, r_end).
-void nb_masked_unblind(const uint8_t *packed, size_t packed_bytes, const uint64_t *wr, size_t rows, size_t outputs, unsigned bits,
-                       double *y, size_t r_begin, size_t r_end);
+/// pad products wr (rows x outputs, little-endian values of `width` = 3, 4 or 8 bytes, as the
+/// mask store keeps them; bits at and above `bits` are ignored), for rows [r_begin, r_end).
+void nb_masked_unblind(const uint8_t *packed, size_t packed_bytes, const uint8_t *wr, unsigned width, size_t rows, size_t outputs,
+                       unsigned bits, double *y, size_t r_begin, size_t r_end);
 
 /// Keeps the top `bits` bits of each value, rounded to nearest (mod 2^64), and packs them
 /// LSB-first into ceil(n*bits/8) bytes.

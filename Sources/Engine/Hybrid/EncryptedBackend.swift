@@ -373,9 +373,9 @@ public final class EncryptedLinearBackend: LinearBackend {
                 do { product = try MaskedOutput(serialized: response, expecting: (hi - lo, outputs, k)) } catch {
                     throw EncryptedBackendError.failed(module: name, reason: "the server's online product: \(error)")
                 }
-                taken.products.withUnsafeBufferPointer { wr in
+                taken.products.withValues(lo * outputs, hi * outputs) { wr in
                     result.withUnsafeMutableBufferPointer { r in
-                        MaskedProduct.unblind(product, padProducts: UnsafeBufferPointer(rebasing: wr[lo * outputs..<hi * outputs]), into: r.baseAddress! + lo * outputs)
+                        MaskedProduct.unblind(product, padProducts: wr, width: taken.products.width, into: r.baseAddress! + lo * outputs)
                     }
                 }
                 received += response.count

@@ -245,7 +245,7 @@ public final class MaskStore: @unchecked Sendable {
     /// Hands out `rows` fresh rows of stream `name`: their pads (rows × K) and pad products
     /// (rows × O), computing missing or damaged segments with `offline`. The rows are recorded
     /// as used, durably, before this returns.
-    public func take(_ name: String, rows: Int, offline: Offline) throws -> (first: Int, pads: [UInt64], products: [UInt64]) {
+    public func take(_ name: String, rows: Int, offline: Offline) throws -> (first: Int, pads: [UInt64], products: PadProducts) {
         lock.lock()
         defer { lock.unlock() }
         guard let s = state.streams[name] else { throw MaskStoreError.unknownStream(name) }
@@ -450,42 +450,36 @@ public final class MaskStore: @unchecked Sendable {
     /// W·r of rows [first, first + count): read from the segment files (only the rows asked for,
     /// so the client's memory holds one call's products), each file checked against its digest
     /// the first time this process reads it (a damaged one is computed again).
-    private func productRows(_ name: String, first: Int, count: Int, offline: Offline) throws -> [UInt64] {
+    private func productRows(_ name: String, first: Int, count: Int, offline: Offline) throws -> PadProducts {
         let spec = state.streams[name]!.spec
         let o = spec.outputs, width = spec.bytesPerValue
-        let mask: UInt64 = spec.bits == 64 ? ~0 : (1 << UInt64(spec.bits)) - 1
-        var out = [UInt64](repeating: 0, count: count * o)
-        var row = first
-        while row < first + count {
-            let index = row / spec.segmentRows
-            let url = try verifiedSegment(name, index, offline: offline)
-            let inSegment = row - index * spec.segmentRows
-            let n = min(first + count - row, spec.segmentRows - inSegment)
-            var bytes = [UInt8](repeating: 0, count: n * o * width)
-            let fd = open(url.path, O_RDONLY)
-            guard fd >= 0 else { throw MaskStoreError.unwritable(path: url.path, reason: String(cString: strerror(errno))) }
-            defer { close(fd) }
-            var done = 0
-            while done < bytes.count {
-                let got = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(inSegment * o * width + done)) }
-                guard got > 0 else { throw MaskStoreError.unwritable(path: url.path, reason: "short read (\(got < 0 ? String(cString: strerror(errno)) : "end of file"))") }
-                done += got
-            }
-            bytes.withUnsafeBytes { raw in
-                let at = (row - first) * o
-                if width == 3 {
-                    for i in 0..<(n * o) {
-                        out[at + i] = (UInt64(raw[3 * i]) | UInt64(raw[3 * i + 1]) << 8 | UInt64(raw[3 * i + 2]) << 16) & mask
+        // Read as the segments keep them (the unblinding reads `width` bytes per value).
+        var failure: Error?
+        let bytes = [UInt8](unsafeUninitializedCapacity: count * o * width) { buffer, initialized in
+            var row = first
+            do {
+                while row < first + count {
+                    let index = row / spec.segmentRows
+                    let url = try verifiedSegment(name, index, offline: offline)
+                    let inSegment = row - index * spec.segmentRows
+                    let n = min(first + count - row, spec.segmentRows - inSegment)
+                    let fd = open(url.path, O_RDONLY)
+                    guard fd >= 0 else { throw MaskStoreError.unwritable(path: url.path, reason: String(cString: strerror(errno))) }
+                    defer { close(fd) }
+                    let at = buffer.baseAddress! + (row - first) * o * width, length = n * o * width
+                    var done = 0
+                    while done < length {
+                        let got = pread(fd, at + done, length - done, off_t(inSegment * o * width + done))
+                        guard got > 0 else { throw MaskStoreError.unwritable(path: url.path, reason: "short read (\(got < 0 ? String(cString: strerror(errno)) : "end of file"))") }
+                        done += got
                     }
-                } else if width == 4 {
-                    for i in 0..<(n * o) { out[at + i] = UInt64(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) & mask }
-                } else {
-                    for i in 0..<(n * o) { out[at + i] = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)) & mask }
+                    row += n
                 }
-            }
-            row += n
+            } catch { failure = error }
+            initialized = failure == nil ? count * o * width : 0
         }
-        return out
+        if let failure { throw failure }
+        return PadProducts(bytes: bytes, width: width, bits: spec.bits)
     }
 
     /// The segment's file, checked (size and SHA-256) once per process; a missing or damaged

@@ -171,9 +171,10 @@ public final class FHEClient: @unchecked Sendable {
                 nb_fhe_decode(body, product, count, UInt32(plan.messageBits), o.baseAddress! + j * y.rows + r, 1)
             }
         }
+        // Transposed as Int64 (the specialized copy), into an array of T of the same bits.
         return byOutput.withUnsafeBufferPointer { b in
-            b.withMemoryRebound(to: T.self) { b in
-                Parallel.uninitialized(y.rows * y.outputs) { Parallel.transpose(b.baseAddress!, rows: y.outputs, columns: y.rows, into: $0.baseAddress!) }
+            Parallel.uninitialized(y.rows * y.outputs) { (out: UnsafeMutableBufferPointer<T>) in
+                out.withMemoryRebound(to: Int64.self) { Parallel.transpose(b.baseAddress!, rows: y.outputs, columns: y.rows, into: $0.baseAddress!) }
             }
         }
     }

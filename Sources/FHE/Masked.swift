@@ -263,26 +263,30 @@ public struct PadExpander {
     }
 
     /// Rows [first, first + count) of K pads each, row-major, values mod 2^k. For k ≤ 32 each
-    /// keystream word gives two pads (its low and high halves): half the AES work.
+    /// keystream word gives two pads (its low and high halves): half the AES work. Rows are
+    /// independent keystreams, expanded on every core.
     public mutating func pads(first: Int, count: Int, features: Int) -> [UInt64] {
         precondition(first >= 0 && first + count <= Int(UInt32.max), "pad rows beyond 2^32")
-        let mask: UInt64 = (1 << UInt64(bits)) - 1
+        let (mask, bits): (UInt64, Int) = ((1 << UInt64(self.bits)) - 1, self.bits)
         let words = bits <= 32 ? (features + 1) / 2 : features
-        var out = [UInt64](repeating: 0, count: count * features)
-        var stream = [UInt64](repeating: 0, count: words)
-        out.withUnsafeMutableBufferPointer { o in
-            stream.withUnsafeMutableBufferPointer { w in
-                for i in 0..<count {
-                    expander.expand(group: first + i, feature: 0, into: w)
-                    let row = o.baseAddress! + i * features
-                    if bits <= 32 {
-                        for j in 0..<features { row[j] = (j & 1 == 0 ? w[j >> 1] : w[j >> 1] >> 32) & mask }
-                    } else {
-                        for j in 0..<features { row[j] = w[j] & mask }
+        let expander = self.expander
+        return Parallel.uninitialized(count * features) { (o: UnsafeMutableBufferPointer<UInt64>) in
+            // At least 16 rows a chunk: a row is one short AES call.
+            parallelChunks(count, threads: min(FHEThreads.count, max(1, count / 16))) { rows in
+                var expander = expander
+                var stream = [UInt64](repeating: 0, count: words)
+                stream.withUnsafeMutableBufferPointer { w in
+                    for i in rows {
+                        expander.expand(group: first + i, feature: 0, into: w)
+                        let row = o.baseAddress! + i * features
+                        if bits <= 32 {
+                            for j in 0..<features { row[j] = (j & 1 == 0 ? w[j >> 1] : w[j >> 1] >> 32) & mask }
+                        } else {
+                            for j in 0..<features { row[j] = w[j] & mask }
+                        }
                     }
                 }
             }
         }
-        return out
     }
 }

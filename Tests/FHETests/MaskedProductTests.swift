@@ -131,6 +131,12 @@ final class MaskedProductTests: XCTestCase {
         XCTAssertNotEqual(Array(whole[0..<33]), Array(whole[33..<66]))
         XCTAssertNotEqual(whole, c.pads(first: 10, count: 4, features: 33))
         XCTAssertTrue(whole.allSatisfy { $0 < 1 << 20 })
+        // Many rows are expanded on every core: each row is still its own keystream, at both widths.
+        for bits in [20, 40] {
+            var many = PadExpander(seed: seed, bits: bits), one = PadExpander(seed: seed, bits: bits)
+            let rows = many.pads(first: 3, count: 100, features: 33)
+            for r in [0, 49, 50, 99] { XCTAssertEqual(Array(rows[(r * 33)..<((r + 1) * 33)]), one.pads(first: 3 + r, count: 1, features: 33), "row \(r), k = \(bits)") }
+        }
     }
 
     /// Offline, hinted (the plan the mask store uses): uniform pads mod 2^k, encrypted in a full

@@ -302,7 +302,10 @@ if let i = CommandLine.arguments.firstIndex(of: "--train-step") {
     }
     // Large batches: 1 warm-up and 2 timed steps (an encrypted 32×128 step takes minutes).
     var (warmup, timed) = batch >= 16 ? (1, 2) : (3, 10)
-    if let steps = option("--steps") { (warmup, timed) = (1, steps - 1) }
+    if let steps = option("--steps") {
+        guard steps >= 2 else { FileHandle.standardError.write(Data("--steps \(steps): at least 2 (one warm-up step, then the timed ones)\n".utf8)); exit(2) }
+        (warmup, timed) = (1, steps - 1)
+    }
     let masked = CommandLine.arguments.contains("--masked")
     var offlinePerRow = 0.0
     let maskDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("nb-bench-masks-\(getpid())")

@@ -109,6 +109,20 @@ static inline uint64_t packed_value(const uint8_t *in, size_t n, size_t index, u
     return (word >> (bit % 8)) & mask;
 }
 
+// Appends a `bits`-bit value to an LSB-first bit stream held in (acc, held), writing each full
+// 64-bit word to *o (little-endian machines only: x86-64, arm64).
+static inline void push_bits(unsigned __int128 *acc, unsigned *held, uint8_t **o, uint64_t value, unsigned bits) {
+    *acc |= (unsigned __int128)value << *held;
+    *held += bits;
+    if (*held >= 64) {
+        const uint64_t word = (uint64_t)*acc;
+        memcpy(*o, &word, 8);
+        *o += 8;
+        *acc >>= 64;
+        *held -= 64;
+    }
+}
+
 void nb_fhe_pack_limbs_range(const uint64_t *values, size_t rows, size_t columns, size_t limbs, int16_t *packed,
                              size_t pair_begin, size_t pair_end) {
     const size_t pairs = (rows + 1) / 2, tiles = (columns + 15) / 16;
@@ -495,15 +509,7 @@ void NAME(const T *x, const uint64_t *pads, size_t rows, size_t features, unsign
                 unsigned held = 0;                                                                                 \
                 for (size_t r = r0; r < r0 + 8; r++) {                                                             \
                     const size_t i = r * features + c;                                                             \
-                    acc |= (unsigned __int128)(((uint64_t)(int64_t)x[i] - pads[i]) & mask) << held;                \
-                    held += bits;                                                                                  \
-                    if (held >= 64) {                                                                              \
-                        const uint64_t word = (uint64_t)acc;                                                       \
-                        memcpy(o, &word, 8);                                                                       \
-                        o += 8;                                                                                    \
-                        acc >>= 64;                                                                                \
-                        held -= 64;                                                                                \
-                    }                                                                                              \
+                    push_bits(&acc, &held, &o, ((uint64_t)(int64_t)x[i] - pads[i]) & mask, bits);                   \
                 }                                                                                                  \
                 for (; held > 0; held -= 8) { *o++ = (uint8_t)acc; acc >>= 8; }                                    \
             }                                                                                                      \
@@ -518,15 +524,7 @@ void NAME(const T *x, const uint64_t *pads, size_t rows, size_t features, unsign
     for (size_t c = f_begin; c < f_end; c++) {                                                                     \
         for (size_t r = 0; r < rows; r++) {                                                                        \
             const size_t i = r * features + c;                                                                     \
-            acc |= (unsigned __int128)(((uint64_t)(int64_t)x[i] - pads[i]) & mask) << held;                        \
-            held += bits;                                                                                          \
-            if (held >= 64) {                                                                                      \
-                const uint64_t word = (uint64_t)acc;                                                               \
-                memcpy(o, &word, 8);                                                                               \
-                o += 8;                                                                                            \
-                acc >>= 64;                                                                                        \
-                held -= 64;                                                                                        \
-            }                                                                                                      \
+            push_bits(&acc, &held, &o, ((uint64_t)(int64_t)x[i] - pads[i]) & mask, bits);                          \
         }                                                                                                          \
     }                                                                                                              \
     while (held > 0) {                                                                                             \

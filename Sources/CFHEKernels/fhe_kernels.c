@@ -580,23 +580,15 @@ void nb_masked_unblind(const uint8_t *packed, size_t packed_bytes, const uint8_t
 void nb_fhe_pack_bits(const uint64_t *values, size_t n, unsigned bits, uint8_t *out) {
     unsigned __int128 acc = 0;
     unsigned held = 0;
-    size_t o = 0;
+    uint8_t *o = out;
     const unsigned drop = 64 - bits;
     for (size_t i = 0; i < n; i++) {
         uint64_t x = round_top(values[i], drop);
         if (bits < 64) x &= (1ULL << bits) - 1;
-        acc |= (unsigned __int128)x << held;
-        held += bits;
-        if (held >= 64) {
-            const uint64_t word = (uint64_t)acc;
-            memcpy(out + o, &word, 8);  // little-endian machines only (x86-64, arm64)
-            o += 8;
-            acc >>= 64;
-            held -= 64;
-        }
+        push_bits(&acc, &held, &o, x, bits);
     }
     while (held > 0) {
-        out[o++] = (uint8_t)acc;
+        *o++ = (uint8_t)acc;
         acc >>= 8;
         held = held > 8 ? held - 8 : 0;
     }

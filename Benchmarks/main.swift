@@ -228,10 +228,12 @@ func maskedGenerationSeconds(_ model: TrainableModel, prompt: Int = 40, tokens: 
             offline.offlineRows / max(offline.calls, 1), same)
 }
 
-/// Child mode: `--masked-generate`: that row's figures, for quick runs.
-if CommandLine.arguments.contains("--masked-generate") {
+/// Child mode: `--masked-generate [TOKENS]`: that row's figures, for quick runs.
+if let i = CommandLine.arguments.firstIndex(of: "--masked-generate") {
     let model = try LoadedModel.load(try ModelCatalog.locate("smollm2-135m-instruct")).model as! TrainableModel
-    let g = try maskedGenerationSeconds(model)
+    // An optional token count (default 32): more tokens for profiling the online part.
+    let tokens = CommandLine.arguments.count > i + 1 ? Int(CommandLine.arguments[i + 1]) ?? 32 : 32
+    let g = try maskedGenerationSeconds(model, tokens: tokens)
     print(String(format: "masked generation: online %.1f ms/token, offline %.2f ms/row (%d segments of %d rows in %.1f s), same tokens as disable: %@",
                  g.online * 1000, g.offlinePerRow * 1000, g.segments, g.segmentRows, g.offlineSeconds, g.same ? "yes" : "NO"))
     exit(0)
@@ -244,6 +246,25 @@ if let i = CommandLine.arguments.firstIndex(of: "--hybrid-generate") {
     let s = try hybridGenerationSeconds(model, bits: bits)
     print(String(format: "%d-bit generation: %.1f ms/token with the KV cache, %.1f ms/token re-running the sequence (%.1fx)", bits,
                  s.cached * 1000, s.recomputed * 1000, s.recomputed / s.cached))
+    exit(0)
+}
+
+/// Child mode: `--online-kernel [ROWS K O BITS]`: the server's online product, the 32-bit
+/// wrapping kernel against the 64-bit limb GEMM on the same input (median of 7 each).
+if let i = CommandLine.arguments.firstIndex(of: "--online-kernel") {
+    let args = CommandLine.arguments.dropFirst(i + 1).prefix(4).compactMap { Int($0) }
+    let (rows, k, o, bits) = args.count == 4 ? (args[0], args[1], args[2], args[3]) : (256, 576, 1536, 24)
+    var rng = SeededGenerator(seed: 7)
+    let wv = (0..<(o * k)).map { _ in Int(rng.next() % 255) - 127 }
+    let weights = try ServerWeights(outputs: o, inputs: k, kernel: .bytes) { wv[$0 * k + $1] }
+    let mask: UInt64 = (1 << UInt64(bits)) - 1
+    let x = (0..<(rows * k)).map { _ in Int64(rng.next() % 255) - 127 }, pads = (0..<(rows * k)).map { _ in rng.next() & mask }
+    let input = x.withUnsafeBufferPointer { xs in pads.withUnsafeBufferPointer { MaskedProduct.blind(xs, pads: $0, rows: rows, features: k, bits: bits) } }
+    var a: MaskedOutput?, b: MaskedOutput?
+    let wrapping = try time(7) { a = try FHEServer.multiply(input, by: weights) }
+    let limbs = try time(7) { b = try FHEServer.multiply(input, by: weights, wrapping: false) }
+    print(String(format: "online kernel %d rows, K %d, O %d, k %d: wrapping %.2f ms, 64-bit limbs %.2f ms (%.2fx), same: %@", rows, k, o, bits,
+                 wrapping * 1000, limbs * 1000, limbs / wrapping, a == b ? "yes" : "NO"))
     exit(0)
 }
 

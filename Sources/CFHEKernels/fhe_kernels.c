@@ -493,6 +493,133 @@ void nb_fhe_byte_gemv(const int8_t *w, size_t k_padded, const uint8_t *digits, s
     digit_gemv((const char *)w, 1, k_padded, (const char *)digits, 1, 8, columns, limbs, dot, out, o_begin, o_end);
 }
 
+// MARK: - The online product mod 2^32: every byte digit in one pass over the weights
+
+// W·u mod 2^k for k <= 32 needs no 64-bit sums: with u = sum_t 2^(8t) d_t (its bytes), every
+// product and sum can wrap mod 2^32, so one int32 lane per (output, column) holds
+// sum_t 2^(8t) W·d_t exactly mod 2^32, whatever the inner dimension (no chunks, no widening).
+
+size_t nb_masked_digits_count(size_t features, size_t columns, size_t limbs) {
+    return ((columns + 15) / 16) * ((features + 3) / 4) * limbs * 64;
+}
+
+void nb_masked_pack_digits(const uint8_t *in, size_t in_bytes, unsigned bits, size_t features, size_t columns, size_t limbs,
+                           uint8_t *digits, size_t tile_begin, size_t tile_end) {
+    const size_t quads = (features + 3) / 4, tiles = (columns + 15) / 16;
+    const uint64_t mask = (1ULL << bits) - 1;
+    for (size_t ct = tile_begin; ct < tile_end && ct < tiles; ct++) {
+        const size_t c0 = 16 * ct, cols = columns - c0 < 16 ? columns - c0 : 16;
+        for (size_t q = 0; q < quads; q++) {
+            uint32_t v[4][16];
+            for (size_t e = 0; e < 4; e++) {
+                const size_t f = 4 * q + e;
+                for (size_t j = 0; j < 16; j++) {
+                    v[e][j] = f < features && j < cols ? (uint32_t)packed_value(in, in_bytes, f * columns + c0 + j, bits, mask) : 0;
+                }
+            }
+            uint8_t *dst = digits + (ct * quads + q) * limbs * 64;
+            for (size_t t = 0; t < limbs; t++) {
+                const unsigned s = (unsigned)(8 * t);
+                for (size_t j = 0; j < 16; j++) {
+                    const uint32_t word = ((v[0][j] >> s) & 0xff) | ((v[1][j] >> s) & 0xff) << 8
+                                        | ((v[2][j] >> s) & 0xff) << 16 | ((v[3][j] >> s) & 0xff) << 24;
+                    memcpy(dst + t * 64 + j * 4, &word, 4);  // little-endian machines only (x86-64, arm64)
+                }
+            }
+        }
+    }
+}
+
+void nb_masked_gemm32_portable(const int8_t *w, size_t k_padded, const uint8_t *digits, size_t columns, size_t limbs,
+                                 uint32_t *out, size_t o_begin, size_t o_end) {
+    const size_t quads = k_padded / 4;
+    for (size_t o = o_begin; o < o_end; o++) {
+        for (size_t c = 0; c < columns; c++) {
+            const uint8_t *d = digits + (c / 16) * quads * limbs * 64 + (c % 16) * 4;
+            uint32_t sum = 0;
+            for (size_t t = 0; t < limbs; t++) {
+                uint32_t s = 0;
+                for (size_t k = 0; k < k_padded; k++) s += (uint32_t)((int32_t)w[o * k_padded + k] * (int32_t)d[((k / 4) * limbs + t) * 64 + k % 4]);
+                sum += s << (8 * t);
+            }
+            out[o * columns + c] = sum;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+// A tile of 6 outputs x 16 columns x L digits: 6L accumulators of 16 int32 lanes; per quad of
+// inner values, L loads of digits (64 bytes each) and 6 broadcasts of 4 weights serve 6L
+// vpdpbusd. Rows past `valid` repeat the last valid row's weights and are not stored.
+#define NB_MASKED_TILE(L)                                                                                              \
+__attribute__((target("avx512f,avx512vnni")))                                                                          \
+static void masked_tile_##L(const int8_t *const w[6], size_t quads, const uint8_t *d, uint32_t *const out[6],         \
+                            size_t valid, __mmask16 columns) {                                                       \
+    __m512i acc[6][L];                                                                                                 \
+    for (int r = 0; r < 6; r++) for (int t = 0; t < L; t++) acc[r][t] = _mm512_setzero_si512();                      \
+    for (size_t q = 0; q < quads; q++) {                                                                               \
+        __m512i dv[L];                                                                                                 \
+        for (int t = 0; t < L; t++) dv[t] = _mm512_loadu_si512((const void *)(d + (q * L + t) * 64));                  \
+        for (int r = 0; r < 6; r++) {                                                                                  \
+            int32_t s;                                                                                                 \
+            memcpy(&s, w[r] + 4 * q, sizeof s);                                                                        \
+            const __m512i a = _mm512_set1_epi32(s);                                                                    \
+            for (int t = 0; t < L; t++) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], dv[t], a);                          \
+        }                                                                                                              \
+    }                                                                                                                  \
+    for (size_t r = 0; r < valid; r++) {                                                                               \
+        __m512i sum = acc[r][0];                                                                                       \
+        for (int t = 1; t < L; t++) sum = _mm512_add_epi32(sum, _mm512_slli_epi32(acc[r][t], (unsigned)(8 * t)));      \
+        _mm512_mask_storeu_epi32((void *)out[r], columns, sum);                                                        \
+    }                                                                                                                  \
+}
+NB_MASKED_TILE(1)
+NB_MASKED_TILE(2)
+NB_MASKED_TILE(3)
+NB_MASKED_TILE(4)
+#endif
+
+void nb_masked_gemm32(const int8_t *w, size_t k_padded, const uint8_t *digits, size_t columns, size_t limbs,
+                      uint32_t *out, size_t o_begin, size_t o_end) {
+#if defined(__x86_64__)
+    if (nb_fhe_has_avx512_vnni() && limbs >= 1 && limbs <= 4) {
+        const size_t quads = k_padded / 4, tiles = (columns + 15) / 16;
+        for (size_t o = o_begin; o < o_end; o += 6) {
+            const size_t valid = o_end - o < 6 ? o_end - o : 6;
+            const int8_t *rows[6];
+            for (size_t r = 0; r < 6; r++) rows[r] = w + (o + (r < valid ? r : valid - 1)) * k_padded;
+            for (size_t ct = 0; ct < tiles; ct++) {
+                const size_t c0 = 16 * ct, cols = columns - c0 < 16 ? columns - c0 : 16;
+                uint32_t *dst[6];
+                for (size_t r = 0; r < 6; r++) dst[r] = out + (o + (r < valid ? r : 0)) * columns + c0;
+                const __mmask16 m = (__mmask16)(cols == 16 ? 0xffffu : (1u << cols) - 1);
+                const uint8_t *d = digits + ct * quads * limbs * 64;
+                switch (limbs) {
+                case 1: masked_tile_1(rows, quads, d, dst, valid, m); break;
+                case 2: masked_tile_2(rows, quads, d, dst, valid, m); break;
+                case 3: masked_tile_3(rows, quads, d, dst, valid, m); break;
+                default: masked_tile_4(rows, quads, d, dst, valid, m); break;
+                }
+            }
+        }
+        return;
+    }
+#endif
+    nb_masked_gemm32_portable(w, k_padded, digits, columns, limbs, out, o_begin, o_end);
+}
+
+void nb_masked_pack_bits32(const uint32_t *values, size_t n, unsigned bits, uint8_t *out) {
+    unsigned __int128 acc = 0;
+    unsigned held = 0;
+    uint8_t *o = out;
+    const uint64_t mask = (1ULL << bits) - 1;
+    for (size_t i = 0; i < n; i++) push_bits(&acc, &held, &o, values[i] & mask, bits);
+    for (; held > 0; held = held > 8 ? held - 8 : 0) {
+        *o++ = (uint8_t)acc;
+        acc >>= 8;
+    }
+}
+
 // MARK: - The masked protocol's client passes
 
 #define NB_MASKED_BLIND(NAME, T)                                                                                     \

@@ -118,12 +118,19 @@ extension FHEServer {
     /// The online product: W·u mod 2^k for the one-time-padded u, with the limb GEMM of the
     /// encrypted product (u placed in the top k bits of a 64-bit word, so the kernel's result
     /// mod 2^64 holds W·u mod 2^k in its top k bits: ⌈k/16⌉ int16 digits, or ⌈k/8⌉ bytes). No mask, no noise: the cost follows the rows.
-    public static func multiply(_ input: MaskedInput, by w: ServerWeights) throws(FHEServerError) -> MaskedOutput {
+    /// `wrapping` (the default): for k ≤ 32 with byte weights and at least
+    /// ``MaskedProduct/gemvColumns`` rows, the kernel that keeps every digit in 32-bit lanes
+    /// (``ServerWeights/wrappingProduct(_:)``); false takes the 64-bit limb GEMM for any k, as
+    /// the benchmark's comparison does.
+    public static func multiply(_ input: MaskedInput, by w: ServerWeights, wrapping: Bool = true) throws(FHEServerError) -> MaskedOutput {
         _ = AllocatorTuning.applied
         guard input.features == w.inputs else {
             throw .shapeMismatch("the padded input has \(input.features) features; this matrix takes \(w.inputs)")
         }
         let (rows, k, o, bits) = (input.rows, input.features, w.outputs, input.bits)
+        if wrapping && w.kernel == .bytes && bits <= 32 && rows >= MaskedProduct.gemvColumns {
+            return MaskedOutput(bits: bits, rows: rows, outputs: o, body: w.wrappingProduct(input))
+        }
         // Few tokens (generation): a matrix-vector product along the inner dimension; else tiles.
         let digits = GEMMOperand(packed: input.body, rows: k, columns: rows, bits: bits, kernel: w.kernel,
                                  layout: rows < MaskedProduct.gemvColumns ? .columns : .tiles)

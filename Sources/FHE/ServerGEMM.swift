@@ -139,3 +139,37 @@ extension ServerWeights {
         return out
     }
 }
+
+extension ServerWeights {
+    /// The online product W·u mod 2^k for k ≤ 32 with byte weights, packed at k bits (the
+    /// ``MaskedOutput`` body): every digit of u in one pass over the weights, in 32-bit lanes
+    /// that wrap (exact mod 2^32, which holds 2^k), so no 64-bit results exist at all.
+    func wrappingProduct(_ input: MaskedInput) -> [UInt8] {
+        precondition(kernel == .bytes && input.bits <= 32 && input.features == inputs)
+        let (rows, bits, limbs) = (input.rows, input.bits, ServerKernel.bytes.limbs(bits: input.bits))
+        let tiles = (rows + 15) / 16
+        let digits = input.body.withUnsafeBufferPointer { body in
+            Parallel.uninitialized(nb_masked_digits_count(inputs, rows, limbs)) { (d: UnsafeMutableBufferPointer<UInt8>) in
+                parallelChunks(tiles) { r in
+                    nb_masked_pack_digits(body.baseAddress!, body.count, UInt32(bits), inputs, rows, limbs, d.baseAddress!, r.lowerBound, r.upperBound)
+                }
+            }
+        }
+        let products = digits.withUnsafeBufferPointer { d in
+            bytes.withUnsafeBufferPointer { w in
+                Parallel.uninitialized(outputs * rows) { (out: UnsafeMutableBufferPointer<UInt32>) in
+                    parallelChunks(outputs, align: 6) { r in
+                        nb_masked_gemm32(w.baseAddress!, paddedInputs, d.baseAddress!, rows, limbs, out.baseAddress!, r.lowerBound, r.upperBound)
+                    }
+                }
+            }
+        }
+        return products.withUnsafeBufferPointer { v in
+            Parallel.uninitialized(packedByteCount(v.count, bits: bits)) { (o: UnsafeMutableBufferPointer<UInt8>) in
+                parallelChunks(v.count, align: 8) { r in
+                    nb_masked_pack_bits32(v.baseAddress! + r.lowerBound, r.count, UInt32(bits), o.baseAddress! + r.lowerBound * bits / 8)
+                }
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import CFHEKernels
 
 @testable import FHE
 
@@ -99,6 +100,40 @@ final class MaskedProductTests: XCTestCase {
                     XCTAssertEqual(out.map { Int64($0) }, truth, "stored at \(width) bytes, rows \(rows), O \(o), k = \(bits)")
                 }
             }
+        }
+    }
+
+    /// The online kernel for k ≤ 32 (every digit in one pass, int32 lanes that wrap mod 2^32):
+    /// the AVX-512 VNNI tiles and the portable C give the same words, equal to W·u mod 2^32
+    /// computed here, over 1 to 4 digits, column tiles cut short and output blocks of 6 cut short.
+    func testWrappingOnlineKernelMatchesThePortableOneAndTheProduct() throws {
+        var rng = TestRNG(state: 11)
+        for (features, columns, outputs, bits) in [(5, 8, 1, 8), (64, 16, 6, 13), (37, 33, 13, 24), (1000, 9, 7, 32), (4, 47, 12, 20)] {
+            let limbs = (bits + 7) / 8
+            let w = try randomWeights(outputs, features, &rng, maxAbs: 128, kernel: .bytes)
+            let mask: UInt64 = (1 << UInt64(bits)) - 1
+            let u = (0..<(features * columns)).map { i in i % 31 == 0 ? mask : rng.next() & mask }  // feature-major
+            let packed = u.map { $0 << UInt64(64 - bits) }.withUnsafeBufferPointer { Parallel.packBits($0, bits: bits) }
+            var digits = [UInt8](repeating: 0xAA, count: nb_masked_digits_count(features, columns, limbs))
+            nb_masked_pack_digits(packed, packed.count, UInt32(bits), features, columns, limbs, &digits, 0, (columns + 15) / 16)
+            var fast = [UInt32](repeating: 0, count: outputs * columns), portable = fast
+            w.bytes.withUnsafeBufferPointer { wb in
+                // In two ranges of outputs, as the threads split them.
+                for (lo, hi) in [(0, outputs / 2), (outputs / 2, outputs)] where hi > lo {
+                    nb_masked_gemm32(wb.baseAddress!, w.paddedInputs, digits, columns, limbs, &fast, lo, hi)
+                    nb_masked_gemm32_portable(wb.baseAddress!, w.paddedInputs, digits, columns, limbs, &portable, lo, hi)
+                }
+            }
+            var truth = [UInt32](repeating: 0, count: outputs * columns)
+            for o in 0..<outputs {
+                for c in 0..<columns {
+                    var s: UInt64 = 0
+                    for f in 0..<features { s = s &+ u[f * columns + c] &* UInt64(bitPattern: Int64(w.value(o, f))) }
+                    truth[o * columns + c] = UInt32(truncatingIfNeeded: s)
+                }
+            }
+            XCTAssertEqual(fast, truth, "K \(features), columns \(columns), O \(outputs), k = \(bits)")
+            XCTAssertEqual(portable, truth, "portable, K \(features), columns \(columns), O \(outputs), k = \(bits)")
         }
     }
 

@@ -80,6 +80,24 @@ void nb_fhe_pack_bytes_columns(const uint64_t *values, size_t rows, size_t colum
 void nb_fhe_byte_gemv(const int8_t *w, size_t k_padded, const uint8_t *digits, size_t columns, size_t limbs,
                       uint64_t *out, size_t o_begin, size_t o_end);
 
+/// The online product W·u mod 2^32 (k <= 32 bits of u; the caller keeps the low k bits of each
+/// result): every byte digit of u in one pass over the weights, in int32 lanes that wrap.
+/// Digits of a features x columns matrix of k-bit values packed LSB-first (the wire body,
+/// feature-major, `in_bytes` long), for column tiles [tile_begin, tile_end):
+/// [16-column tile][feature quad][limb][16 columns][4] bytes, every byte written (gaps 0).
+size_t nb_masked_digits_count(size_t features, size_t columns, size_t limbs);
+void nb_masked_pack_digits(const uint8_t *in, size_t in_bytes, unsigned bits, size_t features, size_t columns, size_t limbs,
+                           uint8_t *digits, size_t tile_begin, size_t tile_end);
+/// out[o][c] = sum_t 2^(8t) sum_k w[o][k] d_t[k][c] mod 2^32 for outputs [o_begin, o_end), w as for
+/// nb_fhe_byte_gemm (limbs 1...4; AVX-512 VNNI, or portable C).
+void nb_masked_gemm32(const int8_t *w, size_t k_padded, const uint8_t *digits, size_t columns, size_t limbs,
+                      uint32_t *out, size_t o_begin, size_t o_end);
+/// The portable C of nb_masked_gemm32 (what runs without AVX-512 VNNI; tests compare the two).
+void nb_masked_gemm32_portable(const int8_t *w, size_t k_padded, const uint8_t *digits, size_t columns, size_t limbs,
+                               uint32_t *out, size_t o_begin, size_t o_end);
+/// Packs the low `bits` bits (bits <= 32) of each value LSB-first into ceil(n*bits/8) bytes.
+void nb_masked_pack_bits32(const uint32_t *values, size_t n, unsigned bits, uint8_t *out);
+
 /// The masked protocol's blinding: u = (x - pad) mod 2^bits for x and pads rows x features
 /// (row-major), written feature-major (value c*rows + r) and packed LSB-first at `bits` bits
 /// (bits <= 56), for features [f_begin, f_end). A range may start mid-byte: the bits before it in

@@ -1,4 +1,4 @@
-import Dispatch
+import FHE
 import Foundation
 
 /// Splitting element-wise work of the training pass over the cores. OpenBLAS already runs the
@@ -16,7 +16,7 @@ enum Parallel {
         withoutActuallyEscaping(body) { body in
             // The ranges are disjoint and the loop returns only when all are done.
             let shared = Unchecked(body)
-            DispatchQueue.concurrentPerform(iterations: tasks) { t in
+            concurrentLoop(tasks) { t in
                 shared.value((count * t / tasks)..<(count * (t + 1) / tasks))
             }
         }

@@ -7,10 +7,31 @@ func parallelChunks(_ count: Int, threads: Int = FHEThreads.count, align: Int = 
     let t = max(1, min(threads, count / max(align, 1)))
     if t <= 1 { body(0..<count); return }
     let per = ((count + t - 1) / t + align - 1) / align * align
-    nonisolated(unsafe) let body = body
-    DispatchQueue.concurrentPerform(iterations: t) { i in
+    concurrentLoop(t) { i in
         let lo = min(count, i * per), hi = min(count, lo + per)
         if lo < hi { body(lo..<hi) }
+    }
+}
+
+/// Runs `body(i)` for every i in 0..<count on the calling thread and the threads of the kernels'
+/// pool (`nb_pool_run`: they poll briefly between loops, so the many short loops of an encrypted
+/// call or a generated token do not each wake a sleeping thread), or through Dispatch when the
+/// pool is taken (another thread's loop, or a loop inside one of its iterations).
+public func concurrentLoop(_ count: Int, _ body: (Int) -> Void) {
+    guard count > 1 else {
+        if count == 1 { body(0) }
+        return
+    }
+    withoutActuallyEscaping(body) { body in
+        var loop = body
+        let ran = withUnsafeMutablePointer(to: &loop) { pointer in
+            nb_pool_run(count, { context, index in
+                context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(index)
+            }, pointer)
+        }
+        guard ran == 0 else { return }
+        nonisolated(unsafe) let body = body
+        DispatchQueue.concurrentPerform(iterations: count) { body($0) }
     }
 }
 

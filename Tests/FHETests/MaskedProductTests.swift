@@ -137,6 +137,41 @@ final class MaskedProductTests: XCTestCase {
         }
     }
 
+    /// The byte GEMM of 5 and 6 digits (the offline bodies; int32 sums widened every 512 inner
+    /// values): equal to Σ_t 2^(64 − 8L + 8t) Σ_k w·d_t mod 2^64 computed here, added to what
+    /// `out` held, for inner dimensions of one to five chunks, column tiles and output blocks cut
+    /// short, extreme digits, outputs in two ranges as the threads split them.
+    func testByteGEMMOfTheOfflineBodiesEqualsItsFormula() throws {
+        var rng = TestRNG(state: 13)
+        for (features, columns, outputs, limbs) in [(3, 5, 1, 5), (513, 17, 6, 5), (1536, 33, 9, 5), (700, 300, 5, 6), (2049, 16, 4, 6)] {
+            let w = try randomWeights(outputs, features, &rng, maxAbs: 128, kernel: .bytes)
+            let top = UInt64(8 * limbs)
+            let v = (0..<(features * columns)).map { i -> UInt64 in
+                let d = i % 13 == 0 ? (1 << top) - 1 : rng.next() & ((1 << top) - 1)
+                return d << (64 - top)
+            }
+            let quads = (features + 3) / 4
+            var packed = [UInt8](repeating: 0, count: nb_fhe_packed_bytes_count(features, columns, limbs))
+            nb_fhe_pack_bytes_range(v, features, columns, limbs, &packed, 0, quads)
+            let start = (0..<(outputs * columns)).map { _ in rng.next() }
+            var out = start
+            w.bytes.withUnsafeBufferPointer { wb in
+                for (lo, hi) in [(0, outputs / 2), (outputs / 2, outputs)] where hi > lo {
+                    nb_fhe_byte_gemm(wb.baseAddress!, w.paddedInputs, packed, columns, limbs, &out, lo, hi)
+                }
+            }
+            var truth = start
+            for o in 0..<outputs {
+                for c in 0..<columns {
+                    var sum: UInt64 = 0
+                    for f in 0..<features { sum = sum &+ (v[f * columns + c] >> (64 - top)) &* UInt64(bitPattern: Int64(w.value(o, f))) }
+                    truth[o * columns + c] = truth[o * columns + c] &+ sum << (64 - top)
+                }
+            }
+            XCTAssertEqual(out, truth, "K \(features), columns \(columns), O \(outputs), \(limbs) digits")
+        }
+    }
+
     /// What the server receives online is x − r mod 2^k: with uniform pads its values are
     /// uniform whatever x is — here x is constant and the padded values still cover every
     /// bucket of [0, 2^k) evenly (χ² over 64 buckets), and reveal neither x nor its rows.

@@ -1,5 +1,6 @@
 import CKernels
 import COpenBLAS
+import FHE
 import Foundation
 
 /// How the remote linear layers are quantized: the seed's schemes and their parts.
@@ -316,7 +317,7 @@ public enum IntegerMatmul {
                         let (xa, aa, base) = (Int(bitPattern: xb.baseAddress!), Int(bitPattern: ab.baseAddress!), packed.base)
                         _ = packed.withBytes { wb in
                             let wa = Int(bitPattern: wb)
-                            DispatchQueue.concurrentPerform(iterations: parts) { part in
+                            concurrentLoop(parts) { part in
                                 let o0 = part * step, count = min(step, O - o0)
                                 guard count > 0, let xp = UnsafePointer<Float>(bitPattern: xa), let wp = UnsafePointer<Int8>(bitPattern: wa),
                                       let ap = UnsafeMutablePointer<Double>(bitPattern: aa) else { return }

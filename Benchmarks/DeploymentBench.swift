@@ -53,7 +53,8 @@ func deploymentChildModes() throws -> Bool {
                         "serverParameters": summary.serverParameters, "clientParameters": summary.clientParameters]))
         return true
     }
-    // --remote-client DIR URL ROWS LENGTH STEPS: trains on the client folder alone (token: NB_BENCH_TOKEN).
+    // --remote-client DIR URL ROWS LENGTH STEPS [--masked] [--pieces N] [--checkpointing]: trains on the client
+    // folder alone (token: NB_BENCH_TOKEN); --pieces sets the masked protocol's pieces per call.
     if let i = args.firstIndex(of: "--remote-client") {
         let dir = URL(fileURLWithPath: args[i + 1]), url = URL(string: args[i + 2])!
         let (rows, length, steps) = (Int(args[i + 3])!, Int(args[i + 4])!, Int(args[i + 5])!)
@@ -63,6 +64,7 @@ func deploymentChildModes() throws -> Bool {
         let client = dir.appendingPathComponent("client")
         let adapter = try PEFTAdapter.load(from: client.appendingPathComponent("adapter"), modules: model.linearModules, seed: manifest.adapterSeed)
         let transport = HTTPTransport(baseURL: url, token: ProcessInfo.processInfo.environment["NB_BENCH_TOKEN"])
+        if let p = args.firstIndex(of: "--pieces"), p + 1 < args.count, let n = Int(args[p + 1]) { transport.maskedPieces = n }
         let served = try transport.modules()
         guard served.deploymentID == manifest.deploymentID else { throw RemoteServerError.wrongDeployment(url: url.absoluteString, expected: manifest.deploymentID, found: served.deploymentID) }
         let masked = args.contains("--masked")

@@ -190,6 +190,14 @@ struct HTTPTransportTests {
         let server = try FakeServer(answering: { fd, body in
             open.update { $0.now += 1; $0.most = max($0.most, $0.now) }
             defer { open.update { $0.now -= 1 } }
+            // Each request waits (2 s at most) until another one is in flight too, whatever
+            // order the pieces' connections reach this server in: a client that sends one
+            // piece at a time never gets there, and the check below fails.
+            var together = false
+            for _ in 0..<2000 where !together {
+                open.update { together = $0.most >= 2 }
+                if !together { usleep(1000) }
+            }
             // The first piece (first byte 0) answers last.
             if body.first == 0 { usleep(300_000) }
             var refuse = false

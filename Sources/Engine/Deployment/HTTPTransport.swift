@@ -89,8 +89,10 @@ public final class HTTPTransport: EncryptedTransport, @unchecked Sendable {
         try send(maskedURL(module, direction), method: .POST, body: request, expecting: .exactly(responseBytes))
     }
 
-    /// Two pieces per online call, both in flight at once (two connections).
-    public var maskedPipelineParts: Int { 2 }
+    /// Pieces per online call, all in flight at once (one connection each): the client blinds
+    /// the next piece and unblinds the last while the server multiplies (at least 1).
+    public var maskedPieces = 2
+    public var maskedPipelineParts: Int { max(1, maskedPieces) }
 
     /// Sends each piece as soon as it is built and takes the answers in order. A piece whose
     /// first attempt fails with a connection error or a 5xx answer is resent with the retry
